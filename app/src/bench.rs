@@ -1,0 +1,249 @@
+//! `remote-reasoner bench`: the raster-viewer benchmarks of BENCHMARKS.md, run
+//! side by side with GDAL itself in one process run, reported as Markdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use engine::raster::{Raster, RenderParams};
+use engine::tiles::{Pyramid, TileKey};
+use engine::{Engine, EngineConfig, Event};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Edge of the synthetic square GeoTIFF, in pixels.
+    #[arg(long, default_value_t = 20_000)]
+    pub size: usize,
+    /// Where the synthetic raster is written (default: a temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Windows timed for the tile-throughput comparison.
+    #[arg(long, default_value_t = 200)]
+    pub windows: usize,
+    /// Tile cache cap while panning, MiB.
+    #[arg(long, default_value_t = 64)]
+    pub cache_mib: usize,
+    /// Window size the viewer is assumed to have (points at 1 px/pt).
+    #[arg(long, default_value = "1280x800")]
+    pub viewport: String,
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Resets the kernel's peak-RSS mark so a phase's peak can be read on its own.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn wait_tiles_done(engine: &Engine, job: u64) -> anyhow::Result<usize> {
+    let mut tiles = 0;
+    loop {
+        match engine.recv_timeout(Duration::from_secs(120)) {
+            Some(Event::Tile { job: j, .. }) if j == job => tiles += 1,
+            Some(Event::TilesDone { job: j }) if j == job => return Ok(tiles),
+            Some(Event::Failed { job: j, error }) if j == job => bail!("tile job failed: {error}"),
+            Some(_) => {}
+            None => bail!("engine did not answer within 120 s"),
+        }
+    }
+}
+
+fn open(engine: &Engine, path: &Path) -> anyhow::Result<(u64, engine::raster::RasterInfo)> {
+    let job = engine.open(path);
+    match engine.recv_timeout(Duration::from_secs(60)) {
+        Some(Event::Opened { raster, info, .. }) => Ok((raster, *info)),
+        Some(Event::Failed { error, .. }) => bail!("{error}"),
+        other => bail!("unexpected answer to open job {job}: {other:?}"),
+    }
+}
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let (vw, vh) = crate::cli::parse_size(&args.viewport)?;
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+            tmp.path().to_owned()
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create directory", dir.display()))?;
+    let path = dir.join(format!("bench_{}.tif", args.size));
+    let t = Instant::now();
+    engine::synthetic::sparse_geotiff(&path, args.size, 3, true)?;
+    let t_make = t.elapsed();
+
+    println!("## Raster viewer benchmark\n");
+    println!(
+        "Synthetic {0}×{0} 3-band Byte GeoTIFF (tiled 256, DEFLATE, sparse) with {1} overview levels, made in {2:.1} s. Viewport {vw}×{vh}.\n",
+        args.size,
+        engine::overviews::default_factors(args.size as u64, args.size as u64).len(),
+        t_make.as_secs_f64()
+    );
+
+    // 1. Time to first frame: open + every tile of the fitted view.
+    let engine = Engine::spawn(EngineConfig::default(), Arc::new(|| {}));
+    let t = Instant::now();
+    let (raster, info) = open(&engine, &path)?;
+    let t_open = t.elapsed();
+    let pyramid = info.pyramid();
+    let zoom = (f64::from(vw) / info.width as f64).min(f64::from(vh) / info.height as f64);
+    let level = pyramid.level_for_zoom(zoom);
+    let keys = pyramid.tiles_in_rect(level, 0.0, 0.0, info.width as f64, info.height as f64);
+    let params = RenderParams::default_for(&info);
+    let job = engine.request_tiles(raster, params, keys.clone());
+    let n = wait_tiles_done(&engine, job)?;
+    let t_first = t.elapsed();
+    println!("### Time to first frame\n");
+    println!("| step | time |\n|---|---|");
+    println!("| open (metadata) | {:.1} ms |", t_open.as_secs_f64() * 1e3);
+    println!("| open + all {n} tiles of the fitted view (level {level}) | {:.1} ms |\n", t_first.as_secs_f64() * 1e3);
+    drop(engine);
+
+    // 2. Tile throughput: our tile path vs in-process GDAL reads vs gdal_translate.
+    let r = Raster::open(&path)?;
+    let windows = bench_windows(&pyramid, args.windows);
+    let t = Instant::now();
+    for k in &windows {
+        r.render_tile(*k, &params)?;
+    }
+    let ours = t.elapsed();
+    let t = Instant::now();
+    let raw_bytes = raw_gdal_reads(&path, &pyramid, &windows)?;
+    let raw = t.elapsed();
+    let translate = gdal_translate_windows(&path, &pyramid, &windows, &dir);
+    println!("### Tile throughput ({} windows, 256×256 output, levels 0–2, 3 bands)\n", windows.len());
+    println!("| path | tiles/s | ratio to ours |\n|---|---|---|");
+    let rate = |d: Duration| windows.len() as f64 / d.as_secs_f64();
+    println!("| RemoteReasoner tile path (read + stretch → RGBA) | {:.0} | 1.00 |", rate(ours));
+    println!(
+        "| GDAL RasterIO in process (same windows, raw bytes, {} MB) | {:.0} | {:.2} |",
+        raw_bytes >> 20,
+        rate(raw),
+        rate(raw) / rate(ours)
+    );
+    match translate {
+        Ok(d) => println!(
+            "| `gdal_translate -srcwin … -outsize 256 256` (one process per window, to /dev/shm) | {:.0} | {:.2} |\n",
+            rate(d),
+            rate(d) / rate(ours)
+        ),
+        Err(e) => println!("| `gdal_translate` | not run: {e:#} | – |\n"),
+    }
+
+    // 3. Peak memory while panning across the whole raster at full resolution.
+    let cap = args.cache_mib << 20;
+    let engine = Engine::spawn(EngineConfig { tile_cache_bytes: cap, gdal_cache_bytes: 64 << 20 }, Arc::new(|| {}));
+    let (raster, _) = open(&engine, &path)?;
+    let resettable = reset_peak_rss();
+    let base = proc_status_kib("VmRSS:").unwrap_or(0);
+    let t = Instant::now();
+    let (mut views, mut tiles) = (0, 0);
+    let (step_x, step_y) = (u64::from(vw), u64::from(vh));
+    let rows = info.height.div_ceil(step_y);
+    for row in 0..rows {
+        let cols = info.width.div_ceil(step_x);
+        for c in 0..cols {
+            let col = if row % 2 == 0 { c } else { cols - 1 - c }; // serpentine, like a hand pan
+            let (x0, y0) = ((col * step_x) as f64, (row * step_y) as f64);
+            let keys = pyramid.tiles_in_rect(0, x0, y0, x0 + step_x as f64, y0 + step_y as f64);
+            let job = engine.request_tiles(raster, params, keys);
+            tiles += wait_tiles_done(&engine, job)?;
+            views += 1;
+        }
+    }
+    let pan = t.elapsed();
+    let peak = proc_status_kib("VmHWM:").unwrap_or(0);
+    println!("### Memory while panning the whole raster at 1:1\n");
+    println!(
+        "{views} views, {tiles} tiles in {:.1} s ({:.0} tiles/s through the engine thread). Tile cache cap {} MiB, GDAL block cache 64 MiB.\n",
+        pan.as_secs_f64(),
+        tiles as f64 / pan.as_secs_f64(),
+        args.cache_mib
+    );
+    println!("| measure | MiB |\n|---|---|");
+    println!("| RSS before panning | {:.0} |", base as f64 / 1024.0);
+    println!(
+        "| peak RSS while panning{} | {:.0} |",
+        if resettable { "" } else { " (since process start: peak could not be reset)" },
+        peak as f64 / 1024.0
+    );
+    println!("| peak − before | {:.0} (cap {} + GDAL cache 64) |", (peak.saturating_sub(base)) as f64 / 1024.0, args.cache_mib);
+    drop(engine);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_file(&path);
+    }
+    Ok(())
+}
+
+/// Tiles spread over levels 0–2, half of them inside written blocks.
+fn bench_windows(p: &Pyramid, n: usize) -> Vec<TileKey> {
+    let mut keys = Vec::with_capacity(n);
+    let mut i = 0u32;
+    while keys.len() < n {
+        let level = (i % 3) as u8;
+        let (cols, rows) = p.tile_counts(level);
+        let d = (i / 3) % cols.min(rows);
+        let key = if i % 2 == 0 {
+            TileKey { level, x: d, y: d } // on the written diagonal
+        } else {
+            TileKey { level, x: (d * 7 + 3) % cols, y: (d * 13 + 1) % rows }
+        };
+        keys.push(key);
+        i += 1;
+    }
+    keys
+}
+
+fn raw_gdal_reads(path: &Path, p: &Pyramid, keys: &[TileKey]) -> anyhow::Result<usize> {
+    let ds = gdal_open(path)?;
+    let mut bytes = 0;
+    for k in keys {
+        let (w, out) = p.tile_window(*k).context("window")?;
+        for b in 1..=3 {
+            let band = ds.rasterband(b)?;
+            let buf = band.read_as::<u8>(
+                (w.x as isize, w.y as isize),
+                (w.width as usize, w.height as usize),
+                (out.0 as usize, out.1 as usize),
+                None,
+            )?;
+            bytes += buf.data().len();
+        }
+    }
+    Ok(bytes)
+}
+
+fn gdal_open(path: &Path) -> anyhow::Result<gdal::Dataset> {
+    Ok(gdal::Dataset::open(path)?)
+}
+
+fn gdal_translate_windows(path: &Path, p: &Pyramid, keys: &[TileKey], dir: &Path) -> anyhow::Result<Duration> {
+    let shm = Path::new("/dev/shm");
+    let out = if shm.is_dir() { shm.join(format!("rr-bench-{}.tif", std::process::id())) } else { dir.join("rr-bench-out.tif") };
+    let t = Instant::now();
+    for k in keys {
+        let (w, o) = p.tile_window(*k).context("window")?;
+        let status = std::process::Command::new("gdal_translate")
+            .args(["-q", "-of", "GTiff", "-srcwin"])
+            .args([w.x, w.y, w.width, w.height].map(|v| v.to_string()))
+            .arg("-outsize")
+            .args([o.0, o.1].map(|v| v.to_string()))
+            .arg(path)
+            .arg(&out)
+            .status()
+            .context("gdal_translate not found (apt install gdal-bin)")?;
+        if !status.success() {
+            bail!("gdal_translate failed with {status}");
+        }
+    }
+    let d = t.elapsed();
+    let _ = std::fs::remove_file(&out);
+    Ok(d)
+}

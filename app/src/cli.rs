@@ -1,0 +1,243 @@
+//! Headless subcommands: `info`, `render`, `overviews`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use engine::raster::{BandMapping, Raster, RasterInfo, RenderParams, Stretch};
+use engine::tiles::Window;
+
+use crate::gui::RendererChoice;
+
+/// RemoteReasoner: geospatial reasoning workbench for remote-sensing imagery.
+#[derive(Debug, Parser)]
+#[command(name = "remote-reasoner", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Raster to open in the workbench (GUI only).
+    pub file: Option<PathBuf>,
+    /// GPU backend of the window.
+    #[arg(long, value_enum, default_value = "wgpu", env = "RR_RENDERER")]
+    pub renderer: RendererChoice,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a raster's metadata.
+    Info(InfoArgs),
+    /// Render a window of a raster to PNG through the viewer's tile path.
+    Render(RenderArgs),
+    /// Build external overviews (.ovr) for a raster.
+    Overviews(OverviewArgs),
+    /// Run the benchmarks and print a Markdown report.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    pub file: PathBuf,
+    /// Machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    pub file: PathBuf,
+    /// Output PNG (written atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Source window in full-resolution pixels: x,y,width,height (default: whole raster).
+    #[arg(long)]
+    pub window: Option<String>,
+    /// Output size WIDTHxHEIGHT (default: the window's size).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Bands, 1-based: r,g,b or a single band for grey (default: the raster's colour bands).
+    #[arg(long)]
+    pub bands: Option<String>,
+    /// none | minmax | percentile (2–98 %). Default: none for 8-bit, percentile otherwise.
+    #[arg(long)]
+    pub stretch: Option<Stretch>,
+}
+
+#[derive(Debug, Args)]
+pub struct OverviewArgs {
+    pub file: PathBuf,
+    /// Resampling: nearest, average, bilinear, cubic, mode …
+    #[arg(long, default_value = "average")]
+    pub resampling: String,
+}
+
+fn parse_numbers(s: &str, sep: char, n: usize, what: &str) -> anyhow::Result<Vec<u64>> {
+    let v: Vec<u64> = s
+        .split(sep)
+        .map(|p| p.trim().parse::<u64>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{what} '{s}' must be {n} non-negative integers separated by '{sep}'"))?;
+    if v.len() != n {
+        bail!("{what} '{s}' must have {n} numbers, it has {}", v.len());
+    }
+    Ok(v)
+}
+
+/// Parses `--window x,y,w,h`.
+pub fn parse_window(s: &str) -> anyhow::Result<Window> {
+    let v = parse_numbers(s, ',', 4, "--window")?;
+    Ok(Window { x: v[0], y: v[1], width: v[2], height: v[3] })
+}
+
+/// Parses `--size WxH`.
+pub fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
+    let v = parse_numbers(&s.to_lowercase(), 'x', 2, "--size")?;
+    let w = u32::try_from(v[0]).context("--size width too large")?;
+    let h = u32::try_from(v[1]).context("--size height too large")?;
+    if w == 0 || h == 0 {
+        bail!("--size {s}: width and height must be positive");
+    }
+    Ok((w, h))
+}
+
+/// Parses `--bands r,g,b` or `--bands b`.
+pub fn parse_bands(s: &str) -> anyhow::Result<BandMapping> {
+    let v: Vec<usize> = s
+        .split(',')
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--bands '{s}' must be band numbers like 1,2,3 or 1"))?;
+    match v.as_slice() {
+        [b] => Ok(BandMapping::Grey(*b)),
+        [r, g, b] => Ok(BandMapping::Rgb([*r, *g, *b])),
+        _ => bail!("--bands '{s}' must name 1 or 3 bands, it names {}", v.len()),
+    }
+}
+
+/// Opens a raster and checks that its pixels can be read, so `info` also catches
+/// truncated files whose header is intact.
+fn open_checked(path: &Path) -> anyhow::Result<Raster> {
+    let raster = Raster::open(path)?;
+    for b in 1..=raster.info().bands {
+        raster.band_sample(b)?;
+    }
+    Ok(raster)
+}
+
+pub fn info(args: &InfoArgs) -> anyhow::Result<()> {
+    let raster = open_checked(&args.file)?;
+    let info = raster.info();
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, info)?;
+        writeln!(out)?;
+    } else {
+        write_info_text(&mut out, info)?;
+    }
+    Ok(())
+}
+
+fn write_info_text(out: &mut impl Write, info: &RasterInfo) -> std::io::Result<()> {
+    writeln!(out, "File:       {}", info.path.display())?;
+    writeln!(out, "Driver:     {}", info.driver)?;
+    writeln!(out, "Size:       {} x {} px, {} band(s)", info.width, info.height, info.bands)?;
+    for b in 0..info.bands {
+        let nodata = info.nodata[b].map(|v| format!(", nodata {v}")).unwrap_or_default();
+        writeln!(out, "Band {}:     {} {}{nodata}", b + 1, info.dtypes[b], info.color_interp[b])?;
+    }
+    writeln!(out, "CRS:        {}", info.crs_name.as_deref().unwrap_or("none"))?;
+    writeln!(out, "EPSG:       {}", info.epsg.map_or_else(|| "unknown".into(), |c| c.to_string()))?;
+    match info.geotransform {
+        Some(gt) => writeln!(out, "Transform:  {gt:?}")?,
+        None => writeln!(out, "Transform:  none (not georeferenced)")?,
+    }
+    let ovr: Vec<String> = info.overviews.iter().map(|(w, h)| format!("{w}x{h}")).collect();
+    writeln!(out, "Overviews:  {}", if ovr.is_empty() { "none".into() } else { ovr.join(", ") })?;
+    Ok(())
+}
+
+pub fn render(args: &RenderArgs) -> anyhow::Result<()> {
+    let raster = Raster::open(&args.file)?;
+    let info = raster.info();
+    let window = match &args.window {
+        Some(w) => parse_window(w)?,
+        None => Window::full(info.width, info.height),
+    };
+    let size = match &args.size {
+        Some(s) => parse_size(s)?,
+        None => (
+            u32::try_from(window.width).context("window too wide to render at full size; pass --size")?,
+            u32::try_from(window.height).context("window too tall to render at full size; pass --size")?,
+        ),
+    };
+    let mut params = RenderParams::default_for(info);
+    if let Some(b) = &args.bands {
+        params.bands = parse_bands(b)?;
+    }
+    if let Some(s) = args.stretch {
+        params.stretch = s;
+    }
+    let img = raster.render_window(window, size, &params)?;
+    write_png_atomic(&args.out, &img)
+}
+
+/// Writes RGB when every pixel is opaque (as `gdal_translate` would), RGBA otherwise;
+/// through a temporary file renamed into place, so a failure never leaves half a PNG.
+pub fn write_png_atomic(path: &Path, img: &engine::raster::RgbaImage) -> anyhow::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| -> anyhow::Result<()> {
+        if img.is_opaque() {
+            let rgb: Vec<u8> = img.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+            image::save_buffer_with_format(&tmp, &rgb, img.width, img.height, image::ExtendedColorType::Rgb8, image::ImageFormat::Png)?;
+        } else {
+            image::save_buffer_with_format(&tmp, &img.rgba, img.width, img.height, image::ExtendedColorType::Rgba8, image::ImageFormat::Png)?;
+        }
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("{}: cannot write PNG", path.display()))
+}
+
+pub fn overviews(args: &OverviewArgs) -> anyhow::Result<()> {
+    let raster = Raster::open(&args.file)?;
+    let factors = engine::overviews::default_factors(raster.info().width, raster.info().height);
+    drop(raster);
+    if factors.is_empty() {
+        println!("{}: small enough to need no overviews", args.file.display());
+        return Ok(());
+    }
+    let mut last = 0;
+    engine::overviews::build_overviews(&args.file, &factors, &args.resampling.to_uppercase(), |f| {
+        let pct = (f * 100.0) as u32;
+        if pct >= last + 10 {
+            last = pct;
+            eprint!("{pct}% ");
+        }
+        true
+    })?;
+    eprintln!();
+    println!("{}: wrote {} ({} levels)", args.file.display(), engine::overviews::ovr_path(&args.file).display(), factors.len());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_parsers() {
+        assert_eq!(parse_window("1,2,30,40").unwrap(), Window { x: 1, y: 2, width: 30, height: 40 });
+        assert!(parse_window("1,2,3").is_err());
+        assert!(parse_window("a,b,c,d").is_err());
+        assert_eq!(parse_size("256x128").unwrap(), (256, 128));
+        assert!(parse_size("0x10").is_err());
+        assert_eq!(parse_bands("3,2,1").unwrap(), BandMapping::Rgb([3, 2, 1]));
+        assert_eq!(parse_bands("4").unwrap(), BandMapping::Grey(4));
+        assert!(parse_bands("1,2").is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! `remote-reasoner`: with no subcommand, the desktop workbench; subcommands run headless.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rr_app::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        None => rr_app::gui::run(cli.file, cli.renderer),
+        Some(Command::Info(args)) => rr_app::cli::info(&args),
+        Some(Command::Render(args)) => rr_app::cli::render(&args),
+        Some(Command::Overviews(args)) => rr_app::cli::overviews(&args),
+        Some(Command::Bench(args)) => rr_app::bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("remote-reasoner: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

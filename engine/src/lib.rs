@@ -1,0 +1,32 @@
+//! RemoteReasoner's engine: every piece of logic the workbench has, with no UI
+//! dependency. The GUI and the command line both drive it.
+//!
+//! - [`raster`]: GDAL rasters — metadata, windowed reads at any overview level, stretch.
+//! - [`geo`]: the affine geotransform and its inverse.
+//! - [`tiles`]: the tile pyramid and the LRU tile cache.
+//! - [`overviews`]: building overviews as a cancellable job.
+//! - [`synthetic`]: generated rasters for tests and benchmarks.
+//! - [`worker`]: the engine thread, its typed requests and events.
+
+pub mod error;
+pub mod geo;
+pub mod overviews;
+pub mod raster;
+pub mod synthetic;
+pub mod tiles;
+pub mod worker;
+
+pub use error::{EngineError, Result};
+pub use worker::{Engine, EngineConfig, Event, JobId, RasterId, Request};
+
+/// One-time GDAL set-up: register drivers and route GDAL's own messages to
+/// `tracing` instead of stderr, so the only thing a user reads is our error.
+pub fn gdal_init() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        gdal::DriverManager::register_all();
+        gdal::config::set_error_handler(|class, number, msg| {
+            tracing::debug!(target: "gdal", ?class, number, "{msg}");
+        });
+    });
+}

@@ -1,0 +1,443 @@
+//! The engine thread. The GUI (or CLI) sends typed [`Request`]s and polls typed
+//! [`Event`]s; the thread owns every GDAL dataset and never shares one.
+//!
+//! - Tile requests coalesce: a new `Tiles` request replaces the unfinished one
+//!   (the latest view wins), and the engine checks for new requests between tiles.
+//! - Rendered tiles go through a byte-capped LRU cache.
+//! - Long jobs (building overviews) run on their own thread with their own dataset
+//!   handle, report progress, and can be cancelled.
+//! - A panic inside any job becomes an [`Event::Failed`]; the engine keeps running.
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
+
+use crate::error::EngineError;
+use crate::overviews;
+use crate::raster::{Raster, RasterInfo, RenderParams};
+use crate::tiles::{CacheKey, Tile, TileCache, TileKey};
+
+/// Identifies one request and every event it causes.
+pub type JobId = u64;
+/// Identifies an open raster (the id of the job that opened it).
+pub type RasterId = u64;
+/// Called after every event so the GUI can wake up and poll.
+pub type Waker = Arc<dyn Fn() + Send + Sync>;
+
+/// What the engine can be asked to do.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// Open a raster; answered by [`Event::Opened`] (raster id = job id) or [`Event::Failed`].
+    Open { job: JobId, path: PathBuf },
+    /// Forget a raster and its cached tiles.
+    Close { raster: RasterId },
+    /// Render these tiles; replaces any unfinished `Tiles` request.
+    Tiles { job: JobId, raster: RasterId, params: RenderParams, keys: Vec<TileKey> },
+    /// Build external overviews for a raster (cancellable, with progress).
+    BuildOverviews { job: JobId, raster: RasterId },
+    /// Cancel a job (tile rendering or overview building).
+    Cancel { job: JobId },
+}
+
+/// What the engine reports back. Plain data only.
+#[derive(Clone, Debug)]
+pub enum Event {
+    Opened { job: JobId, raster: RasterId, info: Box<RasterInfo> },
+    /// One tile, rendered with the parameters whose [`RenderParams::cache_hash`] is `params`.
+    Tile { job: JobId, raster: RasterId, params: u64, tile: Arc<Tile> },
+    /// Every tile of the request was sent (or had failed).
+    TilesDone { job: JobId },
+    Progress { job: JobId, fraction: f32, message: String },
+    /// Overviews exist now; the raster was reopened and its cached tiles dropped.
+    OverviewsBuilt { job: JobId, raster: RasterId, info: Box<RasterInfo> },
+    /// The job stopped early: cancelled, or superseded by a newer tile request.
+    Cancelled { job: JobId },
+    Failed { job: JobId, error: String },
+}
+
+impl Event {
+    /// The job an event belongs to.
+    pub fn job(&self) -> JobId {
+        match self {
+            Self::Opened { job, .. }
+            | Self::Tile { job, .. }
+            | Self::TilesDone { job }
+            | Self::Progress { job, .. }
+            | Self::OverviewsBuilt { job, .. }
+            | Self::Cancelled { job }
+            | Self::Failed { job, .. } => *job,
+        }
+    }
+}
+
+/// Engine settings.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig {
+    /// Memory cap of the rendered-tile cache.
+    pub tile_cache_bytes: usize,
+    /// GDAL's own block cache (`GDAL_CACHEMAX`).
+    pub gdal_cache_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { tile_cache_bytes: 256 << 20, gdal_cache_bytes: 256 << 20 }
+    }
+}
+
+/// Messages on the engine's channel: requests, plus reports from its job threads.
+enum Msg {
+    Request(Request),
+    OverviewsDone { job: JobId, raster: RasterId, result: Result<(), EngineError> },
+    #[cfg(test)]
+    Panic(JobId),
+    Shutdown,
+}
+
+/// Handle to the engine thread. Dropping it stops the thread.
+pub struct Engine {
+    tx: Sender<Msg>,
+    events: Receiver<Event>,
+    next_job: AtomicU64,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("next_job", &self.next_job).finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Spawns the engine thread (named `engine`).
+    pub fn spawn(config: EngineConfig, waker: Waker) -> Self {
+        crate::gdal_init();
+        // SAFETY: plain setter of a process-wide GDAL setting.
+        unsafe { gdal_sys::GDALSetCacheMax64(config.gdal_cache_bytes as i64) };
+        let (tx, rx) = unbounded();
+        let (etx, events) = unbounded();
+        let self_tx = tx.clone();
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || {
+                Worker {
+                    rx,
+                    self_tx,
+                    events: etx,
+                    waker,
+                    rasters: HashMap::new(),
+                    cache: TileCache::new(config.tile_cache_bytes),
+                    tiles: None,
+                    cancels: HashMap::new(),
+                }
+                .run();
+            })
+            .ok();
+        Self { tx, events, next_job: AtomicU64::new(1), thread }
+    }
+
+    /// A fresh job id.
+    pub fn next_job(&self) -> JobId {
+        self.next_job.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a request built from a fresh job id, and returns that id.
+    pub fn send(&self, make: impl FnOnce(JobId) -> Request) -> JobId {
+        let job = self.next_job();
+        self.send_request(make(job));
+        job
+    }
+
+    /// Sends a request as it is.
+    pub fn send_request(&self, request: Request) {
+        // The thread only stops when `self` is dropped, so sending cannot fail earlier.
+        let _ = self.tx.send(Msg::Request(request));
+    }
+
+    pub fn open(&self, path: impl Into<PathBuf>) -> JobId {
+        let path = path.into();
+        self.send(|job| Request::Open { job, path })
+    }
+
+    pub fn request_tiles(&self, raster: RasterId, params: RenderParams, keys: Vec<TileKey>) -> JobId {
+        self.send(|job| Request::Tiles { job, raster, params, keys })
+    }
+
+    pub fn build_overviews(&self, raster: RasterId) -> JobId {
+        self.send(|job| Request::BuildOverviews { job, raster })
+    }
+
+    pub fn cancel(&self, job: JobId) {
+        self.send_request(Request::Cancel { job });
+    }
+
+    pub fn close(&self, raster: RasterId) {
+        self.send_request(Request::Close { raster });
+    }
+
+    /// The next event, if one is waiting (never blocks: for the GUI's frame loop).
+    pub fn try_recv(&self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
+    /// Waits up to `timeout` for the next event (for the CLI, benchmarks and tests).
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Event> {
+        self.events.recv_timeout(timeout).ok()
+    }
+
+    #[cfg(test)]
+    fn inject_panic(&self, job: JobId) {
+        let _ = self.tx.send(Msg::Panic(job));
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The unfinished tile request.
+struct TileJob {
+    job: JobId,
+    raster: RasterId,
+    params: RenderParams,
+    hash: u64,
+    queue: VecDeque<TileKey>,
+}
+
+struct Worker {
+    rx: Receiver<Msg>,
+    self_tx: Sender<Msg>,
+    events: Sender<Event>,
+    waker: Waker,
+    rasters: HashMap<RasterId, Raster>,
+    cache: TileCache,
+    tiles: Option<TileJob>,
+    cancels: HashMap<JobId, Arc<AtomicBool>>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            // Handle everything queued before rendering the next tile, so a newer
+            // view replaces an older one at once.
+            let msg = if self.tiles.is_some() {
+                match self.rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                }
+            } else {
+                match self.rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => return,
+                }
+            };
+            match msg {
+                Some(Msg::Shutdown) => return,
+                Some(msg) => self.handle(msg),
+                None => self.render_next_tile(),
+            }
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+        (self.waker)();
+    }
+
+    /// Runs `f`, turning an error or a panic into a `Failed` event.
+    fn guarded(&mut self, job: JobId, f: impl FnOnce(&mut Self) -> Result<(), EngineError>) {
+        match catch_unwind(AssertUnwindSafe(|| f(self))) {
+            Ok(Ok(())) => {}
+            Ok(Err(EngineError::Cancelled)) => self.emit(Event::Cancelled { job }),
+            Ok(Err(e)) => self.emit(Event::Failed { job, error: e.to_string() }),
+            Err(panic) => self.emit(Event::Failed { job, error: format!("internal error: {}", panic_message(&panic)) }),
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Request(Request::Open { job, path }) => self.guarded(job, |w| {
+                let raster = Raster::open(&path)?;
+                let info = Box::new(raster.info().clone());
+                w.rasters.insert(job, raster);
+                w.emit(Event::Opened { job, raster: job, info });
+                Ok(())
+            }),
+            Msg::Request(Request::Close { raster }) => {
+                self.rasters.remove(&raster);
+                self.cache.remove_raster(raster);
+                if self.tiles.as_ref().is_some_and(|t| t.raster == raster) {
+                    self.tiles = None;
+                }
+            }
+            Msg::Request(Request::Tiles { job, raster, params, keys }) => self.guarded(job, |w| {
+                if let Some(old) = w.tiles.take() {
+                    w.emit(Event::Cancelled { job: old.job });
+                }
+                if !w.rasters.contains_key(&raster) {
+                    return Err(EngineError::UnknownRaster(raster));
+                }
+                let hash = params.cache_hash();
+                let mut queue = VecDeque::new();
+                for key in keys {
+                    match w.cache.get(&CacheKey { raster, params: hash, tile: key }) {
+                        Some(tile) => w.emit(Event::Tile { job, raster, params: hash, tile }),
+                        None => queue.push_back(key),
+                    }
+                }
+                if queue.is_empty() {
+                    w.emit(Event::TilesDone { job });
+                } else {
+                    w.tiles = Some(TileJob { job, raster, params, hash, queue });
+                }
+                Ok(())
+            }),
+            Msg::Request(Request::BuildOverviews { job, raster }) => self.guarded(job, |w| w.start_overviews(job, raster)),
+            Msg::Request(Request::Cancel { job }) => {
+                if self.tiles.as_ref().is_some_and(|t| t.job == job) {
+                    self.tiles = None;
+                    self.emit(Event::Cancelled { job });
+                }
+                if let Some(flag) = self.cancels.get(&job) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            }
+            Msg::OverviewsDone { job, raster, result } => {
+                self.cancels.remove(&job);
+                self.guarded(job, |w| {
+                    result?;
+                    let Some(old) = w.rasters.get(&raster) else {
+                        return Err(EngineError::UnknownRaster(raster));
+                    };
+                    let reopened = Raster::open(old.path())?;
+                    let info = Box::new(reopened.info().clone());
+                    w.rasters.insert(raster, reopened);
+                    w.cache.remove_raster(raster);
+                    w.emit(Event::OverviewsBuilt { job, raster, info });
+                    Ok(())
+                });
+            }
+            #[cfg(test)]
+            Msg::Panic(job) => self.guarded(job, |_| panic!("injected panic")),
+            Msg::Shutdown => {}
+        }
+    }
+
+    fn render_next_tile(&mut self) {
+        let Some(tj) = self.tiles.as_mut() else { return };
+        let Some(key) = tj.queue.pop_front() else {
+            let job = tj.job;
+            self.tiles = None;
+            self.emit(Event::TilesDone { job });
+            return;
+        };
+        let (job, raster, params, hash) = (tj.job, tj.raster, tj.params, tj.hash);
+        let rendered = match self.rasters.get(&raster) {
+            Some(r) => catch_unwind(AssertUnwindSafe(|| r.render_tile(key, &params)))
+                .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&p)))),
+            None => Err(EngineError::UnknownRaster(raster)),
+        };
+        match rendered {
+            Ok(tile) => {
+                let tile = Arc::new(tile);
+                self.cache.insert(CacheKey { raster, params: hash, tile: key }, tile.clone());
+                self.emit(Event::Tile { job, raster, params: hash, tile });
+            }
+            Err(e) => {
+                // The rest of this view would most likely fail the same way.
+                self.tiles = None;
+                self.emit(Event::Failed { job, error: e.to_string() });
+            }
+        }
+    }
+
+    fn start_overviews(&mut self, job: JobId, raster: RasterId) -> Result<(), EngineError> {
+        let r = self.rasters.get(&raster).ok_or(EngineError::UnknownRaster(raster))?;
+        let path = r.path().to_owned();
+        let factors = overviews::default_factors(r.info().width, r.info().height);
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.cancels.insert(job, cancel.clone());
+        let (events, waker, done) = (self.events.clone(), self.waker.clone(), self.self_tx.clone());
+        let spawned = std::thread::Builder::new().name(format!("job-{job}-overviews")).spawn(move || {
+            let mut last = -1.0f64;
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                overviews::build_overviews(&path, &factors, "AVERAGE", |fraction| {
+                    if fraction - last >= 0.01 || fraction >= 1.0 {
+                        last = fraction;
+                        let _ = events.send(Event::Progress {
+                            job,
+                            fraction: fraction as f32,
+                            message: format!("building {} overview levels", factors.len()),
+                        });
+                        waker();
+                    }
+                    !cancel.load(Ordering::Relaxed)
+                })
+            }))
+            .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&p))));
+            let _ = done.send(Msg::OverviewsDone { job, raster, result });
+        });
+        spawned.map(|_| ()).map_err(|e| EngineError::Internal(format!("cannot start job thread: {e}")))
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> Engine {
+        Engine::spawn(EngineConfig::default(), Arc::new(|| {}))
+    }
+
+    fn next(engine: &Engine) -> Event {
+        engine.recv_timeout(Duration::from_secs(30)).expect("engine answered")
+    }
+
+    #[test]
+    fn panic_in_a_job_becomes_a_failure_and_engine_lives_on() {
+        let e = engine();
+        e.inject_panic(7);
+        match next(&e) {
+            Event::Failed { job: 7, error } => assert!(error.contains("injected panic"), "{error}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        let job = e.open("/definitely/not/here.tif");
+        match next(&e) {
+            Event::Failed { job: j, error } => {
+                assert_eq!(j, job);
+                assert!(error.contains("/definitely/not/here.tif") && error.contains("not found"), "{error}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tiles_for_unknown_raster_fail_cleanly() {
+        let e = engine();
+        let params = RenderParams {
+            bands: crate::raster::BandMapping::Grey(1),
+            stretch: crate::raster::Stretch::None,
+        };
+        let job = e.request_tiles(999, params, vec![TileKey { level: 0, x: 0, y: 0 }]);
+        assert!(matches!(next(&e), Event::Failed { job: j, .. } if j == job));
+    }
+}
