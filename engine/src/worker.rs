@@ -262,7 +262,7 @@ impl Worker {
             Ok(Ok(())) => {}
             Ok(Err(EngineError::Cancelled)) => self.emit(Event::Cancelled { job }),
             Ok(Err(e)) => self.emit(Event::Failed { job, error: e.to_string() }),
-            Err(panic) => self.emit(Event::Failed { job, error: format!("internal error: {}", panic_message(&panic)) }),
+            Err(panic) => self.emit(Event::Failed { job, error: format!("internal error: {}", panic_message(&*panic)) }),
         }
     }
 
@@ -346,7 +346,7 @@ impl Worker {
         let (job, raster, params, hash) = (tj.job, tj.raster, tj.params, tj.hash);
         let rendered = match self.rasters.get(&raster) {
             Some(r) => catch_unwind(AssertUnwindSafe(|| r.render_tile(key, &params)))
-                .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&p)))),
+                .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p)))),
             None => Err(EngineError::UnknownRaster(raster)),
         };
         match rendered {
@@ -386,7 +386,7 @@ impl Worker {
                     !cancel.load(Ordering::Relaxed)
                 })
             }))
-            .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&p))));
+            .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p))));
             let _ = done.send(Msg::OverviewsDone { job, raster, result });
         });
         spawned.map(|_| ()).map_err(|e| EngineError::Internal(format!("cannot start job thread: {e}")))

@@ -151,6 +151,23 @@ impl RgbaImage {
     }
 }
 
+/// One band's pixels in the narrowest type that holds them.
+enum Plane {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    F64(Vec<f64>),
+}
+
+impl Plane {
+    fn get(&self, i: usize) -> f64 {
+        match self {
+            Self::U8(v) => f64::from(v[i]),
+            Self::U16(v) => f64::from(v[i]),
+            Self::F64(v) => v[i],
+        }
+    }
+}
+
 /// An open raster. Owns its GDAL dataset, so it lives on one thread at a time
 /// (GDAL 3.6 datasets are `Send`, not `Sync`).
 #[derive(Debug)]
@@ -259,55 +276,76 @@ impl Raster {
         let (ow, oh) = (out.0 as usize, out.1 as usize);
         let n = ow * oh;
         let bands = params.bands.bands();
-        let mut planes = Vec::with_capacity(bands.len());
-        let mut maps = Vec::with_capacity(bands.len());
         for &b in &bands {
-            let band = self.band(b)?;
-            let buf = band
-                .read_as::<f64>(
-                    (window.x as isize, window.y as isize),
-                    (window.width as usize, window.height as usize),
-                    (ow, oh),
-                    Some(ResampleAlg::NearestNeighbour),
-                )
-                .map_err(|e| self.read_error(&e))?;
-            planes.push(buf.into_shape_and_vec().1);
-            maps.push(match params.stretch {
+            self.band(b)?; // names the raster and its band count when `b` is out of range
+        }
+        let mut channels: Vec<Vec<u8>> = Vec::with_capacity(bands.len());
+        // Per pixel: every mapped band holds its nodata value (only if all have one).
+        let mut all_nodata: Option<Vec<bool>> =
+            bands.iter().all(|b| self.info.nodata[b - 1].is_some()).then(|| vec![true; n]);
+        let mut nan: Option<Vec<bool>> = None;
+        for &b in &bands {
+            let map = match params.stretch {
                 Stretch::None => LinearMap::identity(),
                 s => {
                     let (lo, hi) = s.range(self.band_sample(b)?);
                     LinearMap::new(lo, hi)
                 }
-            });
+            };
+            let plane = self.read_plane(b, window, (ow, oh))?;
+            let nodata = self.info.nodata[b - 1];
+            let display = match &plane {
+                Plane::U8(v) => {
+                    let lut: Vec<u8> = (0..=255u16).map(|x| map.apply(f64::from(x))).collect();
+                    v.iter().map(|&x| lut[usize::from(x)]).collect()
+                }
+                Plane::U16(v) => {
+                    let lut: Vec<u8> = (0..=u16::MAX).map(|x| map.apply(f64::from(x))).collect();
+                    v.iter().map(|&x| lut[usize::from(x)]).collect()
+                }
+                Plane::F64(v) => {
+                    if v.iter().any(|x| x.is_nan()) {
+                        let mask = nan.get_or_insert_with(|| vec![false; n]);
+                        for (m, x) in mask.iter_mut().zip(v) {
+                            *m |= x.is_nan();
+                        }
+                    }
+                    v.iter().map(|&x| map.apply(x)).collect()
+                }
+            };
+            if let (Some(mask), Some(nd)) = (all_nodata.as_mut(), nodata) {
+                for (i, m) in mask.iter_mut().enumerate() {
+                    *m &= plane.get(i) == nd;
+                }
+            }
+            channels.push(display);
         }
         let alpha = self.read_alpha(window, (ow, oh), &bands)?;
-        let nodata: Vec<Option<f64>> = bands.iter().map(|b| self.info.nodata[b - 1]).collect();
 
         let mut rgba = vec![0u8; n * 4];
         for (i, px) in rgba.chunks_exact_mut(4).enumerate() {
-            let mut transparent = false;
-            let mut all_nodata = true;
-            let mut rgb = [0u8; 3];
-            for (c, plane) in planes.iter().enumerate() {
-                let v = plane[i];
-                if v.is_nan() {
-                    transparent = true;
-                }
-                if nodata[c] != Some(v) {
-                    all_nodata = false;
-                }
-                rgb[c] = maps[c].apply(v);
+            match channels.as_slice() {
+                [g] => px[..3].fill(g[i]),
+                [r, g, b] => px[..3].copy_from_slice(&[r[i], g[i], b[i]]),
+                _ => {}
             }
-            if planes.len() == 1 {
-                rgb = [rgb[0]; 3];
-            }
-            if all_nodata && nodata.iter().any(Option::is_some) {
-                transparent = true;
-            }
-            px[..3].copy_from_slice(&rgb);
+            let transparent = all_nodata.as_ref().is_some_and(|m| m[i]) || nan.as_ref().is_some_and(|m| m[i]);
             px[3] = if transparent { 0 } else { alpha.as_ref().map_or(255, |a| a[i]) };
         }
         Ok(RgbaImage { width: out.0, height: out.1, rgba })
+    }
+
+    /// Reads one band's window in its own type where that allows a lookup table.
+    fn read_plane(&self, b: usize, window: Window, out: (usize, usize)) -> Result<Plane> {
+        let band = self.band(b)?;
+        let win = ((window.x as isize, window.y as isize), (window.width as usize, window.height as usize));
+        let nearest = Some(ResampleAlg::NearestNeighbour);
+        let err = |e: gdal::errors::GdalError| self.read_error(&e);
+        Ok(match band.band_type() {
+            GdalDataType::UInt8 => Plane::U8(band.read_as::<u8>(win.0, win.1, out, nearest).map_err(err)?.into_shape_and_vec().1),
+            GdalDataType::UInt16 => Plane::U16(band.read_as::<u16>(win.0, win.1, out, nearest).map_err(err)?.into_shape_and_vec().1),
+            _ => Plane::F64(band.read_as::<f64>(win.0, win.1, out, nearest).map_err(err)?.into_shape_and_vec().1),
+        })
     }
 
     /// Alpha from an alpha band or a per-dataset mask, when the raster has one.
