@@ -1,6 +1,8 @@
 //! The `remote-reasoner` command line, run as a user runs it: `info` and `render`
 //! on every shared sample, pixel parity with `gdal_translate`, and bad input.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -49,7 +51,10 @@ fn info_json_has_the_documented_fields_for_every_sample() {
         assert_eq!(v["nodata"].as_array().unwrap().len(), bands);
         assert_eq!(v["geotransform"].as_array().unwrap().len(), 6);
         assert!(v["epsg"].as_u64().is_some());
-        assert!(v["crs_wkt"].as_str().unwrap().starts_with("PROJCS") || v["crs_wkt"].as_str().unwrap().starts_with("GEOGCS"));
+        assert!(
+            v["crs_wkt"].as_str().unwrap().starts_with("PROJCS")
+                || v["crs_wkt"].as_str().unwrap().starts_with("GEOGCS")
+        );
         assert!(v["overviews"].is_array());
         // Geotransform matches GDAL's own report.
         let gdal = Command::new("gdalinfo").arg("-json").arg(&path).output().expect("gdalinfo (apt install gdal-bin)");
@@ -70,7 +75,8 @@ fn render_stretch_none_is_pixel_identical_to_gdal_translate() {
     let eight_bit_rgb = samples()
         .into_iter()
         .filter(|p| {
-            let v: serde_json::Value = serde_json::from_slice(&rr(&[os("info"), p.as_os_str(), os("--json")]).stdout).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&rr(&[os("info"), p.as_os_str(), os("--json")]).stdout).unwrap();
             v["dtypes"][0] == "Byte" && v["bands"].as_u64().unwrap() >= 3
         })
         .collect::<Vec<_>>();
@@ -94,12 +100,23 @@ fn render_stretch_none_is_pixel_identical_to_gdal_translate() {
         let win = dir.path().join(format!("{name}.win.png"));
         let win_ref = dir.path().join(format!("{name}.win.gdal.png"));
         let out = rr(&[
-            os("render"), path.as_os_str(), os("--out"), win.as_os_str(), os("--stretch"), os("none"),
-            os("--window"), os("10,20,150,100"), os("--size"), os("75x50"),
+            os("render"),
+            path.as_os_str(),
+            os("--out"),
+            win.as_os_str(),
+            os("--stretch"),
+            os("none"),
+            os("--window"),
+            os("10,20,150,100"),
+            os("--size"),
+            os("75x50"),
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let st = Command::new("gdal_translate")
-            .args(["-q", "-of", "PNG", "-b", "1", "-b", "2", "-b", "3", "-srcwin", "10", "20", "150", "100", "-outsize", "75", "50"])
+            .args([
+                "-q", "-of", "PNG", "-b", "1", "-b", "2", "-b", "3", "-srcwin", "10", "20", "150", "100", "-outsize",
+                "75", "50",
+            ])
             .arg(&path)
             .arg(&win_ref)
             .status()
@@ -183,7 +200,14 @@ fn bad_input_exits_non_zero_with_one_clear_message() {
 
     // Bad arguments on a good file.
     let port = shared_dir().join("rotterdam_port_rgb_4p5m_spacenet6.tif");
-    let err = failure(&[os("render"), port.as_os_str(), os("--out"), out_png.as_os_str(), os("--window"), os("150,150,100,100")]);
+    let err = failure(&[
+        os("render"),
+        port.as_os_str(),
+        os("--out"),
+        out_png.as_os_str(),
+        os("--window"),
+        os("150,150,100,100"),
+    ]);
     assert!(err.contains("outside") && err.contains("rotterdam_port"), "{err}");
     let err = failure(&[os("render"), port.as_os_str(), os("--out"), out_png.as_os_str(), os("--bands"), os("1,2,7")]);
     assert!(err.contains("band 7"), "{err}");

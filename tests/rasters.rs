@@ -1,6 +1,8 @@
 //! Engine integration tests over the nine real GeoTIFFs in `../shared/data` and
 //! rasters generated here with GDAL (huge sparse, non-georeferenced, broken).
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,14 +30,62 @@ struct Expect {
 }
 
 const SAMPLES: &[Expect] = &[
-    Expect { file: "andros_bahamas_landsat7_rgb_300m.tif", size: (791, 718), dtypes: &["Byte"; 3], epsg: 32618, nodata: Some(0.0) },
-    Expect { file: "atlanta_residential_pan_0p5m_spacenet4.tif", size: (900, 900), dtypes: &["UInt16"], epsg: 32616, nodata: Some(0.0) },
-    Expect { file: "colorado_springs_cars_hro_0p15m.tif", size: (383, 232), dtypes: &["Byte"; 3], epsg: 26913, nodata: None },
-    Expect { file: "grenada_landsat8_rgb_uint16_60m.tif", size: (438, 500), dtypes: &["UInt16"; 3], epsg: 32620, nodata: None },
-    Expect { file: "las_vegas_residential_pan_0p3m_spacenet3.tif", size: (1300, 1300), dtypes: &["UInt16"], epsg: 4326, nodata: None },
-    Expect { file: "rotterdam_port_rgb_4p5m_spacenet6.tif", size: (200, 200), dtypes: &["Byte"; 3], epsg: 32631, nodata: None },
-    Expect { file: "rotterdam_urban_bgrn_1m_spacenet6.tif", size: (300, 300), dtypes: &["Float64"; 4], epsg: 32631, nodata: None },
-    Expect { file: "rotterdam_urban_pan_0p5m_spacenet6.tif", size: (600, 600), dtypes: &["UInt16"], epsg: 32631, nodata: None },
+    Expect {
+        file: "andros_bahamas_landsat7_rgb_300m.tif",
+        size: (791, 718),
+        dtypes: &["Byte"; 3],
+        epsg: 32618,
+        nodata: Some(0.0),
+    },
+    Expect {
+        file: "atlanta_residential_pan_0p5m_spacenet4.tif",
+        size: (900, 900),
+        dtypes: &["UInt16"],
+        epsg: 32616,
+        nodata: Some(0.0),
+    },
+    Expect {
+        file: "colorado_springs_cars_hro_0p15m.tif",
+        size: (383, 232),
+        dtypes: &["Byte"; 3],
+        epsg: 26913,
+        nodata: None,
+    },
+    Expect {
+        file: "grenada_landsat8_rgb_uint16_60m.tif",
+        size: (438, 500),
+        dtypes: &["UInt16"; 3],
+        epsg: 32620,
+        nodata: None,
+    },
+    Expect {
+        file: "las_vegas_residential_pan_0p3m_spacenet3.tif",
+        size: (1300, 1300),
+        dtypes: &["UInt16"],
+        epsg: 4326,
+        nodata: None,
+    },
+    Expect {
+        file: "rotterdam_port_rgb_4p5m_spacenet6.tif",
+        size: (200, 200),
+        dtypes: &["Byte"; 3],
+        epsg: 32631,
+        nodata: None,
+    },
+    Expect {
+        file: "rotterdam_urban_bgrn_1m_spacenet6.tif",
+        size: (300, 300),
+        dtypes: &["Float64"; 4],
+        epsg: 32631,
+        nodata: None,
+    },
+    Expect {
+        file: "rotterdam_urban_pan_0p5m_spacenet6.tif",
+        size: (600, 600),
+        dtypes: &["UInt16"],
+        epsg: 32631,
+        nodata: None,
+    },
     Expect { file: "sf_bay_ships_rapideye_5m.tif", size: (692, 332), dtypes: &["Byte"; 4], epsg: 32610, nodata: None },
 ];
 
@@ -58,7 +108,9 @@ fn all_shared_samples_open_describe_and_render() {
 
         // Full-resolution render with the default params, and a decimated one.
         let params = RenderParams::default_for(info);
-        let full = r.render_window(Window::full(info.width, info.height), (info.width as u32, info.height as u32), &params).unwrap();
+        let full = r
+            .render_window(Window::full(info.width, info.height), (info.width as u32, info.height as u32), &params)
+            .unwrap();
         assert_eq!(full.rgba.len() as u64, info.width * info.height * 4);
         let distinct: std::collections::HashSet<&[u8]> = full.rgba.chunks_exact(4).collect();
         assert!(distinct.len() > 100, "{}: only {} distinct colours: stretch failed?", e.file, distinct.len());

@@ -205,7 +205,10 @@ fn pan(path: &Path, cache_mib: usize, (vw, vh): (u32, u32)) -> anyhow::Result<()
         if resettable { "" } else { " (peak since process start)" },
         peak as f64 / 1024.0
     );
-    println!("| peak − before | {:.0} (bound: tile cache {cache_mib} + GDAL cache 64) |", peak.saturating_sub(base) as f64 / 1024.0);
+    println!(
+        "| peak − before | {:.0} (bound: tile cache {cache_mib} + GDAL cache 64) |",
+        peak.saturating_sub(base) as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -217,7 +220,7 @@ fn bench_windows(p: &Pyramid, n: usize) -> Vec<TileKey> {
         let level = (i % 3) as u8;
         let (cols, rows) = p.tile_counts(level);
         let d = (i / 3) % cols.min(rows);
-        let key = if i % 2 == 0 {
+        let key = if i.is_multiple_of(2) {
             TileKey { level, x: d, y: d } // on the written diagonal
         } else {
             TileKey { level, x: (d * 7 + 3) % cols, y: (d * 13 + 1) % rows }
@@ -253,7 +256,11 @@ fn gdal_open(path: &Path) -> anyhow::Result<gdal::Dataset> {
 
 fn gdal_translate_windows(path: &Path, p: &Pyramid, keys: &[TileKey], dir: &Path) -> anyhow::Result<Duration> {
     let shm = Path::new("/dev/shm");
-    let out = if shm.is_dir() { shm.join(format!("rr-bench-{}.tif", std::process::id())) } else { dir.join("rr-bench-out.tif") };
+    let out = if shm.is_dir() {
+        shm.join(format!("rr-bench-{}.tif", std::process::id()))
+    } else {
+        dir.join("rr-bench-out.tif")
+    };
     let t = Instant::now();
     for k in keys {
         let (w, o) = p.tile_window(*k).context("window")?;

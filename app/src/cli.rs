@@ -190,9 +190,23 @@ pub fn write_png_atomic(path: &Path, img: &engine::raster::RgbaImage) -> anyhow:
     let result = (|| -> anyhow::Result<()> {
         if img.is_opaque() {
             let rgb: Vec<u8> = img.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
-            image::save_buffer_with_format(&tmp, &rgb, img.width, img.height, image::ExtendedColorType::Rgb8, image::ImageFormat::Png)?;
+            image::save_buffer_with_format(
+                &tmp,
+                &rgb,
+                img.width,
+                img.height,
+                image::ExtendedColorType::Rgb8,
+                image::ImageFormat::Png,
+            )?;
         } else {
-            image::save_buffer_with_format(&tmp, &img.rgba, img.width, img.height, image::ExtendedColorType::Rgba8, image::ImageFormat::Png)?;
+            image::save_buffer_with_format(
+                &tmp,
+                &img.rgba,
+                img.width,
+                img.height,
+                image::ExtendedColorType::Rgba8,
+                image::ImageFormat::Png,
+            )?;
         }
         std::fs::rename(&tmp, path)?;
         Ok(())
@@ -221,7 +235,12 @@ pub fn overviews(args: &OverviewArgs) -> anyhow::Result<()> {
         true
     })?;
     eprintln!();
-    println!("{}: wrote {} ({} levels)", args.file.display(), engine::overviews::ovr_path(&args.file).display(), factors.len());
+    println!(
+        "{}: wrote {} ({} levels)",
+        args.file.display(),
+        engine::overviews::ovr_path(&args.file).display(),
+        factors.len()
+    );
     Ok(())
 }
 

@@ -25,10 +25,7 @@ impl GeoTransform {
     /// Pixel (col, row) → map (x, y) in the raster's CRS units.
     pub fn pixel_to_world(&self, col: f64, row: f64) -> (f64, f64) {
         let g = &self.0;
-        (
-            g[0] + col * g[1] + row * g[2],
-            g[3] + col * g[4] + row * g[5],
-        )
+        (g[0] + col * g[1] + row * g[2], g[3] + col * g[4] + row * g[5])
     }
 
     /// Map (x, y) → pixel (col, row); `None` if the transform is singular.
@@ -49,14 +46,7 @@ impl GeoTransform {
         let b = -g[2] * inv_det;
         let d = -g[4] * inv_det;
         let e = g[1] * inv_det;
-        Some(Self([
-            (g[2] * g[3] - g[0] * g[5]) * inv_det,
-            a,
-            b,
-            (-g[1] * g[3] + g[0] * g[4]) * inv_det,
-            d,
-            e,
-        ]))
+        Some(Self([(g[2] * g[3] - g[0] * g[5]) * inv_det, a, b, (-g[1] * g[3] + g[0] * g[4]) * inv_det, d, e]))
     }
 
     /// True when there are no rotation/shear terms.

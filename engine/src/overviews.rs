@@ -45,10 +45,8 @@ pub fn build_overviews(
         open_flags: GdalOpenFlags::GDAL_OF_RASTER | GdalOpenFlags::GDAL_OF_READONLY,
         ..Default::default()
     };
-    let ds = Dataset::open_ex(path, options).map_err(|e| EngineError::NotARaster {
-        path: path.to_owned(),
-        reason: gdal_reason(&e),
-    })?;
+    let ds = Dataset::open_ex(path, options)
+        .map_err(|e| EngineError::NotARaster { path: path.to_owned(), reason: gdal_reason(&e) })?;
     if factors.is_empty() {
         return Ok(());
     }

@@ -56,9 +56,8 @@ pub fn sparse_geotiff(path: &Path, size: usize, bands: usize, with_overviews: bo
             for (bx, by) in [(i, i), (n - 1 - i, i)] {
                 let (x0, y0) = (bx * BLOCK, by * BLOCK);
                 let (w, h) = (BLOCK.min(size - x0), BLOCK.min(size - y0));
-                let data: Vec<u8> = (0..h)
-                    .flat_map(|y| (0..w).map(move |x| pattern((x0 + x) as u64, (y0 + y) as u64, b)))
-                    .collect();
+                let data: Vec<u8> =
+                    (0..h).flat_map(|y| (0..w).map(move |x| pattern((x0 + x) as u64, (y0 + y) as u64, b))).collect();
                 let mut buf = Buffer::new((w, h), data);
                 band.write((x0 as isize, y0 as isize), (w, h), &mut buf).map_err(err)?;
             }

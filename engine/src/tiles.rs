@@ -114,9 +114,8 @@ impl Pyramid {
         let clamp = |v: f64, n: u32| (v / span).floor().clamp(0.0, f64::from(n)) as u32;
         let (tx0, tx1) = (clamp(x0, cols), clamp(x1 + span - 1e-9, cols));
         let (ty0, ty1) = (clamp(y0, rows), clamp(y1 + span - 1e-9, rows));
-        let mut keys: Vec<TileKey> = (ty0..ty1)
-            .flat_map(|y| (tx0..tx1).map(move |x| TileKey { level, x, y }))
-            .collect();
+        let mut keys: Vec<TileKey> =
+            (ty0..ty1).flat_map(|y| (tx0..tx1).map(move |x| TileKey { level, x, y })).collect();
         let (cx, cy) = ((x0 + x1) / 2.0 / span, (y0 + y1) / 2.0 / span);
         keys.sort_by(|a, b| {
             let d = |k: &TileKey| (f64::from(k.x) + 0.5 - cx).powi(2) + (f64::from(k.y) + 0.5 - cy).powi(2);
@@ -210,7 +209,6 @@ impl TileCache {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,7 +281,8 @@ mod tests {
 
     #[test]
     fn cache_respects_memory_cap_and_lru_order() {
-        let tile = |x| Arc::new(Tile { key: TileKey { level: 0, x, y: 0 }, width: 16, height: 16, rgba: vec![0; 1024] });
+        let tile =
+            |x| Arc::new(Tile { key: TileKey { level: 0, x, y: 0 }, width: 16, height: 16, rgba: vec![0; 1024] });
         let one = tile(0).byte_size();
         let mut cache = TileCache::new(one * 3);
         let key = |x, raster| CacheKey { raster, params: 0, tile: TileKey { level: 0, x, y: 0 } };

@@ -48,17 +48,41 @@ pub enum Request {
 /// What the engine reports back. Plain data only.
 #[derive(Clone, Debug)]
 pub enum Event {
-    Opened { job: JobId, raster: RasterId, info: Box<RasterInfo> },
+    Opened {
+        job: JobId,
+        raster: RasterId,
+        info: Box<RasterInfo>,
+    },
     /// One tile, rendered with the parameters whose [`RenderParams::cache_hash`] is `params`.
-    Tile { job: JobId, raster: RasterId, params: u64, tile: Arc<Tile> },
+    Tile {
+        job: JobId,
+        raster: RasterId,
+        params: u64,
+        tile: Arc<Tile>,
+    },
     /// Every tile of the request was sent (or had failed).
-    TilesDone { job: JobId },
-    Progress { job: JobId, fraction: f32, message: String },
+    TilesDone {
+        job: JobId,
+    },
+    Progress {
+        job: JobId,
+        fraction: f32,
+        message: String,
+    },
     /// Overviews exist now; the raster was reopened and its cached tiles dropped.
-    OverviewsBuilt { job: JobId, raster: RasterId, info: Box<RasterInfo> },
+    OverviewsBuilt {
+        job: JobId,
+        raster: RasterId,
+        info: Box<RasterInfo>,
+    },
     /// The job stopped early: cancelled, or superseded by a newer tile request.
-    Cancelled { job: JobId },
-    Failed { job: JobId, error: String },
+    Cancelled {
+        job: JobId,
+    },
+    Failed {
+        job: JobId,
+        error: String,
+    },
 }
 
 impl Event {
@@ -94,7 +118,11 @@ impl Default for EngineConfig {
 /// Messages on the engine's channel: requests, plus reports from its job threads.
 enum Msg {
     Request(Request),
-    OverviewsDone { job: JobId, raster: RasterId, result: Result<(), EngineError> },
+    OverviewsDone {
+        job: JobId,
+        raster: RasterId,
+        result: Result<(), EngineError>,
+    },
     #[cfg(test)]
     Panic(JobId),
     Shutdown,
@@ -262,7 +290,9 @@ impl Worker {
             Ok(Ok(())) => {}
             Ok(Err(EngineError::Cancelled)) => self.emit(Event::Cancelled { job }),
             Ok(Err(e)) => self.emit(Event::Failed { job, error: e.to_string() }),
-            Err(panic) => self.emit(Event::Failed { job, error: format!("internal error: {}", panic_message(&*panic)) }),
+            Err(panic) => {
+                self.emit(Event::Failed { job, error: format!("internal error: {}", panic_message(&*panic)) });
+            }
         }
     }
 
@@ -304,7 +334,9 @@ impl Worker {
                 }
                 Ok(())
             }),
-            Msg::Request(Request::BuildOverviews { job, raster }) => self.guarded(job, |w| w.start_overviews(job, raster)),
+            Msg::Request(Request::BuildOverviews { job, raster }) => {
+                self.guarded(job, |w| w.start_overviews(job, raster));
+            }
             Msg::Request(Request::Cancel { job }) => {
                 if self.tiles.as_ref().is_some_and(|t| t.job == job) {
                     self.tiles = None;
@@ -433,10 +465,7 @@ mod tests {
     #[test]
     fn tiles_for_unknown_raster_fail_cleanly() {
         let e = engine();
-        let params = RenderParams {
-            bands: crate::raster::BandMapping::Grey(1),
-            stretch: crate::raster::Stretch::None,
-        };
+        let params = RenderParams { bands: crate::raster::BandMapping::Grey(1), stretch: crate::raster::Stretch::None };
         let job = e.request_tiles(999, params, vec![TileKey { level: 0, x: 0, y: 0 }]);
         assert!(matches!(next(&e), Event::Failed { job: j, .. } if j == job));
     }

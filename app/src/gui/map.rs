@@ -106,9 +106,17 @@ pub fn map_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         app.cursor_source = None;
         let text = match &app.opening {
             Some((_, p)) => format!("Opening {} …", p.display()),
-            None => "Open a raster: File ▸ Open… (Ctrl+O), drop a file here, or pass a path on the command line.".into(),
+            None => {
+                "Open a raster: File ▸ Open… (Ctrl+O), drop a file here, or pass a path on the command line.".into()
+            }
         };
-        ui.painter().text(rect.center(), egui::Align2::CENTER_CENTER, text, egui::FontId::proportional(16.0), Color32::GRAY);
+        ui.painter().text(
+            rect.center(),
+            egui::Align2::CENTER_CENTER,
+            text,
+            egui::FontId::proportional(16.0),
+            Color32::GRAY,
+        );
         return;
     };
     let (w, h) = (doc.info.width, doc.info.height);
@@ -145,7 +153,12 @@ pub fn map_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             if let Some(tex) = doc.tiles.texture_for_frame(&key) {
                 let a = doc.view.source_to_screen(rect, [win.x as f64, win.y as f64]);
                 let b = doc.view.source_to_screen(rect, [(win.x + win.width) as f64, (win.y + win.height) as f64]);
-                painter.image(tex, Rect::from_min_max(a, b), Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0)), Color32::WHITE);
+                painter.image(
+                    tex,
+                    Rect::from_min_max(a, b),
+                    Rect::from_min_max(pos2(0.0, 0.0), pos2(1.0, 1.0)),
+                    Color32::WHITE,
+                );
             }
         }
     }

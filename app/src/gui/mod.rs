@@ -160,7 +160,9 @@ impl WorkbenchApp {
                 Err(mpsc::TryRecvError::Disconnected) => self.file_dialog = None,
             }
         }
-        let dropped: Vec<PathBuf> = ctx.input(|i| i.raw.dropped_files.iter().map(|f| f.path().to_owned()).filter(|p| !p.as_os_str().is_empty()).collect());
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw.dropped_files.iter().map(|f| f.path().to_owned()).filter(|p| !p.as_os_str().is_empty()).collect()
+        });
         if let Some(p) = dropped.into_iter().next() {
             self.open(p);
         }
@@ -216,7 +218,8 @@ impl WorkbenchApp {
                 }
             }
             Event::Progress { job, fraction, .. } => {
-                if let Some((_, f)) = self.doc.as_mut().and_then(|d| d.overview_job.as_mut()).filter(|(j, _)| *j == job) {
+                if let Some((_, f)) = self.doc.as_mut().and_then(|d| d.overview_job.as_mut()).filter(|(j, _)| *j == job)
+                {
                     *f = fraction;
                 }
             }

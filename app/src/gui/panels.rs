@@ -19,12 +19,19 @@ pub fn menu_bar_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             });
             ui.separator();
             let has_doc = app.doc.is_some();
-            if ui.add_enabled(has_doc, egui::Button::new("Fit")).on_hover_text("Zoom to full extent (Ctrl+Shift+F)").clicked() {
-                if let Some(doc) = app.doc.as_mut() {
-                    doc.fit_pending = true;
-                }
+            if ui
+                .add_enabled(has_doc, egui::Button::new("Fit"))
+                .on_hover_text("Zoom to full extent (Ctrl+Shift+F)")
+                .clicked()
+                && let Some(doc) = app.doc.as_mut()
+            {
+                doc.fit_pending = true;
             }
-            if ui.add_enabled(has_doc, egui::Button::new("1:1")).on_hover_text("One raster pixel per screen pixel (Ctrl+1)").clicked() {
+            if ui
+                .add_enabled(has_doc, egui::Button::new("1:1"))
+                .on_hover_text("One raster pixel per screen pixel (Ctrl+1)")
+                .clicked()
+            {
                 let ppp = ui.ctx().pixels_per_point();
                 if let Some(doc) = app.doc.as_mut() {
                     doc.view = doc.view.one_to_one(ppp);
@@ -61,7 +68,9 @@ pub fn status_bar_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 return;
             };
             match app.cursor_source {
-                Some(s) if s[0] >= 0.0 && s[1] >= 0.0 && s[0] < doc.info.width as f64 && s[1] < doc.info.height as f64 => {
+                Some(s)
+                    if s[0] >= 0.0 && s[1] >= 0.0 && s[0] < doc.info.width as f64 && s[1] < doc.info.height as f64 =>
+                {
                     ui.label(format_position(&doc.info, s));
                 }
                 _ => {
@@ -99,7 +108,9 @@ pub fn side_panel_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             ui.separator();
             overviews_ui(app, ui, &info, overview_job);
             ui.separator();
-            egui::CollapsingHeader::new("Metadata").default_open(app.show_metadata).show(ui, |ui| metadata_ui(ui, &info));
+            egui::CollapsingHeader::new("Metadata")
+                .default_open(app.show_metadata)
+                .show(ui, |ui| metadata_ui(ui, &info));
         });
     });
 }
@@ -197,11 +208,10 @@ fn overviews_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, info: &RasterInfo, jo
                 .add_enabled(enabled, egui::Button::new(label))
                 .on_hover_text("Writes an external .ovr file next to the raster; the raster is not modified.")
                 .clicked()
+                && let Some(doc) = app.doc.as_mut()
             {
-                if let Some(doc) = app.doc.as_mut() {
-                    let job = app.engine.build_overviews(doc.raster);
-                    doc.overview_job = Some((job, 0.0));
-                }
+                let job = app.engine.build_overviews(doc.raster);
+                doc.overview_job = Some((job, 0.0));
             }
         }
     }
@@ -296,7 +306,10 @@ mod tests {
 
     #[test]
     fn position_in_projected_geographic_and_plain_rasters() {
-        assert_eq!(format_position(&info(true, false), [10.5, 4.0]), "Pixel 10, 4   X 500021.00  Y 3999992.00   EPSG:32631");
+        assert_eq!(
+            format_position(&info(true, false), [10.5, 4.0]),
+            "Pixel 10, 4   X 500021.00  Y 3999992.00   EPSG:32631"
+        );
         assert!(format_position(&info(true, true), [0.0, 0.0]).contains("Lon 500000.0000000°"));
         assert_eq!(format_position(&info(false, false), [3.2, 7.9]), "Pixel 3, 7   (not georeferenced)");
     }

@@ -38,19 +38,13 @@ impl ViewTransform {
     /// Source pixel (continuous) under a screen position.
     pub fn screen_to_source(&self, rect: Rect, p: Pos2) -> [f64; 2] {
         let c = rect.center();
-        [
-            self.center[0] + f64::from(p.x - c.x) / self.zoom,
-            self.center[1] + f64::from(p.y - c.y) / self.zoom,
-        ]
+        [self.center[0] + f64::from(p.x - c.x) / self.zoom, self.center[1] + f64::from(p.y - c.y) / self.zoom]
     }
 
     /// Screen position of a source pixel coordinate.
     pub fn source_to_screen(&self, rect: Rect, s: [f64; 2]) -> Pos2 {
         let c = rect.center();
-        pos2(
-            c.x + ((s[0] - self.center[0]) * self.zoom) as f32,
-            c.y + ((s[1] - self.center[1]) * self.zoom) as f32,
-        )
+        pos2(c.x + ((s[0] - self.center[0]) * self.zoom) as f32, c.y + ((s[1] - self.center[1]) * self.zoom) as f32)
     }
 
     /// Moves the view with the pointer: a drag of `delta` points moves the image by `delta`.

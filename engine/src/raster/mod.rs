@@ -199,10 +199,8 @@ impl Raster {
                 | GdalOpenFlags::GDAL_OF_VERBOSE_ERROR,
             ..Default::default()
         };
-        let ds = Dataset::open_ex(path, options).map_err(|e| EngineError::NotARaster {
-            path: path.to_owned(),
-            reason: gdal_reason(&e),
-        })?;
+        let ds = Dataset::open_ex(path, options)
+            .map_err(|e| EngineError::NotARaster { path: path.to_owned(), reason: gdal_reason(&e) })?;
         let info = describe(&ds, path)?;
         let samples = (0..info.bands).map(|_| OnceCell::new()).collect();
         Ok(Self { ds, info, samples })
@@ -342,8 +340,12 @@ impl Raster {
         let nearest = Some(ResampleAlg::NearestNeighbour);
         let err = |e: gdal::errors::GdalError| self.read_error(&e);
         Ok(match band.band_type() {
-            GdalDataType::UInt8 => Plane::U8(band.read_as::<u8>(win.0, win.1, out, nearest).map_err(err)?.into_shape_and_vec().1),
-            GdalDataType::UInt16 => Plane::U16(band.read_as::<u16>(win.0, win.1, out, nearest).map_err(err)?.into_shape_and_vec().1),
+            GdalDataType::UInt8 => {
+                Plane::U8(band.read_as::<u8>(win.0, win.1, out, nearest).map_err(err)?.into_shape_and_vec().1)
+            }
+            GdalDataType::UInt16 => {
+                Plane::U16(band.read_as::<u16>(win.0, win.1, out, nearest).map_err(err)?.into_shape_and_vec().1)
+            }
             _ => Plane::F64(band.read_as::<f64>(win.0, win.1, out, nearest).map_err(err)?.into_shape_and_vec().1),
         })
     }
@@ -360,7 +362,15 @@ impl Raster {
             let data = buf.into_shape_and_vec().1;
             return Ok(Some(
                 data.into_iter()
-                    .map(|v| if is_byte { v as u8 } else if v > 0.0 { 255 } else { 0 })
+                    .map(|v| {
+                        if is_byte {
+                            v as u8
+                        } else if v > 0.0 {
+                            255
+                        } else {
+                            0
+                        }
+                    })
                     .collect(),
             ));
         }
@@ -434,7 +444,11 @@ fn describe(ds: &Dataset, path: &Path) -> Result<RasterInfo> {
                 (Some("EPSG"), Ok(code)) => u32::try_from(code).ok(),
                 _ => {
                     let mut guess = srs.clone();
-                    guess.auto_identify_epsg().ok().and_then(|()| guess.auth_code().ok()).and_then(|c| u32::try_from(c).ok())
+                    guess
+                        .auto_identify_epsg()
+                        .ok()
+                        .and_then(|()| guess.auth_code().ok())
+                        .and_then(|c| u32::try_from(c).ok())
                 }
             };
             (srs.to_wkt().ok(), epsg, srs.name(), srs.is_geographic())

@@ -49,9 +49,7 @@ impl std::str::FromStr for Stretch {
             "none" => Ok(Self::None),
             "minmax" => Ok(Self::MinMax),
             "percentile" => Ok(Self::PERCENTILE_2_98),
-            other => Err(format!(
-                "unknown stretch '{other}' (expected none, minmax or percentile)"
-            )),
+            other => Err(format!("unknown stretch '{other}' (expected none, minmax or percentile)")),
         }
     }
 }
@@ -67,11 +65,7 @@ impl LinearMap {
     /// Maps `lo` → 0 and `hi` → 255; a flat range maps everything to 0 (or 255 above it).
     pub fn new(lo: f64, hi: f64) -> Self {
         let span = hi - lo;
-        let scale = if span.abs() > f64::EPSILON * lo.abs().max(1.0) {
-            255.0 / span
-        } else {
-            f64::INFINITY
-        };
+        let scale = if span.abs() > f64::EPSILON * lo.abs().max(1.0) { 255.0 / span } else { f64::INFINITY };
         Self { lo, scale }
     }
 
@@ -84,11 +78,7 @@ impl LinearMap {
     #[inline]
     pub fn apply(&self, v: f64) -> u8 {
         let d = v - self.lo;
-        let scaled = if self.scale.is_infinite() {
-            if d > 0.0 { 255.0 } else { 0.0 }
-        } else {
-            d * self.scale
-        };
+        let scaled = if self.scale.is_infinite() { if d > 0.0 { 255.0 } else { 0.0 } } else { d * self.scale };
         scaled.round().clamp(0.0, 255.0) as u8
     }
 }
