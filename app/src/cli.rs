@@ -21,6 +21,9 @@ pub struct Cli {
     /// GPU backend of the window.
     #[arg(long, value_enum, default_value = "wgpu", env = "RR_RENDERER")]
     pub renderer: RendererChoice,
+    /// Save a PNG of the window once FILE's first view has loaded, then quit (GUI only).
+    #[arg(long, value_name = "PNG")]
+    pub screenshot: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        None => rr_app::gui::run(cli.file, cli.renderer),
+        None => rr_app::gui::run(cli.file, cli.renderer, cli.screenshot),
         Some(Command::Info(args)) => rr_app::cli::info(&args),
         Some(Command::Render(args)) => rr_app::cli::render(&args),
         Some(Command::Overviews(args)) => rr_app::cli::overviews(&args),

@@ -102,12 +102,13 @@ impl TileTextures {
 pub fn map_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let rect = ui.max_rect();
     let response = ui.allocate_rect(rect, Sense::click_and_drag());
+    app.map_rect = Some(rect);
     let Some(doc) = app.doc.as_mut() else {
         app.cursor_source = None;
         let text = match &app.opening {
             Some((_, p)) => format!("Opening {} …", p.display()),
             None => {
-                "Open a raster: File ▸ Open… (Ctrl+O), drop a file here, or pass a path on the command line.".into()
+                "Open a raster: File > Open… (Ctrl+O), drop a file here, or pass a path on the command line.".into()
             }
         };
         ui.painter().text(
@@ -136,7 +137,12 @@ pub fn map_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             doc.view.zoom_at(rect, pointer, factor, ViewTransform::min_zoom_for(w, h));
         }
     }
-    app.cursor_source = response.hover_pos().map(|p| doc.view.screen_to_source(rect, p));
+    let cursor = response.hover_pos().map(|p| doc.view.screen_to_source(rect, p));
+    if cursor != app.cursor_source {
+        // The status bar was drawn before the map this frame: show it the new position.
+        ui.ctx().request_repaint();
+        app.cursor_source = cursor;
+    }
 
     // Which tiles the view needs, at the level that matches the physical zoom.
     let pyramid = doc.info.pyramid();

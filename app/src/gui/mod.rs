@@ -25,8 +25,11 @@ pub enum RendererChoice {
     Glow,
 }
 
-/// Opens the main window, optionally on a raster.
-pub fn run(path: Option<PathBuf>, renderer: RendererChoice) -> anyhow::Result<()> {
+/// Opens the main window, optionally on a raster. With `screenshot`, the window
+/// saves itself to that PNG once the raster's first view has loaded, and closes.
+pub fn run(path: Option<PathBuf>, renderer: RendererChoice, screenshot: Option<PathBuf>) -> anyhow::Result<()> {
+    let outcome = Arc::new(std::sync::Mutex::new(None));
+    let shot = screenshot.clone().map(|path| (path, outcome.clone()));
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("RemoteReasoner")
@@ -42,9 +45,18 @@ pub fn run(path: Option<PathBuf>, renderer: RendererChoice) -> anyhow::Result<()
     eframe::run_native(
         "RemoteReasoner",
         options,
-        Box::new(move |cc| Ok(Box::new(WorkbenchApp::new(&cc.egui_ctx, path)))),
+        Box::new(move |cc| {
+            let mut app = WorkbenchApp::new(&cc.egui_ctx, path);
+            app.screenshot = shot.map(|(path, result)| Screenshot { path, requested: false, result });
+            Ok(Box::new(app))
+        }),
     )
-    .map_err(|e| anyhow::anyhow!("cannot open the window ({e}); try --renderer glow"))
+    .map_err(|e| anyhow::anyhow!("cannot open the window ({e}); try --renderer glow"))?;
+    match (screenshot, outcome.lock().map(|mut o| o.take())) {
+        (None, _) => Ok(()),
+        (Some(_), Ok(Some(result))) => result,
+        (Some(p), _) => anyhow::bail!("{}: the window closed before the screenshot was taken", p.display()),
+    }
 }
 
 /// A message shown to the analyst in the corner of the window.
@@ -82,7 +94,20 @@ pub struct WorkbenchApp {
     pub file_dialog: Option<mpsc::Receiver<Option<PathBuf>>>,
     /// Source pixel under the pointer, if it is over the map.
     pub cursor_source: Option<[f64; 2]>,
+    /// Screen rectangle of the map on the last frame.
+    pub map_rect: Option<egui::Rect>,
     pub show_metadata: bool,
+    /// Save a screenshot here once the first view has fully loaded, then quit.
+    pub screenshot: Option<Screenshot>,
+}
+
+/// A pending `--screenshot` request and, once taken, its outcome.
+#[derive(Debug)]
+pub struct Screenshot {
+    pub path: PathBuf,
+    /// Set when the shot was requested (it arrives a frame or two later).
+    pub requested: bool,
+    pub result: Arc<std::sync::Mutex<Option<anyhow::Result<()>>>>,
 }
 
 impl std::fmt::Debug for WorkbenchApp {
@@ -104,7 +129,9 @@ impl WorkbenchApp {
             notifications: Vec::new(),
             file_dialog: None,
             cursor_source: None,
+            map_rect: None,
             show_metadata: true,
+            screenshot: None,
         };
         if let Some(p) = path {
             app.open(p);
@@ -262,6 +289,41 @@ impl WorkbenchApp {
         }
     }
 
+    /// True when nothing is loading: the raster (if any) is open and every tile
+    /// of the current view has arrived (or failed).
+    pub fn is_idle(&self) -> bool {
+        self.opening.is_none()
+            && self.doc.as_ref().is_none_or(|d| !d.fit_pending && d.tile_job.is_none() && !d.tiles.is_empty())
+    }
+
+    /// Serves `--screenshot`: once idle, asks the renderer for the frame's pixels,
+    /// writes them (atomically) and closes the window.
+    fn screenshot_when_loaded(&mut self, ctx: &egui::Context) {
+        let idle = self.is_idle();
+        let Some(shot) = self.screenshot.as_mut() else { return };
+        if shot.requested {
+            return;
+        }
+        if !idle {
+            ctx.request_repaint_after(Duration::from_millis(50));
+            return;
+        }
+        shot.requested = true;
+        let (path, result, close_ctx) = (shot.path.clone(), shot.result.clone(), ctx.clone());
+        ctx.send_viewport_cmd(egui::ViewportCommand::Screenshot(egui::ScreenshotCallback::new(move |image| {
+            let img = engine::raster::RgbaImage {
+                width: image.size[0] as u32,
+                height: image.size[1] as u32,
+                rgba: image.pixels.iter().flat_map(|c| c.to_array()).collect(),
+            };
+            let written = crate::cli::write_png_atomic(&path, &img);
+            if let Ok(mut slot) = result.lock() {
+                *slot = Some(written);
+            }
+            close_ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        })));
+    }
+
     /// Keyboard shortcuts (QGIS where it has one): Ctrl+O open, Ctrl+Shift+F full extent.
     fn shortcuts(&mut self, ctx: &egui::Context) {
         let (open, fit, native) = ctx.input_mut(|i| {
@@ -297,6 +359,7 @@ impl eframe::App for WorkbenchApp {
             map::map_ui(self, ui);
         });
         panels::notifications_ui(self, &ctx);
+        self.screenshot_when_loaded(&ctx);
         if self.opening.is_some() || self.file_dialog.is_some() {
             // Poll the dialog; engine events wake us by themselves.
             ctx.request_repaint_after(Duration::from_millis(100));

@@ -39,7 +39,9 @@ pub fn menu_bar_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             }
             if let Some(doc) = &app.doc {
                 ui.separator();
-                ui.label(RichText::new(doc.info.path.display().to_string()).weak());
+                let path = &doc.info.path;
+                let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
+                ui.label(RichText::new(name).weak()).on_hover_text(path.display().to_string());
             }
         });
     });
@@ -119,12 +121,18 @@ fn band_label(info: &RasterInfo, b: usize) -> String {
     format!("{b}: {} ({})", info.color_interp[b - 1], info.dtypes[b - 1])
 }
 
-fn band_combo(ui: &mut egui::Ui, id: &str, info: &RasterInfo, band: &mut usize) {
-    egui::ComboBox::from_id_salt(id).selected_text(band_label(info, *band)).show_ui(ui, |ui| {
-        for b in 1..=info.bands {
-            ui.selectable_value(band, b, band_label(info, b));
-        }
-    });
+/// A band picker, named for screen readers by the label in front of it.
+fn band_combo(ui: &mut egui::Ui, label: &str, info: &RasterInfo, band: &mut usize) {
+    let label = ui.label(label);
+    egui::ComboBox::from_id_salt(("band", label.id))
+        .selected_text(band_label(info, *band))
+        .show_ui(ui, |ui| {
+            for b in 1..=info.bands {
+                ui.selectable_value(band, b, band_label(info, b));
+            }
+        })
+        .response
+        .labelled_by(label.id);
 }
 
 /// Band mapping and stretch.
@@ -145,19 +153,17 @@ fn display_ui(ui: &mut egui::Ui, info: &RasterInfo, params: &mut RenderParams) {
     egui::Grid::new("bands").num_columns(2).show(ui, |ui| match &mut params.bands {
         BandMapping::Rgb(rgb) => {
             for (i, name) in ["Red", "Green", "Blue"].iter().enumerate() {
-                ui.label(*name);
-                band_combo(ui, &format!("band_{name}"), info, &mut rgb[i]);
+                band_combo(ui, name, info, &mut rgb[i]);
                 ui.end_row();
             }
         }
         BandMapping::Grey(b) => {
-            ui.label("Band");
-            band_combo(ui, "band_grey", info, b);
+            band_combo(ui, "Band", info, b);
             ui.end_row();
         }
     });
     ui.horizontal(|ui| {
-        ui.label("Stretch");
+        let label = ui.label("Stretch");
         egui::ComboBox::from_id_salt("stretch")
             .selected_text(match params.stretch {
                 Stretch::None => "None".to_owned(),
@@ -172,14 +178,16 @@ fn display_ui(ui: &mut egui::Ui, info: &RasterInfo, params: &mut RenderParams) {
                 {
                     params.stretch = Stretch::PERCENTILE_2_98;
                 }
-            });
+            })
+            .response
+            .labelled_by(label.id);
     });
     if let Stretch::Percentile { lo, hi } = &mut params.stretch {
         ui.horizontal(|ui| {
-            ui.label("Clip");
-            ui.add(egui::DragValue::new(lo).range(0.0..=49.0).speed(0.1).suffix(" %"));
+            let label = ui.label("Clip");
+            ui.add(egui::DragValue::new(lo).range(0.0..=49.0).speed(0.1).suffix(" %")).labelled_by(label.id);
             ui.label("–");
-            ui.add(egui::DragValue::new(hi).range(51.0..=100.0).speed(0.1).suffix(" %"));
+            ui.add(egui::DragValue::new(hi).range(51.0..=100.0).speed(0.1).suffix(" %")).labelled_by(label.id);
         });
     }
 }
@@ -265,7 +273,7 @@ pub fn notifications_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
                     ui.set_max_width(420.0);
                     ui.horizontal(|ui| {
                         ui.add(egui::Label::new(RichText::new(&n.text).color(Color32::WHITE)).wrap());
-                        if ui.small_button("✖").on_hover_text("Dismiss").clicked() {
+                        if ui.small_button("×").on_hover_text("Dismiss").clicked() {
                             dismiss = Some(i);
                         }
                     });
