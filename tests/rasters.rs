@@ -275,6 +275,9 @@ fn huge_sparse_geotiff_with_overviews_through_the_engine() {
         }
     };
     assert_eq!(info.overviews.len(), 7);
+    let ovr = gdal::Dataset::open(engine::overviews::ovr_path(&path)).unwrap();
+    use gdal::Metadata as _;
+    assert_eq!(ovr.metadata_item("COMPRESSION", "IMAGE_STRUCTURE").as_deref(), Some("DEFLATE"), "compressed .ovr");
     assert_eq!(info.overviews[0], (10_000, 10_000));
     assert!(progress.len() >= 3 && progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
 

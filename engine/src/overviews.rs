@@ -51,6 +51,9 @@ pub fn build_overviews(
         return Ok(());
     }
     let c_resampling = CString::new(resampling).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+    // GDAL writes external overviews uncompressed by default: about a third of the
+    // *uncompressed* raster. DEFLATE keeps the .ovr near the size of the raster.
+    let _compression = ThreadConfig::set(&[("COMPRESS_OVERVIEW", "DEFLATE"), ("INTERLEAVE_OVERVIEW", "PIXEL")]);
     let mut cb: &mut dyn FnMut(f64) -> bool = &mut progress;
     let mut factors = factors.to_vec();
     // SAFETY: the dataset handle is valid while `ds` lives; `cb` outlives the call
@@ -83,6 +86,27 @@ pub fn build_overviews(
         let _ = std::fs::remove_file(&ovr);
     }
     outcome
+}
+
+/// GDAL configuration options set on this thread for as long as the guard lives.
+struct ThreadConfig(&'static [(&'static str, &'static str)]);
+
+impl ThreadConfig {
+    fn set(options: &'static [(&'static str, &'static str)]) -> Self {
+        for (key, value) in options {
+            // Only fails for keys with a NUL byte, which these have not.
+            let _ = gdal::config::set_thread_local_config_option(key, value);
+        }
+        Self(options)
+    }
+}
+
+impl Drop for ThreadConfig {
+    fn drop(&mut self) {
+        for (key, _) in self.0 {
+            let _ = gdal::config::clear_thread_local_config_option(key);
+        }
+    }
 }
 
 unsafe extern "C" fn progress_trampoline(complete: f64, _msg: *const c_char, data: *mut c_void) -> c_int {

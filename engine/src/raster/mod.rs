@@ -3,8 +3,9 @@
 
 pub mod stretch;
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use gdal::raster::{ColorInterpretation, GdalDataType, RasterBand, ResampleAlg};
 use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
@@ -176,6 +177,9 @@ pub struct Raster {
     info: RasterInfo,
     /// Per band, the stretch sample, computed on first use.
     samples: Vec<OnceCell<BandSample>>,
+    /// Lookup tables of recent stretches: a 16-bit table is as large as a tile,
+    /// so it is built once per stretch, not once per tile.
+    luts: RefCell<Vec<(LinearMap, Arc<[u8]>)>>,
 }
 
 impl Raster {
@@ -203,11 +207,26 @@ impl Raster {
             .map_err(|e| EngineError::NotARaster { path: path.to_owned(), reason: gdal_reason(&e) })?;
         let info = describe(&ds, path)?;
         let samples = (0..info.bands).map(|_| OnceCell::new()).collect();
-        Ok(Self { ds, info, samples })
+        Ok(Self { ds, info, samples, luts: RefCell::default() })
     }
 
     pub fn info(&self) -> &RasterInfo {
         &self.info
+    }
+
+    /// The display bytes of integer values `0..len` under `map`, cached.
+    fn lut(&self, map: LinearMap, len: usize) -> Arc<[u8]> {
+        const KEEP: usize = 8;
+        let mut luts = self.luts.borrow_mut();
+        if let Some((_, lut)) = luts.iter().find(|(m, lut)| *m == map && lut.len() == len) {
+            return lut.clone();
+        }
+        let lut: Arc<[u8]> = (0..len).map(|x| map.apply(x as f64)).collect();
+        if luts.len() == KEEP {
+            luts.remove(0);
+        }
+        luts.push((map, lut.clone()));
+        lut
     }
 
     pub fn path(&self) -> &Path {
@@ -292,43 +311,61 @@ impl Raster {
             };
             let plane = self.read_plane(b, window, (ow, oh))?;
             let nodata = self.info.nodata[b - 1];
-            let display = match &plane {
+            if let (Some(mask), Some(nd)) = (all_nodata.as_mut(), nodata) {
+                for (i, m) in mask.iter_mut().enumerate() {
+                    *m &= plane.get(i) == nd;
+                }
+            }
+            let display = match plane {
+                Plane::U8(v) if map == LinearMap::identity() => v,
                 Plane::U8(v) => {
-                    let lut: Vec<u8> = (0..=255u16).map(|x| map.apply(f64::from(x))).collect();
+                    let lut = self.lut(map, 256);
                     v.iter().map(|&x| lut[usize::from(x)]).collect()
                 }
                 Plane::U16(v) => {
-                    let lut: Vec<u8> = (0..=u16::MAX).map(|x| map.apply(f64::from(x))).collect();
+                    let lut = self.lut(map, 1 << 16);
                     v.iter().map(|&x| lut[usize::from(x)]).collect()
                 }
                 Plane::F64(v) => {
                     if v.iter().any(|x| x.is_nan()) {
                         let mask = nan.get_or_insert_with(|| vec![false; n]);
-                        for (m, x) in mask.iter_mut().zip(v) {
+                        for (m, x) in mask.iter_mut().zip(&v) {
                             *m |= x.is_nan();
                         }
                     }
                     v.iter().map(|&x| map.apply(x)).collect()
                 }
             };
-            if let (Some(mask), Some(nd)) = (all_nodata.as_mut(), nodata) {
-                for (i, m) in mask.iter_mut().enumerate() {
-                    *m &= plane.get(i) == nd;
-                }
-            }
             channels.push(display);
         }
         let alpha = self.read_alpha(window, (ow, oh), &bands)?;
 
-        let mut rgba = vec![0u8; n * 4];
-        for (i, px) in rgba.chunks_exact_mut(4).enumerate() {
-            match channels.as_slice() {
-                [g] => px[..3].fill(g[i]),
-                [r, g, b] => px[..3].copy_from_slice(&[r[i], g[i], b[i]]),
-                _ => {}
+        // One straight pass per concern, so each loop is simple enough to vectorise.
+        let mut rgba = vec![255u8; n * 4];
+        match channels.as_slice() {
+            [g] => {
+                for (px, &v) in rgba.chunks_exact_mut(4).zip(g) {
+                    px[..3].fill(v);
+                }
             }
-            let transparent = all_nodata.as_ref().is_some_and(|m| m[i]) || nan.as_ref().is_some_and(|m| m[i]);
-            px[3] = if transparent { 0 } else { alpha.as_ref().map_or(255, |a| a[i]) };
+            [r, g, b] => {
+                for (((px, &r), &g), &b) in rgba.chunks_exact_mut(4).zip(r).zip(g).zip(b) {
+                    px[..3].copy_from_slice(&[r, g, b]);
+                }
+            }
+            other => return Err(EngineError::Internal(format!("{} display channels", other.len()))),
+        }
+        if let Some(alpha) = &alpha {
+            for (px, &a) in rgba.chunks_exact_mut(4).zip(alpha) {
+                px[3] = a;
+            }
+        }
+        for mask in [&all_nodata, &nan].into_iter().flatten() {
+            for (px, &transparent) in rgba.chunks_exact_mut(4).zip(mask) {
+                if transparent {
+                    px[3] = 0;
+                }
+            }
         }
         Ok(RgbaImage { width: out.0, height: out.1, rgba })
     }
