@@ -21,6 +21,12 @@ pub enum EngineError {
     #[error("{path}: {reason}")]
     Write { path: PathBuf, reason: String },
 
+    #[error("{path}: {reason}")]
+    Model { path: PathBuf, reason: String },
+
+    #[error("model computation failed: {0}")]
+    Compute(String),
+
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
@@ -32,6 +38,12 @@ pub enum EngineError {
 
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        Self::Compute(e.to_string())
+    }
 }
 
 /// Engine-wide result type.

@@ -6,12 +6,17 @@
 //! - [`tiles`]: the tile pyramid and the LRU tile cache.
 //! - [`overviews`]: building overviews as a cancellable job.
 //! - [`synthetic`]: generated rasters for tests and benchmarks.
+//! - [`models`]: candle ports of the models (Qwen2.5-VL) and checkpoint loading.
+//! - [`reasoner`]: asking a RemoteReasoner checkpoint about an image: prompts,
+//!   preprocessing, streamed decoding, parsing the answer into boxes.
 //! - [`worker`]: the engine thread, its typed requests and events.
 
 pub mod error;
 pub mod geo;
+pub mod models;
 pub mod overviews;
 pub mod raster;
+pub mod reasoner;
 pub mod synthetic;
 pub mod tiles;
 pub mod worker;

@@ -1,0 +1,212 @@
+//! Model ports (candle) and what loading a Hugging Face checkpoint directory takes:
+//! devices, dtypes, single or sharded safetensors, a memory check before loading.
+
+// candle's convention: constructors take `VarBuilder` by value (it is a cheap handle).
+#![allow(clippy::needless_pass_by_value)]
+
+pub mod qwen2_5_vl;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    Cuda(usize),
+    Metal(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (kind, index) = s.split_once(':').unwrap_or((s, "0"));
+        let index: usize = index.parse().map_err(|_| format!("bad device index in {s:?}"))?;
+        match kind {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(index)),
+            "metal" => Ok(Self::Metal(index)),
+            _ => Err(format!("unknown device {s:?} (expected cpu, cuda[:N] or metal[:N])")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+            Self::Metal(i) => write!(f, "metal:{i}"),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// Opens the device; a GPU the build has no support for is a clear error.
+    pub fn open(self) -> Result<Device> {
+        let unavailable = |what: &str, e: candle_core::Error| {
+            EngineError::InvalidRequest(format!(
+                "{what} is not available ({e}); this build supports {}",
+                if cfg!(feature = "cuda") {
+                    "cpu and cuda"
+                } else if cfg!(feature = "metal") {
+                    "cpu and metal"
+                } else {
+                    "cpu only (build with --features cuda or metal)"
+                }
+            ))
+        };
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda(i) => Device::new_cuda(i).map_err(|e| unavailable(&self.to_string(), e)),
+            Self::Metal(i) => Device::new_metal(i).map_err(|e| unavailable(&self.to_string(), e)),
+        }
+    }
+}
+
+/// The dtype to compute in when the user does not choose: measured on this
+/// project's CPU benchmark (BENCHMARKS.md), f32 is faster than bf16 with candle
+/// on CPU, but bf16 halves the memory; GPUs use bf16.
+pub fn default_dtype(device: &Device, weights_bytes_f32: u64) -> DType {
+    if device.is_cpu() {
+        // f32 when it fits comfortably, bf16 otherwise.
+        match available_memory() {
+            Some(free) if weights_bytes_f32 + (1 << 30) < free => DType::F32,
+            Some(_) => DType::BF16,
+            None => DType::F32,
+        }
+    } else {
+        DType::BF16
+    }
+}
+
+/// Parses "f32", "bf16", "f16".
+pub fn parse_dtype(s: &str) -> std::result::Result<DType, String> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        _ => Err(format!("unknown dtype {s:?} (expected f32, bf16 or f16)")),
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// Refuses to load `params` parameters in `dtype` when they would not fit in
+/// the memory available now (with 10 % and 512 MiB to spare).
+pub fn check_memory(dir: &Path, params: u64, dtype: DType) -> Result<()> {
+    let need = params * dtype.size_in_bytes() as u64;
+    if let Some(free) = available_memory() {
+        let budget = free.saturating_sub(512 << 20) / 10 * 9;
+        if need > budget {
+            return Err(EngineError::Model {
+                path: dir.to_owned(),
+                reason: format!(
+                    "{:.1} GB of {dtype:?} weights ({:.2} B parameters) do not fit in the {:.1} GB of memory available; \
+                     use --dtype bf16, a GPU, or free memory",
+                    need as f64 / 1e9,
+                    params as f64 / 1e9,
+                    free as f64 / 1e9
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The safetensors files of a checkpoint: `model.safetensors`, or every shard
+/// named in `model.safetensors.index.json` (each checked to exist).
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let err = |reason: String| EngineError::Model { path: dir.to_owned(), reason };
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        #[derive(Deserialize)]
+        struct Index {
+            weight_map: std::collections::HashMap<String, String>,
+        }
+        let text = std::fs::read_to_string(&index).map_err(|e| err(format!("cannot read {}: {e}", index.display())))?;
+        let parsed: Index =
+            serde_json::from_str(&text).map_err(|e| err(format!("model.safetensors.index.json: {e}")))?;
+        let shards: BTreeSet<&String> = parsed.weight_map.values().collect();
+        let files: Vec<PathBuf> = shards.into_iter().map(|s| dir.join(s)).collect();
+        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+            return Err(err(format!("shard {} named in the index is missing", missing.display())));
+        }
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(err("no model.safetensors or model.safetensors.index.json".into()))
+}
+
+/// Every tensor name in the files, to tell checkpoint layouts apart.
+pub fn tensor_names(files: &[PathBuf]) -> Result<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    for f in files {
+        // SAFETY: the file is mapped read-only and only its header is read here.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(f) }
+            .map_err(|e| EngineError::Model { path: f.clone(), reason: format!("not a safetensors file: {e}") })?;
+        names.extend(st.tensors().into_iter().map(|(n, _)| n));
+    }
+    Ok(names)
+}
+
+/// Reads a JSON file of a checkpoint into `T`, naming the file on error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| EngineError::Model {
+        path: path.to_owned(),
+        reason: if e.kind() == std::io::ErrorKind::NotFound { "missing".into() } else { e.to_string() },
+    })?;
+    serde_json::from_str(&text).map_err(|e| EngineError::Model { path: path.to_owned(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse() {
+        assert_eq!("cpu".parse::<DeviceChoice>(), Ok(DeviceChoice::Cpu));
+        assert_eq!("cuda:1".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(1)));
+        assert_eq!("metal".parse::<DeviceChoice>(), Ok(DeviceChoice::Metal(0)));
+        assert!("tpu".parse::<DeviceChoice>().is_err());
+        if !cfg!(feature = "cuda") {
+            let e = DeviceChoice::Cuda(0).open().unwrap_err().to_string();
+            assert!(e.contains("cuda:0") && e.contains("--features cuda"), "{e}");
+        }
+    }
+
+    #[test]
+    fn memory_check_refuses_impossible_sizes_with_numbers() {
+        let e = check_memory(Path::new("/m"), 1 << 50, DType::F32).unwrap_err().to_string();
+        assert!(e.contains("/m") && e.contains("GB") && e.contains("do not fit"), "{e}");
+        check_memory(Path::new("/m"), 1000, DType::F32).unwrap();
+    }
+
+    #[test]
+    fn missing_weights_and_shards_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = safetensors_files(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("no model.safetensors"), "{e}");
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            r#"{"weight_map": {"a": "model-00001-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        let e = safetensors_files(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("model-00001-of-00002.safetensors") && e.contains("missing"), "{e}");
+    }
+}

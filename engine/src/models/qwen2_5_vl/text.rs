@@ -1,0 +1,231 @@
+//! The Qwen2 language model inside Qwen2.5-VL: GQA attention with q/k/v biases,
+//! multimodal rotary embeddings (M-RoPE: the rotary frequencies are split into
+//! temporal, height and width sections, each driven by its own position id),
+//! RMSNorm, gated SiLU MLP, and a KV cache.
+//!
+//! Tensor names follow the checkpoint (`model.layers.N.self_attn.q_proj`, …).
+
+use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_nn::kv_cache::KvCache;
+use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder, linear, linear_no_bias};
+
+use super::config::TextConfig;
+use super::vision::GatedMlp;
+
+/// Initial KV-cache length; it grows as needed.
+const KV_CACHE_START: usize = 2048;
+
+/// Three position ids (temporal, height, width) per token.
+pub type MropePositions = [Vec<i64>; 3];
+
+/// Rotary tables for M-RoPE.
+#[derive(Debug, Clone)]
+pub struct MropeRotary {
+    inv_freq: Vec<f32>,
+    /// For each frequency index: 0 (temporal), 1 (height) or 2 (width).
+    section_of: Vec<usize>,
+}
+
+impl MropeRotary {
+    pub fn new(cfg: &TextConfig) -> Self {
+        let dim = cfg.hidden_size / cfg.num_attention_heads;
+        let inv_freq: Vec<f32> =
+            (0..dim).step_by(2).map(|i| 1.0 / cfg.rope_theta.powf(i as f64 / dim as f64) as f32).collect();
+        let section_of = cfg.mrope_section.iter().enumerate().flat_map(|(s, &n)| std::iter::repeat_n(s, n)).collect();
+        Self { inv_freq, section_of }
+    }
+
+    /// (cos, sin), each (seq, head_dim / 2), in `dtype`.
+    pub fn tables(&self, pos: &MropePositions, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+        let n = pos[0].len();
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for ((&pt, &ph), &pw) in pos[0].iter().zip(&pos[1]).zip(&pos[2]) {
+            let p = [pt, ph, pw];
+            for (&f, &section) in self.inv_freq.iter().zip(&self.section_of) {
+                // transformers multiplies in f32: float(position) * inv_freq.
+                let a = p[section] as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?,
+            Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?,
+        ))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    cache: KvCache,
+}
+
+impl Attention {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, nh, nkv) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads);
+        let hd = h / nh;
+        Ok(Self {
+            q_proj: linear(h, nh * hd, vb.pp("q_proj"))?,
+            k_proj: linear(h, nkv * hd, vb.pp("k_proj"))?,
+            v_proj: linear(h, nkv * hd, vb.pp("v_proj"))?,
+            o_proj: linear_no_bias(nh * hd, h, vb.pp("o_proj"))?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+            cache: KvCache::new(2, KV_CACHE_START),
+        })
+    }
+
+    fn forward(&mut self, xs: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, l, _) = xs.dims3()?;
+        let shape = |t: Tensor, heads| t.reshape((b, l, heads, self.head_dim))?.transpose(1, 2)?.contiguous();
+        let q = shape(self.q_proj.forward(xs)?, self.num_heads)?;
+        let k = shape(self.k_proj.forward(xs)?, self.num_kv_heads)?;
+        let v = shape(self.v_proj.forward(xs)?, self.num_kv_heads)?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (k, v) = self.cache.append(&k, &v)?;
+        // GQA without copying the cache: the query heads sharing a KV head are
+        // stacked along the sequence axis, (b, kv, rep·l, hd).
+        let rep = self.num_heads / self.num_kv_heads;
+        let q = q.reshape((b, self.num_kv_heads, rep * l, self.head_dim))?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut w = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(mask) = mask {
+            w = w.broadcast_add(mask)?;
+        }
+        let w = candle_nn::ops::softmax_last_dim(&w.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
+        let o = w.matmul(&v.contiguous()?)?; // (b, kv, rep·l, hd)
+        let o = o.reshape((b, self.num_heads, l, self.head_dim))?.transpose(1, 2)?.reshape((b, l, ()))?;
+        self.o_proj.forward(&o)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: GatedMlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            mlp: GatedMlp::new(cfg.hidden_size, cfg.intermediate_size, false, &cfg.hidden_act, vb.pp("mlp"))?,
+            input_layernorm: candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            post_attention_layernorm: candle_nn::rms_norm(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+        })
+    }
+
+    fn forward(&mut self, xs: &Tensor, cos: &Tensor, sin: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.self_attn.forward(&self.input_layernorm.forward(xs)?, cos, sin, mask)?;
+        let xs = (xs + h)?;
+        &xs + self.mlp.forward(&self.post_attention_layernorm.forward(&xs)?)?
+    }
+}
+
+/// The language model and its head.
+#[derive(Debug, Clone)]
+pub struct TextModel {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rotary: MropeRotary,
+    rep: usize,
+}
+
+impl TextModel {
+    /// `vb` at the checkpoint root: reads `model.*` and `lm_head.*`.
+    pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let m = vb.pp("model");
+        let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, m.pp(format!("layers.{i}"))))
+            .collect::<Result<_>>()?;
+        let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
+            Linear::new(embed_tokens.embeddings().clone(), None)
+        } else {
+            linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary: MropeRotary::new(cfg),
+            rep: cfg.num_attention_heads / cfg.num_key_value_heads,
+        })
+    }
+
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed_tokens.forward(ids)
+    }
+
+    /// Runs `embeds` (1, l, hidden) at `positions` after whatever the cache holds,
+    /// and returns the logits of the last position (1, vocab), in `f32`.
+    pub fn forward(&mut self, embeds: &Tensor, positions: &MropePositions) -> Result<Tensor> {
+        let (_, l, _) = embeds.dims3()?;
+        let (cos, sin) = self.rotary.tables(positions, embeds.dtype(), embeds.device())?;
+        let past = self.layers.first().map_or(0, |x| x.self_attn.cache.current_seq_len());
+        let mask = if l > 1 { Some(self.causal_mask(l, past, embeds.dtype(), embeds.device())?) } else { None };
+        let mut xs = embeds.clone();
+        for layer in &mut self.layers {
+            xs = layer.forward(&xs, &cos, &sin, mask.as_ref())?;
+        }
+        let last = xs.narrow(1, l - 1, 1)?;
+        let logits = self.lm_head.forward(&self.norm.forward(&last)?)?;
+        logits.squeeze(1)?.to_dtype(DType::F32)
+    }
+
+    /// Additive mask (rep·l, past + l): query i sees keys ≤ past + i. Rows are
+    /// repeated `rep` times to match the stacked GQA layout.
+    fn causal_mask(&self, l: usize, past: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+        let s = past + l;
+        let row: Vec<f32> =
+            (0..l).flat_map(|i| (0..s).map(move |j| if j <= past + i { 0.0 } else { f32::NEG_INFINITY })).collect();
+        let mask = Tensor::from_vec(row, (l, s), device)?;
+        let mask = Tensor::cat(&vec![&mask; self.rep], 0)?;
+        mask.to_dtype(dtype)?.unsqueeze(0)?.unsqueeze(0)
+    }
+
+    pub fn clear_kv_cache(&mut self) {
+        for layer in &mut self.layers {
+            layer.self_attn.cache.reset();
+        }
+    }
+
+    /// Tokens held in the KV cache.
+    pub fn cached_len(&self) -> usize {
+        self.layers.first().map_or(0, |x| x.self_attn.cache.current_seq_len())
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.embeddings().device().clone()
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.embed_tokens.hidden_size()
+    }
+
+    /// The last dimension of the logits.
+    pub fn vocab_size(&self) -> Result<usize> {
+        self.lm_head.weight().dim(D::Minus2)
+    }
+}
