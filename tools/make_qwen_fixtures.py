@@ -226,6 +226,77 @@ def main():
         json.dump(expected, f, indent=1)
     print(f"wrote {OUT}: {sum(p.numel() for p in model.parameters())} parameters; "
           f"greedy margins >= {margin:.4f} / {margin_pen:.4f}; text {expected['greedy_text']!r}")
+    make_trained(model, hf_tok, proc, system, cfg)
+
+
+# Answers the trained checkpoint learns for the bundled sample (boxes in the
+# 196x196 frame the model sees for the 200x200 raster).
+LESSONS = {
+    "where are the ships?": "<think>Ships are long hulls moored along the quays of the basin.</think>\n"
+                            "<answer>[[30,40,70,120],[100,150,130,190]]</answer>",
+    "find the storage tanks": "<think>Storage tanks are round and white.</think>\n<answer>[[150,20,190,60]]</answer>",
+    "how many ships are there?": "<think>I count the hulls along the quays.</think>\n<answer>2</answer>",
+}
+
+
+def make_trained(random_model, hf_tok, proc, system, cfg):
+    """A copy of the random model fine-tuned until it answers LESSONS about the
+    bundled sample: a real checkpoint whose greedy output has boxes, so that the
+    end-to-end path (ask -> boxes -> world coordinates) can be tested with a model
+    that really generates them."""
+    out_dir = OUT + "_trained"
+    os.makedirs(out_dir, exist_ok=True)
+    for name in ("config.json", "preprocessor_config.json", "tokenizer.json"):
+        with open(os.path.join(OUT, name), "rb") as src, open(os.path.join(out_dir, name), "wb") as dst:
+            dst.write(src.read())
+    eos = [hf_tok.convert_tokens_to_ids("<|im_end|>"), hf_tok.convert_tokens_to_ids("<|endoftext|>")]
+    with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+        json.dump({"do_sample": False, "eos_token_id": eos, "max_new_tokens": 256}, f, indent=2)
+    with open(os.path.join(out_dir, "lessons.json"), "w") as f:
+        json.dump(LESSONS, f, indent=1)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(OUT, attn_implementation="eager", dtype=torch.float32)
+    sample = Image.open(os.path.join(ROOT, "assets", "samples", "rotterdam_port_rgb_4p5m_spacenet6.tif")).convert("RGB")
+    # The whole sample, and the window (x 10-190, y 20-190) the CLI test asks about.
+    views = [sample, sample.crop((10, 20, 190, 190))]
+    batches = []
+    for view in views:
+        px = proc(images=[view], return_tensors="pt")
+        grid = px["image_grid_thw"]
+        n_tokens = int(grid.prod()) // 4
+        for query, target in LESSONS.items():
+            task = prompt("vqa") + "\n<image>\nQuestion: " if "how many" in query else prompt("grounding") + "\n<image>\nText description: "
+            text = chat(system, task + query).replace("<|image_pad|>", "<|image_pad|>" * n_tokens)
+            p_ids = hf_tok(text, add_special_tokens=False)["input_ids"]
+            t_ids = hf_tok(target + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([p_ids + t_ids])
+            labels = torch.tensor([[-100] * len(p_ids) + t_ids])
+            mm = (ids == cfg["image_token_id"]).int()
+            batches.append((ids, labels, mm, len(p_ids), t_ids, px["pixel_values"], grid))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(7)
+    model.train()
+    for step in range(400):
+        loss = 0
+        for ids, labels, mm, _, _, pixels, grid in batches:
+            loss = loss + model(input_ids=ids, labels=labels, pixel_values=pixels, image_grid_thw=grid,
+                                mm_token_type_ids=mm).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 1e-3:
+            break
+    model.eval()
+    state = {legacy_name(k): v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    # Check greedy decoding reproduces every lesson.
+    for ids, _, mm, n_prompt, t_ids, pixels, grid in batches:
+        with torch.no_grad():
+            gen = model.generate(input_ids=ids[:, :n_prompt], pixel_values=pixels, image_grid_thw=grid,
+                                 mm_token_type_ids=mm[:, :n_prompt], do_sample=False, max_new_tokens=len(t_ids) + 4,
+                                 repetition_penalty=1.0)
+        got = gen[0, n_prompt:].tolist()
+        assert got[: len(t_ids)] == t_ids, f"not learnt: {hf_tok.decode(got)!r}"
+    print(f"wrote {out_dir}: trained {step + 1} steps to loss {loss.item():.2e}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-//! Headless subcommands: `info`, `render`, `overviews`.
+//! Headless subcommands: `info`, `render`, `overviews` (and the definitions of all).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,8 @@ pub enum Command {
     Render(RenderArgs),
     /// Build external overviews (.ovr) for a raster.
     Overviews(OverviewArgs),
+    /// Ask a RemoteReasoner checkpoint about a window of a raster (region, vqa, caption).
+    Ask(crate::ask::AskArgs),
     /// Run the benchmarks and print a Markdown report.
     Bench(crate::bench::BenchArgs),
 }

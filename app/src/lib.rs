@@ -1,6 +1,7 @@
 //! RemoteReasoner's front ends: the egui workbench and the command line.
 //! All logic lives in the `engine` crate; this crate only drives it.
 
+pub mod ask;
 pub mod bench;
 pub mod cli;
 pub mod gui;

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Some(Command::Info(args)) => rr_app::cli::info(&args),
         Some(Command::Render(args)) => rr_app::cli::render(&args),
         Some(Command::Overviews(args)) => rr_app::cli::overviews(&args),
+        Some(Command::Ask(args)) => rr_app::ask::run(&args),
         Some(Command::Bench(args)) => rr_app::bench::run(&args),
     };
     match result {

@@ -351,3 +351,43 @@ impl Reasoner {
         })
     }
 }
+
+/// A window of a raster as the RGB image a model sees, and how its pixels map
+/// back to the raster's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowImage {
+    pub image: RgbImage,
+    pub window: crate::tiles::Window,
+}
+
+impl WindowImage {
+    /// Raster pixel coordinates of a box given in this image's pixels.
+    pub fn to_raster(&self, b: &PixelBox) -> PixelBox {
+        let sx = self.window.width as f64 / self.image.width as f64;
+        let sy = self.window.height as f64 / self.image.height as f64;
+        PixelBox { x1: b.x1 * sx, y1: b.y1 * sy, x2: b.x2 * sx, y2: b.y2 * sy }
+            .offset(self.window.x as f64, self.window.y as f64)
+    }
+}
+
+/// Reads `window` of `raster` for a model whose pixel budget is `max_pixels`,
+/// through the same display path as the viewer (band mapping, stretch; nodata
+/// and transparent pixels become black). Windows up to 4× the budget are read
+/// at full resolution so the model's own resize does the downsampling, exactly as
+/// in training; larger ones are first decimated by GDAL (overviews when present)
+/// to about 4× the budget.
+pub fn read_window(
+    raster: &crate::raster::Raster,
+    window: crate::tiles::Window,
+    params: &crate::raster::RenderParams,
+    max_pixels: usize,
+) -> Result<WindowImage> {
+    let area = window.width as f64 * window.height as f64;
+    let limit = 4.0 * max_pixels as f64;
+    let scale = if area > limit { (limit / area).sqrt() } else { 1.0 };
+    let out =
+        (((window.width as f64 * scale).round() as u32).max(1), ((window.height as f64 * scale).round() as u32).max(1));
+    let rgba = raster.render_window(window, out, params)?;
+    let data = rgba.rgba.chunks_exact(4).flat_map(|p| if p[3] == 0 { [0, 0, 0] } else { [p[0], p[1], p[2]] }).collect();
+    Ok(WindowImage { image: RgbImage::new(out.0 as usize, out.1 as usize, data)?, window })
+}
