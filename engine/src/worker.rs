@@ -21,7 +21,9 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
 use crate::error::EngineError;
 use crate::overviews;
 use crate::raster::{Raster, RasterInfo, RenderParams};
-use crate::tiles::{CacheKey, Tile, TileCache, TileKey};
+use crate::reasoner::parse::PixelBox;
+use crate::reasoner::{Answer, AskEvent, AskOptions, LoadOptions, Reasoner, Task, WindowImage};
+use crate::tiles::{CacheKey, Tile, TileCache, TileKey, Window};
 
 /// Identifies one request and every event it causes.
 pub type JobId = u64;
@@ -41,8 +43,55 @@ pub enum Request {
     Tiles { job: JobId, raster: RasterId, params: RenderParams, keys: Vec<TileKey> },
     /// Build external overviews for a raster (cancellable, with progress).
     BuildOverviews { job: JobId, raster: RasterId },
-    /// Cancel a job (tile rendering or overview building).
+    /// Load a RemoteReasoner checkpoint (replacing any loaded one); answered by
+    /// [`Event::ReasonerLoaded`]. Runs on the model thread.
+    LoadReasoner { job: JobId, dir: PathBuf, options: LoadOptions },
+    /// Ask the loaded checkpoint about `window` of a raster: [`Event::AskStage`]s,
+    /// [`Event::AskText`] as the completion grows, then [`Event::AskDone`].
+    Ask {
+        job: JobId,
+        raster: RasterId,
+        window: Window,
+        /// How the window is turned into RGB (what the analyst sees).
+        params: RenderParams,
+        task: Task,
+        query: String,
+        options: AskOptions,
+    },
+    /// Cancel a job (tile rendering, overview building, a question between tokens).
     Cancel { job: JobId },
+}
+
+/// What a question is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AskStage {
+    /// Waiting for the model thread (a checkpoint is loading or another question runs).
+    Queued,
+    EncodingImage,
+    ReadingPrompt {
+        tokens: usize,
+    },
+    Reasoning,
+}
+
+/// A loaded checkpoint, as the UI shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReasonerInfo {
+    pub dir: PathBuf,
+    pub device: String,
+    pub dtype: String,
+    pub parameters: u64,
+    pub load_ms: f64,
+}
+
+/// A finished question: the model's answer and its boxes in raster pixels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AskOutcome {
+    pub raster: RasterId,
+    pub window: Window,
+    pub answer: Answer,
+    /// `answer.boxes` mapped into the raster's pixel coordinates.
+    pub boxes: Vec<PixelBox>,
 }
 
 /// What the engine reports back. Plain data only.
@@ -75,6 +124,23 @@ pub enum Event {
         raster: RasterId,
         info: Box<RasterInfo>,
     },
+    ReasonerLoaded {
+        job: JobId,
+        info: ReasonerInfo,
+    },
+    AskStage {
+        job: JobId,
+        stage: AskStage,
+    },
+    /// New text of the completion (the reasoning trace streams through here).
+    AskText {
+        job: JobId,
+        text: String,
+    },
+    AskDone {
+        job: JobId,
+        outcome: Box<AskOutcome>,
+    },
     /// The job stopped early: cancelled, or superseded by a newer tile request.
     Cancelled {
         job: JobId,
@@ -94,6 +160,10 @@ impl Event {
             | Self::TilesDone { job }
             | Self::Progress { job, .. }
             | Self::OverviewsBuilt { job, .. }
+            | Self::ReasonerLoaded { job, .. }
+            | Self::AskStage { job, .. }
+            | Self::AskText { job, .. }
+            | Self::AskDone { job, .. }
             | Self::Cancelled { job }
             | Self::Failed { job, .. } => *job,
         }
@@ -122,6 +192,10 @@ enum Msg {
         job: JobId,
         raster: RasterId,
         result: Result<(), EngineError>,
+    },
+    /// The model thread finished a question (its cancel flag can go).
+    ModelJobDone {
+        job: JobId,
     },
     #[cfg(test)]
     Panic(JobId),
@@ -163,6 +237,7 @@ impl Engine {
                     cache: TileCache::new(config.tile_cache_bytes),
                     tiles: None,
                     cancels: HashMap::new(),
+                    model: None,
                 }
                 .run();
             })
@@ -252,6 +327,26 @@ struct Worker {
     cache: TileCache,
     tiles: Option<TileJob>,
     cancels: HashMap<JobId, Arc<AtomicBool>>,
+    /// The model thread, started on the first model request.
+    model: Option<(Sender<ModelMsg>, JoinHandle<()>)>,
+}
+
+/// Work for the model thread, which owns the loaded checkpoint.
+enum ModelMsg {
+    Load {
+        job: JobId,
+        dir: PathBuf,
+        options: LoadOptions,
+    },
+    Ask {
+        job: JobId,
+        raster: RasterId,
+        image: WindowImage,
+        task: Task,
+        query: String,
+        options: AskOptions,
+        cancel: Arc<AtomicBool>,
+    },
 }
 
 impl Worker {
@@ -263,19 +358,44 @@ impl Worker {
                 match self.rx.try_recv() {
                     Ok(m) => Some(m),
                     Err(TryRecvError::Empty) => None,
-                    Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Disconnected) => break,
                 }
             } else {
                 match self.rx.recv() {
                     Ok(m) => Some(m),
-                    Err(_) => return,
+                    Err(_) => break,
                 }
             };
             match msg {
-                Some(Msg::Shutdown) => return,
+                Some(Msg::Shutdown) => break,
                 Some(msg) => self.handle(msg),
                 None => self.render_next_tile(),
             }
+        }
+        // Stop any question between two tokens, then wait for the model thread.
+        for flag in self.cancels.values() {
+            flag.store(true, Ordering::Relaxed);
+        }
+        if let Some((tx, handle)) = self.model.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+
+    /// The model thread's inbox, starting the thread on first use.
+    fn model_thread(&mut self) -> Result<&Sender<ModelMsg>, EngineError> {
+        if self.model.is_none() {
+            let (tx, rx) = unbounded();
+            let (events, waker, done) = (self.events.clone(), self.waker.clone(), self.self_tx.clone());
+            let handle = std::thread::Builder::new()
+                .name("model".into())
+                .spawn(move || model_loop(&rx, &events, &waker, &done))
+                .map_err(|e| EngineError::Internal(format!("cannot start the model thread: {e}")))?;
+            self.model = Some((tx, handle));
+        }
+        match &self.model {
+            Some((tx, _)) => Ok(tx),
+            None => Err(EngineError::Internal("no model thread".into())),
         }
     }
 
@@ -336,6 +456,27 @@ impl Worker {
             }),
             Msg::Request(Request::BuildOverviews { job, raster }) => {
                 self.guarded(job, |w| w.start_overviews(job, raster));
+            }
+            Msg::Request(Request::LoadReasoner { job, dir, options }) => self.guarded(job, |w| {
+                w.model_thread()?
+                    .send(ModelMsg::Load { job, dir, options })
+                    .map_err(|_| EngineError::Internal("the model thread stopped".into()))
+            }),
+            Msg::Request(Request::Ask { job, raster, window, params, task, query, options }) => {
+                self.guarded(job, |w| {
+                    let r = w.rasters.get(&raster).ok_or(EngineError::UnknownRaster(raster))?;
+                    let budget = options.max_pixels.unwrap_or(crate::reasoner::processor::TRAINING_MAX_PIXELS);
+                    let image = crate::reasoner::read_window(r, window, &params, budget)?;
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    w.cancels.insert(job, cancel.clone());
+                    w.emit(Event::AskStage { job, stage: AskStage::Queued });
+                    w.model_thread()?
+                        .send(ModelMsg::Ask { job, raster, image, task, query, options, cancel })
+                        .map_err(|_| EngineError::Internal("the model thread stopped".into()))
+                });
+            }
+            Msg::ModelJobDone { job } => {
+                self.cancels.remove(&job);
             }
             Msg::Request(Request::Cancel { job }) => {
                 if self.tiles.as_ref().is_some_and(|t| t.job == job) {
@@ -422,6 +563,79 @@ impl Worker {
             let _ = done.send(Msg::OverviewsDone { job, raster, result });
         });
         spawned.map(|_| ()).map_err(|e| EngineError::Internal(format!("cannot start job thread: {e}")))
+    }
+}
+
+/// The model thread: loads checkpoints and answers questions one at a time,
+/// streaming events straight to the UI.
+fn model_loop(rx: &Receiver<ModelMsg>, events: &Sender<Event>, waker: &Waker, done: &Sender<Msg>) {
+    let emit = |event: Event| {
+        let _ = events.send(event);
+        waker();
+    };
+    let mut reasoner: Option<Reasoner> = None;
+    for msg in rx {
+        match msg {
+            ModelMsg::Load { job, dir, options } => {
+                reasoner = None; // free the old weights before mapping the new ones
+                match catch_unwind(AssertUnwindSafe(|| Reasoner::load(&dir, &options))) {
+                    Ok(Ok(r)) => {
+                        let info = ReasonerInfo {
+                            dir: r.dir.clone(),
+                            device: options.device.to_string(),
+                            dtype: format!("{:?}", r.dtype).to_lowercase(),
+                            parameters: r.config().parameter_count(),
+                            load_ms: r.load_ms,
+                        };
+                        reasoner = Some(r);
+                        emit(Event::ReasonerLoaded { job, info });
+                    }
+                    Ok(Err(e)) => emit(Event::Failed { job, error: e.to_string() }),
+                    Err(p) => emit(Event::Failed { job, error: format!("internal error: {}", panic_message(&*p)) }),
+                }
+            }
+            ModelMsg::Ask { job, raster, image, task, query, options, cancel } => {
+                let result = match reasoner.as_mut() {
+                    None => Err(EngineError::InvalidRequest(
+                        "no RemoteReasoner checkpoint is loaded (set one in Settings, or `remote-reasoner models pull`)"
+                            .into(),
+                    )),
+                    Some(_) if cancel.load(Ordering::Relaxed) => Err(EngineError::Cancelled),
+                    Some(r) => {
+                        emit(Event::AskStage { job, stage: AskStage::EncodingImage });
+                        catch_unwind(AssertUnwindSafe(|| {
+                            r.ask(&image.image, task, &query, &options, |event| {
+                                match event {
+                                    AskEvent::ImageEncoded { tokens } => {
+                                        emit(Event::AskStage { job, stage: AskStage::ReadingPrompt { tokens } });
+                                    }
+                                    AskEvent::PromptRead { .. } => {
+                                        emit(Event::AskStage { job, stage: AskStage::Reasoning });
+                                    }
+                                    AskEvent::Text(text) => emit(Event::AskText { job, text }),
+                                }
+                                if cancel.load(Ordering::Relaxed) {
+                                    std::ops::ControlFlow::Break(())
+                                } else {
+                                    std::ops::ControlFlow::Continue(())
+                                }
+                            })
+                        }))
+                        .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p))))
+                    }
+                };
+                match result {
+                    Ok(answer) => {
+                        let boxes = answer.boxes.iter().map(|b| image.to_raster(b)).collect();
+                        let outcome = AskOutcome { raster, window: image.window, answer, boxes };
+                        emit(Event::AskDone { job, outcome: Box::new(outcome) });
+                    }
+                    Err(EngineError::Cancelled) => emit(Event::Cancelled { job }),
+                    Err(e) => emit(Event::Failed { job, error: e.to_string() }),
+                }
+                let _ = done.send(Msg::ModelJobDone { job });
+            }
+        }
     }
 }
 

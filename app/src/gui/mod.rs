@@ -262,6 +262,8 @@ impl WorkbenchApp {
                     self.notify_info(format!("Built {levels} overview levels."));
                 }
             }
+            // The workbench does not send model requests yet.
+            Event::ReasonerLoaded { .. } | Event::AskStage { .. } | Event::AskText { .. } | Event::AskDone { .. } => {}
             Event::Failed { job, error } => {
                 if self.opening.as_ref().is_some_and(|(j, _)| *j == job) {
                     self.opening = None;
