@@ -16,7 +16,8 @@ use serde_json::json;
 
 #[derive(Debug, Args)]
 pub struct AskArgs {
-    /// Checkpoint directory (config.json, tokenizer.json, safetensors, …).
+    /// Checkpoint directory (config.json, tokenizer.json, safetensors, …), or the
+    /// repository id of one pulled with `models pull`.
     #[arg(long, env = "RR_MODEL")]
     pub model: PathBuf,
     /// Raster (any GDAL format, PNG and JPEG included).
@@ -102,7 +103,8 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         engine::reasoner::read_window(&raster, window, &RenderParams::default_for(&info), max_pixels)?;
     drop(raster);
 
-    let mut reasoner = Reasoner::load(&args.model, &LoadOptions { device: args.device, dtype: args.dtype.clone() })?;
+    let model = engine::hub::resolve_model(&args.model, &engine::hub::default_cache_dir());
+    let mut reasoner = Reasoner::load(&model, &LoadOptions { device: args.device, dtype: args.dtype.clone() })?;
     let opts = AskOptions {
         max_pixels: Some(max_pixels),
         decoding: args.decoding(&reasoner),

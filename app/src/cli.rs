@@ -36,6 +36,8 @@ pub enum Command {
     Overviews(OverviewArgs),
     /// Ask a RemoteReasoner checkpoint about a window of a raster (region, vqa, caption).
     Ask(crate::ask::AskArgs),
+    /// Download (`pull`) and list (`list`) checkpoints.
+    Models(crate::models::ModelsArgs),
     /// Run the benchmarks and print a Markdown report.
     Bench(crate::bench::BenchArgs),
 }

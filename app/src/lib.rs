@@ -5,3 +5,4 @@ pub mod ask;
 pub mod bench;
 pub mod cli;
 pub mod gui;
+pub mod models;

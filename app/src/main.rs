@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Some(Command::Render(args)) => rr_app::cli::render(&args),
         Some(Command::Overviews(args)) => rr_app::cli::overviews(&args),
         Some(Command::Ask(args)) => rr_app::ask::run(&args),
+        Some(Command::Models(args)) => rr_app::models::run(&args),
         Some(Command::Bench(args)) => rr_app::bench::run(&args),
     };
     match result {

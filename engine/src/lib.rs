@@ -6,6 +6,7 @@
 //! - [`tiles`]: the tile pyramid and the LRU tile cache.
 //! - [`overviews`]: building overviews as a cancellable job.
 //! - [`synthetic`]: generated rasters for tests and benchmarks.
+//! - [`hub`]: downloading checkpoints (Hugging Face hub protocol) and listing them.
 //! - [`models`]: candle ports of the models (Qwen2.5-VL) and checkpoint loading.
 //! - [`reasoner`]: asking a RemoteReasoner checkpoint about an image: prompts,
 //!   preprocessing, streamed decoding, parsing the answer into boxes.
@@ -13,6 +14,7 @@
 
 pub mod error;
 pub mod geo;
+pub mod hub;
 pub mod models;
 pub mod overviews;
 pub mod raster;

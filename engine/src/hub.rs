@@ -1,0 +1,279 @@
+//! Getting checkpoints: downloads from the Hugging Face hub (or any server that
+//! speaks its protocol, `HF_ENDPOINT`) through `hf-hub`, into the standard hub
+//! cache (`models--org--name/snapshots/<commit>/…`), each file verified against
+//! the content hash the hub names it by; and listing what is installed.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::Progress;
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+use serde::Serialize;
+use sha1::Digest as _;
+
+use crate::error::{EngineError, Result};
+
+/// The hub cache: `$RR_MODELS`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`
+/// (shared with other Hugging Face tools).
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RR_MODELS") {
+        return dir.into();
+    }
+    Cache::from_env().path().clone()
+}
+
+/// Files of a repository worth downloading for inference.
+fn wanted(name: &str) -> bool {
+    let keep = [".json", ".safetensors", ".txt", ".model", ".tiktoken", ".jinja"];
+    keep.iter().any(|ext| name.ends_with(ext)) && !name.contains('/')
+}
+
+/// Download progress, reported as bytes arrive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PullProgress {
+    pub file: String,
+    pub file_index: usize,
+    pub files: usize,
+    pub file_bytes: u64,
+    pub file_size: u64,
+}
+
+struct ProgressAdapter<'a> {
+    state: PullProgress,
+    f: &'a mut dyn FnMut(&PullProgress),
+}
+
+impl Progress for ProgressAdapter<'_> {
+    fn init(&mut self, size: usize, _filename: &str) {
+        self.state.file_size = size as u64;
+        self.state.file_bytes = 0;
+        (self.f)(&self.state);
+    }
+    fn update(&mut self, size: usize) {
+        self.state.file_bytes += size as u64;
+        (self.f)(&self.state);
+    }
+    fn finish(&mut self) {}
+}
+
+/// What to download.
+#[derive(Clone, Debug)]
+pub struct PullRequest {
+    pub repo_id: String,
+    pub revision: String,
+    /// Hub cache directory (default: [`default_cache_dir`]).
+    pub cache_dir: Option<PathBuf>,
+    /// Server (default: `HF_ENDPOINT`, else huggingface.co).
+    pub endpoint: Option<String>,
+}
+
+fn hub_err(repo: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Model { path: PathBuf::from(repo), reason: format!("download failed: {e}") }
+}
+
+/// Checks a downloaded blob against the hash it is named by: SHA-256 for
+/// LFS files (64 hex digits), the git blob SHA-1 for small files (40).
+pub fn verify_blob(path: &Path, etag: &str) -> Result<()> {
+    let read_err = |e: std::io::Error| EngineError::Model { path: path.to_owned(), reason: e.to_string() };
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let len = file.metadata().map_err(read_err)?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    let digest = match etag.len() {
+        64 => {
+            let mut h = sha2::Sha256::new();
+            loop {
+                let n = file.read(&mut buf).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            hex(&h.finalize())
+        }
+        40 => {
+            let mut h = sha1::Sha1::new();
+            h.update(format!("blob {len}\0").as_bytes());
+            loop {
+                let n = file.read(&mut buf).map_err(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            hex(&h.finalize())
+        }
+        _ => return Ok(()), // not a content hash: nothing to check against
+    };
+    if digest != etag.to_ascii_lowercase() {
+        return Err(EngineError::Model {
+            path: path.to_owned(),
+            reason: format!("content hash {digest} does not match the hub's {etag}: the download is corrupt"),
+        });
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Downloads the inference files of a repository and returns the snapshot
+/// directory, ready for `--model`. Files already in the cache are verified and
+/// kept; interrupted downloads resume.
+pub fn pull(req: &PullRequest, mut progress: impl FnMut(&PullProgress)) -> Result<PathBuf> {
+    let cache_dir = req.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let mut builder = ApiBuilder::from_cache(Cache::new(cache_dir.clone())).with_progress(false).with_retries(3);
+    if let Some(endpoint) = req.endpoint.clone().or_else(|| std::env::var("HF_ENDPOINT").ok()) {
+        builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_owned());
+    }
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        builder = builder.with_token(Some(token));
+    }
+    let api = builder.build().map_err(|e| hub_err(&req.repo_id, e))?;
+    let repo = api.repo(Repo::with_revision(req.repo_id.clone(), RepoType::Model, req.revision.clone()));
+    let info = repo.info().map_err(|e| hub_err(&req.repo_id, e))?;
+    let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).filter(|f| wanted(f)).collect();
+    if !files.iter().any(|f| f == "config.json") {
+        return Err(hub_err(&req.repo_id, "the repository has no config.json"));
+    }
+    let mut snapshot = None;
+    for (i, file) in files.iter().enumerate() {
+        let state = PullProgress { file: file.clone(), file_index: i, files: files.len(), file_bytes: 0, file_size: 0 };
+        let adapter = ProgressAdapter { state, f: &mut progress };
+        let path =
+            repo.download_with_progress(file, adapter).map_err(|e| hub_err(&req.repo_id, format!("{file}: {e}")))?;
+        let blob = std::fs::canonicalize(&path).map_err(|e| hub_err(&req.repo_id, e))?;
+        let etag = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Err(e) = verify_blob(&blob, &etag) {
+            let _ = std::fs::remove_file(&blob);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        snapshot = path.parent().map(Path::to_owned);
+    }
+    snapshot.ok_or_else(|| hub_err(&req.repo_id, "nothing to download"))
+}
+
+/// An installed checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Installed {
+    pub repo_id: String,
+    pub revision: String,
+    pub path: PathBuf,
+    pub files: usize,
+    pub bytes: u64,
+    /// First 12 hex digits of a SHA-256 over the weight files' content hashes.
+    pub weights_hash: String,
+}
+
+/// A short, stable fingerprint of a checkpoint's weights: SHA-256 over the
+/// sorted (name, content hash) of its safetensors files. In a hub snapshot the
+/// content hashes are the blob names the hub verified; elsewhere each file is
+/// hashed.
+pub fn weights_fingerprint(dir: &Path) -> Result<String> {
+    let err = |e: std::io::Error| EngineError::Model { path: dir.to_owned(), reason: e.to_string() };
+    let mut parts = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let path = entry.map_err(err)?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !name.ends_with(".safetensors") {
+            continue;
+        }
+        let resolved = std::fs::canonicalize(&path).map_err(err)?;
+        let blob_name = resolved.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let content = if blob_name.len() == 64 && blob_name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            blob_name
+        } else {
+            let mut h = sha2::Sha256::new();
+            let mut f = std::fs::File::open(&resolved).map_err(err)?;
+            std::io::copy(&mut f, &mut h).map_err(err)?;
+            hex(&h.finalize())
+        };
+        parts.push(format!("{name}:{content}"));
+    }
+    parts.sort();
+    let mut h = sha2::Sha256::new();
+    h.update(parts.join("\n").as_bytes());
+    Ok(hex(&h.finalize())[..12].to_owned())
+}
+
+/// Every snapshot in the hub cache that holds a `config.json`.
+pub fn list(cache_dir: &Path) -> Result<Vec<Installed>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(cache_dir) else { return Ok(out) };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_prefix("models--") else { continue };
+        let repo_id = id.replacen("--", "/", 1);
+        let Ok(snapshots) = std::fs::read_dir(entry.path().join("snapshots")) else { continue };
+        for snap in snapshots.flatten() {
+            let path = snap.path();
+            if !path.join("config.json").exists() {
+                continue;
+            }
+            let (mut files, mut bytes) = (0, 0);
+            for f in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+                files += 1;
+                bytes += std::fs::metadata(f.path()).map(|m| m.len()).unwrap_or(0);
+            }
+            out.push(Installed {
+                repo_id: repo_id.clone(),
+                revision: snap.file_name().to_string_lossy().into_owned(),
+                weights_hash: weights_fingerprint(&path)?,
+                path,
+                files,
+                bytes,
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.repo_id, &a.revision).cmp(&(&b.repo_id, &b.revision)));
+    Ok(out)
+}
+
+/// A `--model` argument: a directory, or `org/name` of a checkpoint in the cache
+/// (its `main` snapshot).
+pub fn resolve_model(arg: &Path, cache_dir: &Path) -> PathBuf {
+    if arg.is_dir() {
+        return arg.to_owned();
+    }
+    let text = arg.to_string_lossy();
+    if let Some((org, name)) = text.split_once('/')
+        && !org.is_empty()
+        && !name.contains('/')
+    {
+        let repo = cache_dir.join(format!("models--{org}--{name}"));
+        if let Ok(commit) = std::fs::read_to_string(repo.join("refs/main")) {
+            let snap = repo.join("snapshots").join(commit.trim());
+            if snap.is_dir() {
+                return snap;
+            }
+        }
+    }
+    arg.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_checked_against_sha256_and_git_sha1() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"hello\n").unwrap();
+        // `git hash-object` and `sha256sum` of "hello\n".
+        verify_blob(&p, "ce013625030ba8dba906f756967f9e9ca394464a").unwrap();
+        verify_blob(&p, "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03").unwrap();
+        let e = verify_blob(&p, "0000000000000000000000000000000000000000").unwrap_err().to_string();
+        assert!(e.contains("corrupt"), "{e}");
+        verify_blob(&p, "W/\"not-a-hash\"").unwrap();
+    }
+
+    #[test]
+    fn only_inference_files_are_fetched() {
+        assert!(wanted("config.json") && wanted("model-00001-of-00004.safetensors") && wanted("merges.txt"));
+        assert!(!wanted("README.md") && !wanted(".gitattributes") && !wanted("pytorch_model.bin"));
+        assert!(!wanted("onnx/model.json"));
+    }
+}
