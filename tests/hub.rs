@@ -154,7 +154,7 @@ fn pull_downloads_verifies_lists_and_the_model_answers() {
     let snapshot = hub::pull(&req, |p| seen.push(p.clone())).unwrap();
     assert_eq!(snapshot, cache.path().join("models--acme--tiny-reasoner/snapshots").join(COMMIT));
     assert!(!snapshot.join("README.md").exists(), "only inference files are fetched");
-    let weights = seen.iter().filter(|p| p.file == "model.safetensors").last().unwrap();
+    let weights = seen.iter().rfind(|p| p.file == "model.safetensors").unwrap();
     assert_eq!(weights.file_bytes, weights.file_size, "progress reaches the end");
     assert_eq!(weights.file_size, std::fs::metadata(fixture().join("model.safetensors")).unwrap().len());
 
