@@ -1,5 +1,10 @@
-//! `remote-reasoner bench`: the raster-viewer benchmarks of BENCHMARKS.md, run
-//! side by side with GDAL itself in one process run, reported as Markdown.
+//! `remote-reasoner bench`: the benchmarks of BENCHMARKS.md.
+//!
+//! - `bench viewer`: the raster viewer, side by side with GDAL itself in one run,
+//!   reported as Markdown.
+//! - `bench reasoner`: one Qwen2.5-VL forward pass (vision, prefill, decode) on
+//!   given inputs, reported as JSON; `tools/bench_qwen.py` runs it beside
+//!   PyTorch transformers on the same weights and inputs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +16,14 @@ use engine::raster::{Raster, RenderParams};
 use engine::synthetic::Fill;
 use engine::tiles::{Pyramid, TileKey};
 use engine::{Engine, EngineConfig, Event};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Time to first frame, tile throughput vs GDAL, memory while panning.
+    Viewer(BenchArgs),
+    /// Vision tower, prefill and decode timings of a Qwen2.5-VL checkpoint.
+    Reasoner(ReasonerBenchArgs),
+}
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -72,7 +85,99 @@ fn open(engine: &Engine, path: &Path) -> anyhow::Result<(u64, engine::raster::Ra
     }
 }
 
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Viewer(args) => viewer(args),
+        BenchCommand::Reasoner(args) => reasoner(args),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReasonerBenchArgs {
+    /// Checkpoint directory (config.json and safetensors; no tokenizer needed).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// safetensors with `pixel_values` (patches × patch_dim) and `input_ids` (u32 or i64).
+    #[arg(long)]
+    pub inputs: PathBuf,
+    /// Patch grid t,h,w of the image.
+    #[arg(long)]
+    pub grid: String,
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Tokens to decode after the prefill (greedy, end-of-text ignored).
+    #[arg(long, default_value_t = 32)]
+    pub decode: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: engine::models::DeviceChoice,
+}
+
+/// Vision, prefill and decode timings as one JSON object on stdout.
+fn reasoner(args: &ReasonerBenchArgs) -> anyhow::Result<()> {
+    use candle_core::DType;
+    let grid: Vec<usize> =
+        args.grid.split(',').map(|v| v.trim().parse()).collect::<Result<_, _>>().context("--grid t,h,w")?;
+    let grid: [usize; 3] = grid.try_into().map_err(|_| anyhow::anyhow!("--grid needs three numbers"))?;
+    let config_path = args.model.join("config.json");
+    let config = engine::models::qwen2_5_vl::Config::from_json(&std::fs::read_to_string(&config_path)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
+    let device = args.device.open()?;
+    let dtype = engine::models::parse_dtype(&args.dtype).map_err(anyhow::Error::msg)?;
+    let inputs = candle_core::safetensors::load(&args.inputs, &device)?;
+    let pixels = inputs.get("pixel_values").context("inputs: no pixel_values")?;
+    let ids: Vec<u32> = inputs
+        .get("input_ids")
+        .context("inputs: no input_ids")?
+        .flatten_all()?
+        .to_dtype(DType::I64)?
+        .to_vec1::<i64>()?
+        .into_iter()
+        .map(|v| v as u32)
+        .collect();
+    let t = Instant::now();
+    let (mut model, _) = engine::models::qwen2_5_vl::Qwen25Vl::load(&args.model, config, &device, Some(dtype))?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let embeds = model.encode_images(pixels, &[grid])?;
+    let vision_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let mut logits = model.prefill(&ids, Some(&embeds), &[grid])?;
+    let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+    let first: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+    let t = Instant::now();
+    let mut tokens = Vec::new();
+    for _ in 0..args.decode {
+        let next = logits.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
+        tokens.push(next);
+        logits = model.step(next)?;
+    }
+    let decode_ms = t.elapsed().as_secs_f64() * 1e3;
+    let report = serde_json::json!({
+        "framework": "candle",
+        "dtype": args.dtype,
+        "threads": rayon_threads(),
+        "load_ms": load_ms,
+        "vision_ms": vision_ms,
+        "prefill_ms": prefill_ms,
+        "prompt_tokens": ids.len(),
+        "decode_tokens": args.decode,
+        "decode_ms_per_token": decode_ms / args.decode.max(1) as f64,
+        "first_logits": first,
+        "tokens": tokens,
+        "peak_rss_mib": proc_status_kib("VmHWM:").unwrap_or(0) / 1024,
+    });
+    println!("{report}");
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
+}
+
+fn viewer(args: &BenchArgs) -> anyhow::Result<()> {
     let (vw, vh) = crate::cli::parse_size(&args.viewport)?;
     if let Some(path) = &args.pan_only {
         return pan(path, args.cache_mib, (vw, vh));
@@ -177,7 +282,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // 3. Peak memory while panning, in a fresh process.
     let exe = std::env::current_exe().context("cannot find own executable")?;
     let out = std::process::Command::new(exe)
-        .args(["bench", "--viewport", &args.viewport, "--cache-mib", &args.cache_mib.to_string(), "--pan-only"])
+        .args([
+            "bench",
+            "viewer",
+            "--viewport",
+            &args.viewport,
+            "--cache-mib",
+            &args.cache_mib.to_string(),
+            "--pan-only",
+        ])
         .arg(&path)
         .output()
         .context("cannot run the panning phase")?;

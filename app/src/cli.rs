@@ -38,8 +38,9 @@ pub enum Command {
     Ask(crate::ask::AskArgs),
     /// Download (`pull`) and list (`list`) checkpoints.
     Models(crate::models::ModelsArgs),
-    /// Run the benchmarks and print a Markdown report.
-    Bench(crate::bench::BenchArgs),
+    /// Run a benchmark (viewer: Markdown report; reasoner: JSON timings).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
 }
 
 #[derive(Debug, Args)]

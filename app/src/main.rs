@@ -3,6 +3,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+
+/// mimalloc keeps freed pages for reuse: the model's large per-op buffers then
+/// stop costing a fresh, kernel-zeroed mapping each time (measured in BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rr_app::cli::{Cli, Command};
 
 fn main() -> ExitCode {

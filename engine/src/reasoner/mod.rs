@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -163,37 +162,9 @@ impl Reasoner {
             _ => GenerationConfig::default(),
         };
         let preprocessor = read_preprocessor(dir)?;
-        let files = models::safetensors_files(dir)?;
         let device = opts.device.open()?;
-        let params = config.parameter_count();
-        let dtype = match &opts.dtype {
-            Some(s) => models::parse_dtype(s).map_err(EngineError::InvalidRequest)?,
-            None => models::default_dtype(&device, params * 4),
-        };
-        if device.is_cpu() {
-            models::check_memory(dir, params, dtype)?;
-        }
-        let names = models::tensor_names(&files)?;
-        // SAFETY: the files are mapped read-only; they must not change while loaded.
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, &device) }.map_err(|e| model_err(dir, e))?;
-        // transformers 5 saves `model.visual.*` / `model.language_model.*`; the
-        // published checkpoints use `visual.*` / `model.*`.
-        let vb = if names.iter().any(|n| n.starts_with("model.language_model.")) {
-            vb.rename_f(|name: &str| {
-                if let Some(rest) = name.strip_prefix("visual.") {
-                    format!("model.visual.{rest}")
-                } else if let Some(rest) = name.strip_prefix("model.") {
-                    format!("model.language_model.{rest}")
-                } else {
-                    name.to_owned()
-                }
-            })
-        } else {
-            vb
-        };
-        let model =
-            Qwen25Vl::new(config, vb).map_err(|e| model_err(dir, format!("weights do not match config.json: {e}")))?;
+        let dtype = opts.dtype.as_deref().map(models::parse_dtype).transpose().map_err(EngineError::InvalidRequest)?;
+        let (model, dtype) = Qwen25Vl::load(dir, config, &device, dtype)?;
         Ok(Self {
             model,
             tokenizer,

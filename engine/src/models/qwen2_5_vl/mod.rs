@@ -5,8 +5,13 @@ pub mod config;
 pub mod text;
 pub mod vision;
 
+use std::path::Path;
+
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+
+use crate::error::EngineError;
+use crate::models;
 
 pub use config::Config;
 use text::{MropePositions, TextModel};
@@ -82,6 +87,40 @@ impl Qwen25Vl {
 
     pub fn dtype(&self) -> DType {
         self.vision.dtype()
+    }
+
+    /// Loads the weights of a checkpoint directory (single or sharded safetensors,
+    /// published or transformers 5 tensor names) for `config`, checking first that
+    /// they fit in memory. `dtype` `None` picks one for the device; the dtype used
+    /// is returned.
+    pub fn load(dir: &Path, config: Config, device: &Device, dtype: Option<DType>) -> crate::Result<(Self, DType)> {
+        let model_err = |e: &dyn std::fmt::Display| EngineError::Model { path: dir.to_owned(), reason: e.to_string() };
+        let files = models::safetensors_files(dir)?;
+        let params = config.parameter_count();
+        let dtype = dtype.unwrap_or_else(|| models::default_dtype(device, params * 4));
+        if device.is_cpu() {
+            models::check_memory(dir, params, dtype)?;
+        }
+        let names = models::tensor_names(&files)?;
+        // SAFETY: the files are mapped read-only; they must not change while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| model_err(&e))?;
+        // transformers 5 saves `model.visual.*` / `model.language_model.*`; the
+        // published checkpoints use `visual.*` / `model.*`.
+        let vb = if names.iter().any(|n| n.starts_with("model.language_model.")) {
+            vb.rename_f(|name: &str| {
+                if let Some(rest) = name.strip_prefix("visual.") {
+                    format!("model.visual.{rest}")
+                } else if let Some(rest) = name.strip_prefix("model.") {
+                    format!("model.language_model.{rest}")
+                } else {
+                    name.to_owned()
+                }
+            })
+        } else {
+            vb
+        };
+        let model = Self::new(config, vb).map_err(|e| model_err(&format!("weights do not match config.json: {e}")))?;
+        Ok((model, dtype))
     }
 
     /// Image embeddings, one row per merged 2×2 patch (for parity checks and
