@@ -43,7 +43,7 @@ fn u32s(v: &Value) -> Vec<u32> {
 }
 
 fn load(dir: &Path) -> Reasoner {
-    Reasoner::load(dir, &LoadOptions { dtype: Some("f32".into()), ..Default::default() }).unwrap()
+    Reasoner::load(dir, &LoadOptions { precision: Some("f32".into()), ..Default::default() }).unwrap()
 }
 
 fn png(path: &Path) -> RgbImage {
@@ -252,11 +252,39 @@ fn sharded_and_transformers_5_layouts_load_to_the_same_model() {
     assert_eq!(max_abs_diff(&got, &want), 0.0);
 
     // bf16 runs the same graph (looser numbers, same shapes).
-    let mut bf16 = Reasoner::load(&f.dir, &LoadOptions { dtype: Some("bf16".into()), ..Default::default() }).unwrap();
-    assert_eq!(bf16.dtype, DType::BF16);
+    let mut bf16 =
+        Reasoner::load(&f.dir, &LoadOptions { precision: Some("bf16".into()), ..Default::default() }).unwrap();
+    assert_eq!(bf16.precision, engine::models::Precision::Float(DType::BF16));
     let d = max_abs_diff(&first_logits(&mut bf16, &f), &want);
     eprintln!("bf16 first-step logits vs f32: max |Δ| = {d:e}");
     assert!(d < 0.5, "bf16 drifted by {d}");
+}
+
+/// The language model's projections quantized to Q8_0 as they load: close to
+/// f32 on the random checkpoint, and the same answer from the trained one.
+#[test]
+fn q8_0_projections_stay_close_and_keep_the_answer() {
+    let f = fixture();
+    let want = first_logits(&mut load(&f.dir), &f);
+    let q8 = LoadOptions { precision: Some("q8_0".into()), ..Default::default() };
+    let mut r = Reasoner::load(&f.dir, &q8).unwrap();
+    let d = max_abs_diff(&first_logits(&mut r, &f), &want);
+    let scale = want.abs().unwrap().max_keepdim(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    eprintln!("q8_0 first-step logits vs f32: max |Δ| = {d:e} (largest |logit| {scale})");
+    assert!(d > 0.0 && d < 0.03 * scale, "{d} vs {scale}");
+
+    let trained = f.dir.with_file_name("qwen2_5_vl_tiny_trained");
+    let sample = f.dir.join("../../../assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif");
+    let raster = engine::raster::Raster::open(&sample).unwrap();
+    let params = engine::raster::RenderParams::default_for(raster.info());
+    let view = engine::reasoner::read_window(&raster, engine::tiles::Window::full(200, 200), &params, 802_816).unwrap();
+    let mut r = Reasoner::load(&trained, &q8).unwrap();
+    let a = r
+        .ask(&view.image, Task::Region, "where are the ships?", &AskOptions::default(), |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(a.boxes_resized, [[30.0, 40.0, 70.0, 120.0], [100.0, 150.0, 130.0, 190.0]]);
 }
 
 #[test]

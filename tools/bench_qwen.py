@@ -136,19 +136,19 @@ def bench_torch(work, inputs, grid, dtype, decode):
 def bench_candle(binary, work, inputs, grid, dtype, decode, threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = subprocess.run([binary, "bench", "reasoner", "--model", work, "--inputs", inputs, "--grid",
-                          ",".join(map(str, grid)), "--dtype", dtype, "--decode", str(decode)],
+                          ",".join(map(str, grid)), "--precision", dtype, "--decode", str(decode)],
                          check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout)
 
 
 def membw_gbs():
-    """Sustained read bandwidth of this machine (numpy sum over 1 GiB)."""
-    a = np.ones(1 << 28, dtype=np.float32)
-    a.sum()
+    """Sustained read bandwidth with the benchmark's threads (torch sum over 2 GiB)."""
+    x = torch.ones(1 << 29, dtype=torch.float32)
+    x.sum()
     t0 = time.perf_counter()
     for _ in range(5):
-        a.sum()
-    return 5 * a.nbytes / (time.perf_counter() - t0) / 1e9
+        x.sum()
+    return 5 * x.numel() * 4 / (time.perf_counter() - t0) / 1e9
 
 
 def main():
@@ -158,15 +158,21 @@ def main():
     ap.add_argument("--work", default="/tmp/rr-qwen-bench")
     ap.add_argument("--binary", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(
         os.path.expanduser("~"), ".cache", "remote-reasoner", "target")), "release", "remote-reasoner"))
-    ap.add_argument("--dtypes", default="f32,bf16")
+    ap.add_argument("--pairs", default="f32:f32,bf16:bf16,bf16:q8_0",
+                    help="transformers dtype : candle precision, comma separated")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg, inputs, grid = prepare(args.work)
     rows = []
-    for name in args.dtypes.split(","):
-        dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[name]
-        t = bench_torch(args.work, inputs, grid, dtype, args.decode)
-        c = bench_candle(args.binary, args.work, inputs, grid, name, args.decode, args.threads)
+    torch_runs = {}
+    for pair in args.pairs.split(","):
+        tname, cname = pair.split(":")
+        name = tname if tname == cname else f"{tname} / {cname}"
+        dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[tname]
+        if tname not in torch_runs:
+            torch_runs[tname] = bench_torch(args.work, inputs, grid, dtype, args.decode)
+        t = torch_runs[tname]
+        c = bench_candle(args.binary, args.work, inputs, grid, cname, args.decode, args.threads)
         diff = float(np.max(np.abs(np.array(t["first_logits"]) - np.array(c["first_logits"]))))
         same = sum(a == b for a, b in zip(t["tokens"], c["tokens"]))
         rows.append((name, t, c, diff, same))
@@ -176,7 +182,7 @@ def main():
     lm_params = 28 * (3584 * 3584 * 2 + 2 * 3584 * 512 + 3 * 3584 * 18944) + 152064 * 3584
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, {args.threads} threads; "
           f"prompt {rows[0][1]['prompt_tokens']} tokens (1024 visual), {args.decode} decoded tokens.\n")
-    print("| dtype | stage | transformers | candle | candle speed ÷ transformers |")
+    print("| transformers / candle | stage | transformers | candle | candle speed ÷ transformers |")
     print("|---|---|---|---|---|")
     for name, t, c, diff, same in rows:
         for stage, key in [("vision tower (896×896)", "vision_ms"), ("LM prefill", "prefill_ms"),
@@ -186,9 +192,15 @@ def main():
         print(f"| {name} | vision + prefill | {total_t:.0f} ms | {total_c:.0f} ms | {total_t / total_c:.2f}× |")
         print(f"| {name} | peak RSS | {t['peak_rss_mib']} MiB | {c['peak_rss_mib']} MiB | |")
         print(f"| {name} | agreement | first-logit max abs Δ {diff:.2e}; {same}/{args.decode} greedy tokens equal | | |")
-    print(f"\nMemory read bandwidth here: {bw:.1f} GB/s. The real 28-layer language model reads "
-          f"{lm_params / 1e9:.2f} B parameters per decoded token: ≥ {lm_params * 2 / bw / 1e9 * 1e3:.0f} ms/token in bf16, "
-          f"≥ {lm_params * 4 / bw / 1e9 * 1e3:.0f} ms/token in f32 (bandwidth bound).")
+    reduced = 2 * (3584 * 3584 * 2 + 2 * 3584 * 512 + 3 * 3584 * 18944) + 152064 * 3584
+    print(f"\nMemory read bandwidth here ({args.threads} threads): {bw:.1f} GB/s. The real 28-layer language model "
+          f"reads {lm_params / 1e9:.2f} B parameters per decoded token, {lm_params / reduced:.1f}× this benchmark's: "
+          f"bandwidth bound ≥ {lm_params * 4 / bw / 1e6:.0f} ms/token in f32, ≥ {lm_params * 2 / bw / 1e6:.0f} in bf16, "
+          f"≥ {lm_params * 34 / 32 / bw / 1e6:.0f} in q8_0.")
+    for name, t, c, _, _ in rows:
+        scale = lm_params / reduced
+        print(f"Scaled by weight bytes, {name} decode of the real model: transformers ≈ "
+              f"{t['decode_ms_per_token'] * scale:.0f} ms/token, candle ≈ {c['decode_ms_per_token'] * scale:.0f} ms/token.")
 
 
 if __name__ == "__main__":

@@ -51,9 +51,10 @@ pub struct AskArgs {
     /// cpu, cuda[:N] or metal[:N].
     #[arg(long, default_value = "cpu")]
     pub device: engine::models::DeviceChoice,
-    /// f32, bf16 or f16 (default: f32 on CPU when it fits in memory, else bf16).
+    /// f32, bf16, f16, q8_0 or q4k (the language model's projections quantized).
+    /// Default: f32 on CPU when it fits in memory, else q8_0; bf16 on GPUs.
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub precision: Option<String>,
     /// Print one JSON object instead of streaming the reasoning.
     #[arg(long)]
     pub json: bool,
@@ -104,7 +105,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
     drop(raster);
 
     let model = engine::hub::resolve_model(&args.model, &engine::hub::default_cache_dir());
-    let mut reasoner = Reasoner::load(&model, &LoadOptions { device: args.device, dtype: args.dtype.clone() })?;
+    let mut reasoner = Reasoner::load(&model, &LoadOptions { device: args.device, precision: args.precision.clone() })?;
     let opts = AskOptions {
         max_pixels: Some(max_pixels),
         decoding: args.decoding(&reasoner),
@@ -142,7 +143,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         });
         let report = json!({
             "model": reasoner.dir,
-            "dtype": format!("{:?}", reasoner.dtype),
+            "precision": reasoner.precision.to_string(),
             "device": args.device.to_string(),
             "image": args.image,
             "window": [window.x, window.y, window.width, window.height],

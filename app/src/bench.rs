@@ -103,8 +103,9 @@ pub struct ReasonerBenchArgs {
     /// Patch grid t,h,w of the image.
     #[arg(long)]
     pub grid: String,
+    /// f32, bf16, f16, q8_0 or q4k.
     #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub precision: String,
     /// Tokens to decode after the prefill (greedy, end-of-text ignored).
     #[arg(long, default_value_t = 32)]
     pub decode: usize,
@@ -122,7 +123,7 @@ fn reasoner(args: &ReasonerBenchArgs) -> anyhow::Result<()> {
     let config = engine::models::qwen2_5_vl::Config::from_json(&std::fs::read_to_string(&config_path)?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
     let device = args.device.open()?;
-    let dtype = engine::models::parse_dtype(&args.dtype).map_err(anyhow::Error::msg)?;
+    let precision: engine::models::Precision = args.precision.parse().map_err(anyhow::Error::msg)?;
     let inputs = candle_core::safetensors::load(&args.inputs, &device)?;
     let pixels = inputs.get("pixel_values").context("inputs: no pixel_values")?;
     let ids: Vec<u32> = inputs
@@ -135,7 +136,7 @@ fn reasoner(args: &ReasonerBenchArgs) -> anyhow::Result<()> {
         .map(|v| v as u32)
         .collect();
     let t = Instant::now();
-    let (mut model, _) = engine::models::qwen2_5_vl::Qwen25Vl::load(&args.model, config, &device, Some(dtype))?;
+    let (mut model, _) = engine::models::qwen2_5_vl::Qwen25Vl::load(&args.model, config, &device, Some(precision))?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let embeds = model.encode_images(pixels, &[grid])?;
@@ -154,7 +155,7 @@ fn reasoner(args: &ReasonerBenchArgs) -> anyhow::Result<()> {
     let decode_ms = t.elapsed().as_secs_f64() * 1e3;
     let report = serde_json::json!({
         "framework": "candle",
-        "dtype": args.dtype,
+        "precision": args.precision,
         "threads": rayon_threads(),
         "load_ms": load_ms,
         "vision_ms": vision_ms,

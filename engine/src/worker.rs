@@ -79,7 +79,8 @@ pub enum AskStage {
 pub struct ReasonerInfo {
     pub dir: PathBuf,
     pub device: String,
-    pub dtype: String,
+    /// f32, bf16, q8_0, …
+    pub precision: String,
     pub parameters: u64,
     pub load_ms: f64,
 }
@@ -583,7 +584,7 @@ fn model_loop(rx: &Receiver<ModelMsg>, events: &Sender<Event>, waker: &Waker, do
                         let info = ReasonerInfo {
                             dir: r.dir.clone(),
                             device: options.device.to_string(),
-                            dtype: format!("{:?}", r.dtype).to_lowercase(),
+                            precision: r.precision.to_string(),
                             parameters: r.config().parameter_count(),
                             load_ms: r.load_ms,
                         };

@@ -10,7 +10,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -26,8 +26,9 @@ pub use prompt::Task;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadOptions {
     pub device: DeviceChoice,
-    /// `None`: chosen per device (see [`models::default_dtype`]).
-    pub dtype: Option<String>,
+    /// f32, bf16, f16, q8_0 or q4k; `None`: chosen per device (see
+    /// [`models::default_precision`]).
+    pub precision: Option<String>,
 }
 
 /// A loaded checkpoint, ready to answer.
@@ -39,7 +40,7 @@ pub struct Reasoner {
     pub generation: GenerationConfig,
     pub system_prompt: String,
     pub dir: PathBuf,
-    pub dtype: DType,
+    pub precision: models::Precision,
     pub load_ms: f64,
 }
 
@@ -163,8 +164,13 @@ impl Reasoner {
         };
         let preprocessor = read_preprocessor(dir)?;
         let device = opts.device.open()?;
-        let dtype = opts.dtype.as_deref().map(models::parse_dtype).transpose().map_err(EngineError::InvalidRequest)?;
-        let (model, dtype) = Qwen25Vl::load(dir, config, &device, dtype)?;
+        let precision = opts
+            .precision
+            .as_deref()
+            .map(str::parse::<models::Precision>)
+            .transpose()
+            .map_err(EngineError::InvalidRequest)?;
+        let (model, precision) = Qwen25Vl::load(dir, config, &device, precision)?;
         Ok(Self {
             model,
             tokenizer,
@@ -172,7 +178,7 @@ impl Reasoner {
             generation,
             system_prompt: prompt::system_prompt(dir),
             dir: dir.to_owned(),
-            dtype,
+            precision,
             load_ms: t0.elapsed().as_secs_f64() * 1e3,
         })
     }

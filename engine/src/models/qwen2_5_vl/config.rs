@@ -178,6 +178,16 @@ impl Config {
         })
     }
 
+    /// Parameters in the language model's projections and head: what
+    /// quantization shrinks.
+    pub fn text_projection_count(&self) -> u64 {
+        let t = &self.text;
+        let (h, i, v) = (t.hidden_size as u64, t.intermediate_size as u64, t.vocab_size as u64);
+        let kv = (t.hidden_size / t.num_attention_heads * t.num_key_value_heads) as u64;
+        let layer = h * h + 2 * h * kv + h * h + 3 * h * i;
+        t.num_hidden_layers as u64 * layer + if t.tie_word_embeddings { 0 } else { v * h }
+    }
+
     /// Parameters of the whole model, from the configuration alone (for the
     /// memory check before loading).
     pub fn parameter_count(&self) -> u64 {

@@ -2,6 +2,7 @@
 //! language model with M-RoPE, and transformers' `get_rope_index`.
 
 pub mod config;
+mod layers;
 pub mod text;
 pub mod vision;
 
@@ -10,8 +11,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use candle_core::quantized::GgmlDType;
+
 use crate::error::EngineError;
-use crate::models;
+use crate::models::{self, Precision};
 
 pub use config::Config;
 use text::{MropePositions, TextModel};
@@ -79,9 +82,11 @@ pub struct Qwen25Vl {
 impl Qwen25Vl {
     /// `vb` at the checkpoint root, in the published tensor layout (`visual.*`,
     /// `model.*`, `lm_head.*`).
-    pub fn new(config: Config, vb: VarBuilder) -> Result<Self> {
+    /// With `quantize`, the language model's projections and head are quantized
+    /// as they load (the vision tower and embeddings stay float).
+    pub fn new(config: Config, vb: VarBuilder, quantize: Option<GgmlDType>) -> Result<Self> {
         let vision = VisionModel::new(&config.vision, vb.pp("visual"))?;
-        let text = TextModel::new(&config.text, vb.clone())?;
+        let text = TextModel::new(&config.text, vb.clone(), quantize)?;
         Ok(Self { config, vision, text, next_position: 0 })
     }
 
@@ -91,16 +96,22 @@ impl Qwen25Vl {
 
     /// Loads the weights of a checkpoint directory (single or sharded safetensors,
     /// published or transformers 5 tensor names) for `config`, checking first that
-    /// they fit in memory. `dtype` `None` picks one for the device; the dtype used
-    /// is returned.
-    pub fn load(dir: &Path, config: Config, device: &Device, dtype: Option<DType>) -> crate::Result<(Self, DType)> {
+    /// they fit in memory. `precision` `None` picks one for the device (see
+    /// [`models::default_precision`]); the precision used is returned.
+    pub fn load(
+        dir: &Path,
+        config: Config,
+        device: &Device,
+        precision: Option<Precision>,
+    ) -> crate::Result<(Self, Precision)> {
         let model_err = |e: &dyn std::fmt::Display| EngineError::Model { path: dir.to_owned(), reason: e.to_string() };
         let files = models::safetensors_files(dir)?;
-        let params = config.parameter_count();
-        let dtype = dtype.unwrap_or_else(|| models::default_dtype(device, params * 4));
+        let (params, quantizable) = (config.parameter_count(), config.text_projection_count());
+        let precision = precision.unwrap_or_else(|| models::default_precision(device, params, quantizable));
         if device.is_cpu() {
-            models::check_memory(dir, params, dtype)?;
+            models::check_memory(dir, precision.bytes_needed(params, quantizable), &precision.to_string())?;
         }
+        let (dtype, quantize) = (precision.dtype(), precision.quantized());
         let names = models::tensor_names(&files)?;
         // SAFETY: the files are mapped read-only; they must not change while loaded.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| model_err(&e))?;
@@ -119,8 +130,9 @@ impl Qwen25Vl {
         } else {
             vb
         };
-        let model = Self::new(config, vb).map_err(|e| model_err(&format!("weights do not match config.json: {e}")))?;
-        Ok((model, dtype))
+        let model = Self::new(config, vb, quantize)
+            .map_err(|e| model_err(&format!("weights do not match config.json: {e}")))?;
+        Ok((model, precision))
     }
 
     /// Image embeddings, one row per merged 2×2 patch (for parity checks and

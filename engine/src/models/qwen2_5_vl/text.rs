@@ -5,12 +5,13 @@
 //!
 //! Tensor names follow the checkpoint (`model.layers.N.self_attn.q_proj`, …).
 
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::quantized::GgmlDType;
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
-use candle_nn::{Embedding, Linear, RmsNorm, VarBuilder, linear, linear_no_bias};
+use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
 use super::config::TextConfig;
-use super::vision::GatedMlp;
+use super::layers::{GatedMlp, Proj};
 
 /// Initial KV-cache length; it grows as needed.
 const KV_CACHE_START: usize = 2048;
@@ -59,10 +60,10 @@ impl MropeRotary {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -70,14 +71,14 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, vb: VarBuilder, q: Option<GgmlDType>) -> Result<Self> {
         let (h, nh, nkv) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads);
         let hd = h / nh;
         Ok(Self {
-            q_proj: linear(h, nh * hd, vb.pp("q_proj"))?,
-            k_proj: linear(h, nkv * hd, vb.pp("k_proj"))?,
-            v_proj: linear(h, nkv * hd, vb.pp("v_proj"))?,
-            o_proj: linear_no_bias(nh * hd, h, vb.pp("o_proj"))?,
+            q_proj: Proj::new(h, nh * hd, true, vb.pp("q_proj"), q)?,
+            k_proj: Proj::new(h, nkv * hd, true, vb.pp("k_proj"), q)?,
+            v_proj: Proj::new(h, nkv * hd, true, vb.pp("v_proj"), q)?,
+            o_proj: Proj::new(nh * hd, h, false, vb.pp("o_proj"), q)?,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
@@ -119,10 +120,10 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &TextConfig, vb: VarBuilder, q: Option<GgmlDType>) -> Result<Self> {
         Ok(Self {
-            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
-            mlp: GatedMlp::new(cfg.hidden_size, cfg.intermediate_size, false, &cfg.hidden_act, vb.pp("mlp"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"), q)?,
+            mlp: GatedMlp::new(cfg.hidden_size, cfg.intermediate_size, false, &cfg.hidden_act, vb.pp("mlp"), q)?,
             input_layernorm: candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             post_attention_layernorm: candle_nn::rms_norm(
                 cfg.hidden_size,
@@ -145,24 +146,25 @@ pub struct TextModel {
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     rotary: MropeRotary,
     rep: usize,
 }
 
 impl TextModel {
-    /// `vb` at the checkpoint root: reads `model.*` and `lm_head.*`.
-    pub fn new(cfg: &TextConfig, vb: VarBuilder) -> Result<Self> {
+    /// `vb` at the checkpoint root: reads `model.*` and `lm_head.*`. With
+    /// `quantize`, every projection and the head are quantized as they load.
+    pub fn new(cfg: &TextConfig, vb: VarBuilder, quantize: Option<GgmlDType>) -> Result<Self> {
         let m = vb.pp("model");
         let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(cfg, m.pp(format!("layers.{i}"))))
+            .map(|i| DecoderLayer::new(cfg, m.pp(format!("layers.{i}")), quantize))
             .collect::<Result<_>>()?;
         let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
-            Linear::new(embed_tokens.embeddings().clone(), None)
+            Proj::Float(candle_nn::Linear::new(embed_tokens.embeddings().clone(), None))
         } else {
-            linear_no_bias(cfg.hidden_size, cfg.vocab_size, vb.pp("lm_head"))?
+            Proj::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"), quantize)?
         };
         Ok(Self {
             embed_tokens,
@@ -222,10 +224,5 @@ impl TextModel {
 
     pub fn hidden_size(&self) -> usize {
         self.embed_tokens.hidden_size()
-    }
-
-    /// The last dimension of the logits.
-    pub fn vocab_size(&self) -> Result<usize> {
-        self.lm_head.weight().dim(D::Minus2)
     }
 }

@@ -5,9 +5,10 @@
 //! Tensor names follow the checkpoint (`visual.blocks.N.attn.qkv`, …).
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{Linear, RmsNorm, VarBuilder, linear, linear_b};
+use candle_nn::{Linear, RmsNorm, VarBuilder, linear};
 
 use super::config::VisionConfig;
+use super::layers::GatedMlp;
 
 /// `(x · cos) + (rotate_half(x) · sin)` over the last dimension, for `x` of
 /// shape `(b, heads, seq, head_dim)` and `cos`/`sin` of `(seq, head_dim / 2)`.
@@ -103,39 +104,6 @@ impl VisionAttention {
     }
 }
 
-/// `down(act(gate(x)) · up(x))`, with biases in the vision tower.
-#[derive(Debug, Clone)]
-pub(crate) struct GatedMlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-    act: candle_nn::Activation,
-}
-
-impl GatedMlp {
-    pub(crate) fn new(hidden: usize, inter: usize, bias: bool, act: &str, vb: VarBuilder) -> Result<Self> {
-        let act = match act {
-            "silu" | "swish" => candle_nn::Activation::Silu,
-            "gelu_pytorch_tanh" => candle_nn::Activation::GeluPytorchTanh,
-            "gelu" => candle_nn::Activation::Gelu,
-            other => candle_core::bail!("unsupported activation {other:?}"),
-        };
-        Ok(Self {
-            gate_proj: linear_b(hidden, inter, bias, vb.pp("gate_proj"))?,
-            up_proj: linear_b(hidden, inter, bias, vb.pp("up_proj"))?,
-            down_proj: linear_b(inter, hidden, bias, vb.pp("down_proj"))?,
-            act,
-        })
-    }
-}
-
-impl Module for GatedMlp {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(xs)?.apply(&self.act)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
-    }
-}
-
 #[derive(Debug, Clone)]
 struct VisionBlock {
     norm1: RmsNorm,
@@ -150,7 +118,7 @@ impl VisionBlock {
             norm1: candle_nn::rms_norm(cfg.hidden_size, 1e-6, vb.pp("norm1"))?,
             norm2: candle_nn::rms_norm(cfg.hidden_size, 1e-6, vb.pp("norm2"))?,
             attn: VisionAttention::new(cfg, vb.pp("attn"))?,
-            mlp: GatedMlp::new(cfg.hidden_size, cfg.intermediate_size, true, &cfg.hidden_act, vb.pp("mlp"))?,
+            mlp: GatedMlp::new(cfg.hidden_size, cfg.intermediate_size, true, &cfg.hidden_act, vb.pp("mlp"), None)?,
         })
     }
 
