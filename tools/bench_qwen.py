@@ -30,6 +30,8 @@ import transformers
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from make_qwen_fixtures import legacy_name  # same directory: the published tensor names
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_TOKEN = 151655
 
@@ -51,14 +53,6 @@ def config_7b_reduced():
                           "fullatt_block_indexes": [3], "tokens_per_second": 2, "temporal_patch_size": 2},
         "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
     }
-
-
-def legacy_name(name):
-    if name.startswith("model.visual."):
-        return name[len("model."):]
-    if name.startswith("model.language_model."):
-        return "model." + name[len("model.language_model."):]
-    return name
 
 
 def prepare(work):

@@ -31,7 +31,7 @@ from transformers.generation.logits_process import RepetitionPenaltyLogitsProces
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "tests", "fixtures", "qwen2_5_vl_tiny")
+OUT = os.path.join(ROOT, "tests", "fixtures", "qwen2_5_vl_tiny")  # or the first argument
 PROMPTS = os.path.join(ROOT, "assets", "prompts")
 SPECIAL = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -125,6 +125,9 @@ def test_image(w, h, seed):
 
 
 def main():
+    global OUT
+    if len(sys.argv) > 1:
+        OUT = sys.argv[1]
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     tok = build_tokenizer()
