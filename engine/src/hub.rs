@@ -3,7 +3,6 @@
 //! cache (`models--org--name/snapshots/<commit>/…`), each file verified against
 //! the content hash the hub names it by; and listing what is installed.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use hf_hub::api::Progress;
@@ -78,29 +77,16 @@ pub fn verify_blob(path: &Path, etag: &str) -> Result<()> {
     let read_err = |e: std::io::Error| EngineError::Model { path: path.to_owned(), reason: e.to_string() };
     let mut file = std::fs::File::open(path).map_err(read_err)?;
     let len = file.metadata().map_err(read_err)?.len();
-    let mut buf = vec![0u8; 1 << 20];
     let digest = match etag.len() {
         64 => {
             let mut h = sha2::Sha256::new();
-            loop {
-                let n = file.read(&mut buf).map_err(read_err)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
+            std::io::copy(&mut file, &mut h).map_err(read_err)?;
             hex(&h.finalize())
         }
         40 => {
             let mut h = sha1::Sha1::new();
             h.update(format!("blob {len}\0").as_bytes());
-            loop {
-                let n = file.read(&mut buf).map_err(read_err)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
+            std::io::copy(&mut file, &mut h).map_err(read_err)?;
             hex(&h.finalize())
         }
         _ => return Ok(()), // not a content hash: nothing to check against
