@@ -4,7 +4,10 @@
 // candle's convention: constructors take `VarBuilder` by value (it is a cheap handle).
 #![allow(clippy::needless_pass_by_value)]
 
+pub mod ops;
+pub mod pth;
 pub mod qwen2_5_vl;
+pub mod sam2;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -18,33 +18,6 @@ fn rope_f32(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     candle_nn::rotary_emb::rope(&x.to_dtype(DType::F32)?.contiguous()?, cos, sin)?.to_dtype(dtype)
 }
 
-/// Queries per block in long attentions: the score matrix of one block
-/// (heads × block × keys) then stays a few tens of MB instead of the gigabyte a
-/// whole 4096-patch image would need, which measured 10× faster on CPU.
-const QUERY_BLOCK: usize = 256;
-
-/// Scaled dot-product attention without a mask, softmax in `f32`; `q`, `k`, `v`
-/// are (…, seq, head_dim) and long query sequences are processed in blocks.
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    let dtype = q.dtype();
-    let kt = k.t()?;
-    let block = |q: &Tensor| -> Result<Tensor> {
-        let w = (q.matmul(&kt)? * scale)?;
-        let w = candle_nn::ops::softmax_last_dim(&w.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
-        w.matmul(v)
-    };
-    let axis = q.rank() - 2;
-    let n = q.dim(axis)?;
-    if n <= QUERY_BLOCK * 2 {
-        return block(q);
-    }
-    let parts = (0..n)
-        .step_by(QUERY_BLOCK)
-        .map(|start| block(&q.narrow(axis, start, QUERY_BLOCK.min(n - start))?))
-        .collect::<Result<Vec<_>>>()?;
-    Tensor::cat(&parts, axis)
-}
-
 #[derive(Debug, Clone)]
 struct VisionAttention {
     qkv: Linear,
@@ -93,7 +66,7 @@ impl VisionAttention {
                         .transpose(0, 1)?
                         .contiguous()
                 };
-                let o = attention(&split(&q)?, &split(&k)?, &split(&v)?, scale)?;
+                let o = crate::models::ops::sdpa(&split(&q)?, &split(&k)?, &split(&v)?, scale)?;
                 outs.push(o.transpose(0, 1)?.reshape((self.num_heads, count * len, self.head_dim))?);
             }
             i = j;

@@ -1,0 +1,78 @@
+//! PyTorch checkpoints (`torch.save` zip archives) read without running pickle
+//! code: candle's pickle interpreter lists the tensors (it only understands the
+//! opcodes a state dict needs and builds no Python objects), and the storages are
+//! read here, honouring each tensor's dtype, storage offset and strides.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{EngineError, Result};
+
+fn bad(path: &Path, reason: impl std::fmt::Display) -> EngineError {
+    EngineError::Model { path: path.to_owned(), reason: format!("not a readable PyTorch checkpoint: {reason}") }
+}
+
+/// Every tensor of the state dict stored under `key` (e.g. `"model"`), or of the
+/// top-level dict when `key` is `None`.
+pub fn read(path: &Path, key: Option<&str>, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let infos = candle_core::pickle::read_pth_tensor_info(path, false, key).map_err(|e| bad(path, e))?;
+    if infos.is_empty() {
+        return Err(bad(path, "it holds no tensors"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| bad(path, e))?;
+    let mut storages: HashMap<String, Tensor> = HashMap::new();
+    let mut out = HashMap::with_capacity(infos.len());
+    for info in infos {
+        let storage = match storages.get(&info.path) {
+            Some(s) => s.clone(),
+            None => {
+                let mut entry = zip.by_name(&info.path).map_err(|e| bad(path, format!("{}: {e}", info.path)))?;
+                let mut bytes = Vec::with_capacity(entry.size() as usize);
+                entry.read_to_end(&mut bytes).map_err(|e| bad(path, e))?;
+                let n = bytes.len() / info.dtype.size_in_bytes();
+                let s = Tensor::from_raw_buffer(&bytes, info.dtype, &[n], &Device::Cpu).map_err(|e| bad(path, e))?;
+                storages.insert(info.path.clone(), s.clone());
+                s
+            }
+        };
+        let tensor = strided(&storage, &info.layout).map_err(|e| bad(path, format!("{}: {e}", info.name)))?;
+        out.insert(info.name, tensor.to_device(device)?);
+    }
+    Ok(out)
+}
+
+/// The elements of a 1-D `storage` that `layout` (shape, strides in elements,
+/// start offset in bytes, as candle's reader reports it) selects.
+fn strided(storage: &Tensor, layout: &candle_core::Layout) -> candle_core::Result<Tensor> {
+    let shape = layout.shape().dims().to_vec();
+    let numel: usize = shape.iter().product();
+    let start = layout.start_offset() / storage.dtype().size_in_bytes();
+    if layout.is_contiguous() {
+        return storage.narrow(0, start, numel)?.reshape(shape);
+    }
+    let strides = layout.stride();
+    let mut index = Vec::with_capacity(numel);
+    let mut pos = vec![0usize; shape.len()];
+    for _ in 0..numel {
+        index.push((start + pos.iter().zip(strides).map(|(p, s)| p * s).sum::<usize>()) as u32);
+        for d in (0..shape.len()).rev() {
+            pos[d] += 1;
+            if pos[d] < shape[d] {
+                break;
+            }
+            pos[d] = 0;
+        }
+    }
+    let index = Tensor::from_vec(index, numel, storage.device())?;
+    let dtype = storage.dtype();
+    // index_select has no kernel for every dtype: gather through f32 when needed.
+    let gathered = match dtype {
+        DType::F16 | DType::BF16 => storage.to_dtype(DType::F32)?.index_select(&index, 0)?.to_dtype(dtype)?,
+        _ => storage.index_select(&index, 0)?,
+    };
+    gathered.reshape(shape)
+}

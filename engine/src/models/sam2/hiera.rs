@@ -1,0 +1,311 @@
+//! SAM 2.1's image encoder: the Hiera trunk (multi-scale windowed attention with
+//! query pooling between stages) and the FPN neck. Tensor names follow the
+//! checkpoint (`image_encoder.trunk.blocks.N.attn.qkv`, `image_encoder.neck.convs.N.conv`).
+
+use candle_core::{D, Module, Result, Tensor};
+use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, conv2d, layer_norm, linear};
+
+use crate::models::ops;
+
+/// The shape of a Hiera trunk, as in the official `sam2.1_hiera_*.yaml` configs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HieraConfig {
+    pub embed_dim: usize,
+    pub num_heads: usize,
+    pub stages: Vec<usize>,
+    pub global_att_blocks: Vec<usize>,
+    pub window_spec: Vec<usize>,
+    pub window_pos_embed_bkg: (usize, usize),
+}
+
+impl HieraConfig {
+    pub fn tiny() -> Self {
+        Self {
+            embed_dim: 96,
+            num_heads: 1,
+            stages: vec![1, 2, 7, 2],
+            global_att_blocks: vec![5, 7, 9],
+            window_spec: vec![8, 4, 14, 7],
+            window_pos_embed_bkg: (7, 7),
+        }
+    }
+    pub fn small() -> Self {
+        Self { stages: vec![1, 2, 11, 2], global_att_blocks: vec![7, 10, 13], ..Self::tiny() }
+    }
+    pub fn base_plus() -> Self {
+        Self {
+            embed_dim: 112,
+            num_heads: 2,
+            stages: vec![2, 3, 16, 3],
+            global_att_blocks: vec![12, 16, 20],
+            window_spec: vec![8, 4, 14, 7],
+            window_pos_embed_bkg: (14, 14),
+        }
+    }
+    pub fn large() -> Self {
+        Self {
+            embed_dim: 144,
+            num_heads: 2,
+            stages: vec![2, 6, 36, 4],
+            global_att_blocks: vec![23, 33, 43],
+            window_spec: vec![8, 4, 16, 8],
+            window_pos_embed_bkg: (7, 7),
+        }
+    }
+
+    /// Channels of the four stage outputs, coarsest first (the neck's order).
+    pub fn channel_list(&self) -> Vec<usize> {
+        (0..self.stages.len()).rev().map(|s| self.embed_dim << s).collect()
+    }
+
+    pub fn depth(&self) -> usize {
+        self.stages.iter().sum()
+    }
+}
+
+fn ln(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
+    layer_norm(dim, 1e-6, vb)
+}
+
+/// Pads (B, H, W, C) to multiples of `ws` and cuts it into (B·nW, ws, ws, C).
+fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
+    let (b, h, w, c) = x.dims4()?;
+    let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+    let x = if ph > 0 || pw > 0 { x.pad_with_zeros(1, 0, ph)?.pad_with_zeros(2, 0, pw)? } else { x.clone() };
+    let (hp, wp) = (h + ph, w + pw);
+    let x = x.reshape((b, hp / ws, ws, wp / ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?;
+    Ok((x.contiguous()?.reshape(((), ws, ws, c))?, (hp, wp)))
+}
+
+/// The inverse of [`window_partition`], cropped back to (h, w).
+fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w): (usize, usize)) -> Result<Tensor> {
+    let c = x.dim(D::Minus1)?;
+    let b = x.dim(0)? / (hp * wp / ws / ws);
+    let x = x.reshape((b, hp / ws, wp / ws, ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?;
+    let x = x.reshape((b, hp, wp, c))?;
+    if hp > h || wp > w { x.narrow(1, 0, h)?.narrow(2, 0, w)?.contiguous() } else { Ok(x) }
+}
+
+/// 2×2 max pooling of (B, H, W, C).
+fn pool(x: &Tensor) -> Result<Tensor> {
+    x.permute((0, 3, 1, 2))?.max_pool2d(2)?.permute((0, 2, 3, 1))?.contiguous()
+}
+
+#[derive(Debug, Clone)]
+struct MultiScaleBlock {
+    norm1: LayerNorm,
+    qkv: Linear,
+    attn_proj: Linear,
+    norm2: LayerNorm,
+    mlp: (Linear, Linear),
+    /// Present when the block widens the channels (first block of a stage).
+    proj: Option<Linear>,
+    q_pool: bool,
+    num_heads: usize,
+    dim_out: usize,
+    window_size: usize,
+}
+
+impl MultiScaleBlock {
+    fn new(
+        dim: usize,
+        dim_out: usize,
+        num_heads: usize,
+        q_pool: bool,
+        window_size: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm1: ln(dim, vb.pp("norm1"))?,
+            qkv: linear(dim, dim_out * 3, vb.pp("attn.qkv"))?,
+            attn_proj: linear(dim_out, dim_out, vb.pp("attn.proj"))?,
+            norm2: ln(dim_out, vb.pp("norm2"))?,
+            mlp: (
+                linear(dim_out, dim_out * 4, vb.pp("mlp.layers.0"))?,
+                linear(dim_out * 4, dim_out, vb.pp("mlp.layers.1"))?,
+            ),
+            proj: if dim != dim_out { Some(linear(dim, dim_out, vb.pp("proj"))?) } else { None },
+            q_pool,
+            num_heads,
+            dim_out,
+            window_size,
+        })
+    }
+
+    /// Attention over (B, H, W, C) windows; queries pooled 2×2 when `q_pool`.
+    fn attention(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, _) = x.dims4()?;
+        let hd = self.dim_out / self.num_heads;
+        let qkv = self.qkv.forward(x)?.reshape((b, h * w, 3, self.num_heads, hd))?;
+        let (mut q, k, v) = (qkv.narrow(2, 0, 1)?, qkv.narrow(2, 1, 1)?, qkv.narrow(2, 2, 1)?);
+        let (mut qh, mut qw) = (h, w);
+        if self.q_pool {
+            q = pool(&q.reshape((b, h, w, self.dim_out))?)?;
+            (qh, qw) = (h / 2, w / 2);
+        }
+        let heads = |t: Tensor, n: usize| t.reshape((b, n, self.num_heads, hd))?.transpose(1, 2)?.contiguous();
+        let (q, k, v) = (heads(q, qh * qw)?, heads(k, h * w)?, heads(v, h * w)?);
+        let o = ops::sdpa(&q, &k, &v, 1.0 / (hd as f64).sqrt())?;
+        let o = o.transpose(1, 2)?.reshape((b, qh, qw, self.dim_out))?;
+        self.attn_proj.forward(&o)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, h, w, _) = x.dims4()?;
+        let normed = self.norm1.forward(x)?;
+        let shortcut = match &self.proj {
+            Some(proj) => pool(&proj.forward(&normed)?)?,
+            None => x.clone(),
+        };
+        let mut ws = self.window_size;
+        let (mut y, mut pad_hw) = if ws > 0 { window_partition(&normed, ws)? } else { (normed, (h, w)) };
+        y = self.attention(&y)?;
+        let (sh, sw) = (shortcut.dim(1)?, shortcut.dim(2)?);
+        if self.q_pool {
+            ws /= 2;
+            pad_hw = (sh + (ws - sh % ws.max(1)) % ws.max(1), sw + (ws - sw % ws.max(1)) % ws.max(1));
+        }
+        if self.window_size > 0 {
+            y = window_unpartition(&y, ws, pad_hw, (sh, sw))?;
+        }
+        let x = (shortcut + y)?;
+        let m = self.mlp.1.forward(&self.mlp.0.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
+        x + m
+    }
+}
+
+/// Bicubic-resized background position embedding plus the tiled window one,
+/// (1, H, W, C) for the patch grid of a 1024² image, computed once at load.
+fn position_embedding(bkg: &Tensor, window: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
+    let (_, c, bh, bw) = bkg.dims4()?;
+    let data: Vec<f32> = bkg.flatten_all()?.to_vec1()?;
+    let rows = ops::bicubic_taps(bh, h);
+    let cols = ops::bicubic_taps(bw, w);
+    let mut out = vec![0f32; c * h * w];
+    for ch in 0..c {
+        let src = &data[ch * bh * bw..(ch + 1) * bh * bw];
+        for (y, ry) in rows.iter().enumerate() {
+            for (x, cx) in cols.iter().enumerate() {
+                let mut acc = 0f32;
+                for &(sy, wy) in ry {
+                    let row: f32 = cx.iter().map(|&(sx, wx)| wx * src[sy * bw + sx]).sum();
+                    acc += wy * row;
+                }
+                out[ch * h * w + y * w + x] = acc;
+            }
+        }
+    }
+    let pos = Tensor::from_vec(out, (1, c, h, w), bkg.device())?;
+    let (_, _, wh, ww) = window.dims4()?;
+    let tiled = window.repeat((1, 1, h / wh, w / ww))?;
+    (pos + tiled)?.permute((0, 2, 3, 1))?.contiguous()
+}
+
+/// The Hiera trunk.
+#[derive(Debug, Clone)]
+pub struct Hiera {
+    patch_embed: Conv2d,
+    pos_embed: Tensor,
+    blocks: Vec<MultiScaleBlock>,
+    stage_ends: Vec<usize>,
+}
+
+impl Hiera {
+    /// `vb` at `image_encoder.trunk`; `grid` is the patch grid (256×256 for 1024²).
+    pub fn new(cfg: &HieraConfig, grid: (usize, usize), vb: VarBuilder) -> Result<Self> {
+        let patch_cfg = Conv2dConfig { stride: 4, padding: 3, ..Default::default() };
+        let patch_embed = conv2d(3, cfg.embed_dim, 7, patch_cfg, vb.pp("patch_embed.proj"))?;
+        let (bh, bw) = cfg.window_pos_embed_bkg;
+        let bkg = vb.get((1, cfg.embed_dim, bh, bw), "pos_embed")?;
+        let ws0 = cfg.window_spec[0];
+        let window = vb.get((1, cfg.embed_dim, ws0, ws0), "pos_embed_window")?;
+        let pos_embed = position_embedding(
+            &bkg.to_dtype(candle_core::DType::F32)?,
+            &window.to_dtype(candle_core::DType::F32)?,
+            grid,
+        )?
+        .to_dtype(bkg.dtype())?;
+        let stage_ends: Vec<usize> =
+            (1..=cfg.stages.len()).map(|i| cfg.stages[..i].iter().sum::<usize>() - 1).collect();
+        let q_pool_blocks: Vec<usize> = stage_ends[..stage_ends.len() - 1].iter().map(|e| e + 1).collect();
+        let (mut dim, mut heads, mut stage) = (cfg.embed_dim, cfg.num_heads, 1);
+        let mut blocks = Vec::with_capacity(cfg.depth());
+        for i in 0..cfg.depth() {
+            let mut dim_out = dim;
+            let mut window = cfg.window_spec[stage - 1];
+            if cfg.global_att_blocks.contains(&i) {
+                window = 0;
+            }
+            if i > 0 && stage_ends.contains(&(i - 1)) {
+                dim_out = dim * 2;
+                heads *= 2;
+                stage += 1;
+            }
+            let block = MultiScaleBlock::new(
+                dim,
+                dim_out,
+                heads,
+                q_pool_blocks.contains(&i),
+                window,
+                vb.pp(format!("blocks.{i}")),
+            )?;
+            blocks.push(block);
+            dim = dim_out;
+        }
+        Ok(Self { patch_embed, pos_embed, blocks, stage_ends })
+    }
+
+    /// (1, 3, 1024, 1024) → the four stage outputs, finest first, each (1, C, H, W).
+    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let mut x = self.patch_embed.forward(x)?.permute((0, 2, 3, 1))?;
+        x = x.broadcast_add(&self.pos_embed)?;
+        let mut outs = Vec::with_capacity(self.stage_ends.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x)?;
+            if self.stage_ends.contains(&i) {
+                outs.push(x.permute((0, 3, 1, 2))?.contiguous()?);
+            }
+        }
+        Ok(outs)
+    }
+}
+
+/// The FPN neck: 1×1 convs to `d_model`, nearest ×2 top-down fusion into the
+/// levels of `fpn_top_down_levels` (2 and 3), and the coarsest level dropped (scalp 1).
+#[derive(Debug, Clone)]
+pub struct FpnNeck {
+    convs: Vec<Conv2d>,
+}
+
+impl FpnNeck {
+    /// `vb` at `image_encoder.neck`.
+    pub fn new(channel_list: &[usize], d_model: usize, vb: VarBuilder) -> Result<Self> {
+        let convs = channel_list
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| conv2d(c, d_model, 1, Default::default(), vb.pp(format!("convs.{i}.conv"))))
+            .collect::<Result<_>>()?;
+        Ok(Self { convs })
+    }
+
+    /// Stage outputs (finest first) → the three finest fused levels, finest first.
+    pub fn forward(&self, xs: &[Tensor]) -> Result<Vec<Tensor>> {
+        let n = self.convs.len() - 1;
+        let mut out: Vec<Option<Tensor>> = vec![None; xs.len()];
+        let mut prev: Option<Tensor> = None;
+        for i in (0..=n).rev() {
+            let lateral = self.convs[n - i].forward(&xs[i])?;
+            let fused = match (&prev, i >= 2) {
+                (Some(p), true) => {
+                    let (_, _, h, w) = p.dims4()?;
+                    (lateral + p.upsample_nearest2d(h * 2, w * 2)?)?
+                }
+                _ => lateral,
+            };
+            out[i] = Some(fused.clone());
+            prev = Some(fused);
+        }
+        // scalp = 1: the coarsest level is not used.
+        out.into_iter().take(n).map(|t| t.ok_or_else(|| candle_core::Error::msg("missing FPN level"))).collect()
+    }
+}
