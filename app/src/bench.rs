@@ -23,6 +23,85 @@ pub enum BenchCommand {
     Viewer(BenchArgs),
     /// Vision tower, prefill and decode timings of a Qwen2.5-VL checkpoint.
     Reasoner(ReasonerBenchArgs),
+    /// SAM 2.1 image-encoder time and decoder time per click.
+    Segmenter(SegmenterBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SegmenterBenchArgs {
+    /// SAM 2.1 checkpoint (.pt or safetensors).
+    #[arg(long)]
+    pub sam: PathBuf,
+    /// Image to encode (PNG/JPEG/raster); resized to 1024² by the model as always.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Single-prompt decodes timed after the encoding (box + centre point, like a click).
+    #[arg(long, default_value_t = 20)]
+    pub prompts: usize,
+    /// Encodings timed (the first one included).
+    #[arg(long, default_value_t = 2)]
+    pub encodes: usize,
+}
+
+/// Encoder and per-prompt decoder timings as one JSON object on stdout.
+fn segmenter(args: &SegmenterBenchArgs) -> anyhow::Result<()> {
+    use engine::models::sam2::{Prompt, Sam2};
+    let device = candle_core::Device::Cpu;
+    let t = Instant::now();
+    let model = Sam2::load(&args.sam, &device)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let raster = Raster::open(&args.image)?;
+    let info = raster.info().clone();
+    let view = engine::reasoner::read_window(
+        &raster,
+        engine::tiles::Window::full(info.width, info.height),
+        &RenderParams::default_for(&info),
+        4 << 20,
+    )?;
+    let mut encode_ms = Vec::new();
+    let mut emb = None;
+    for _ in 0..args.encodes.max(1) {
+        let t = Instant::now();
+        emb = Some(model.encode(&view.image)?);
+        encode_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let emb = emb.context("no encoding")?;
+    let (w, h) = (view.image.width as f32, view.image.height as f32);
+    let mut decode_ms = Vec::new();
+    for i in 0..args.prompts {
+        // Boxes sliding over the image, as successive clicks would.
+        let f = i as f32 / args.prompts.max(1) as f32;
+        let (x1, y1) = (f * w * 0.5, f * h * 0.5);
+        let prompt = Prompt {
+            bbox: Some([x1, y1, x1 + w * 0.4, y1 + h * 0.4]),
+            points: vec![(x1 + w * 0.2, y1 + h * 0.2, true)],
+            mask_input: None,
+        };
+        let t = Instant::now();
+        let pred = model.predict(&emb, std::slice::from_ref(&prompt), false)?;
+        let _mask = engine::models::sam2::upscale_mask(&pred[0].low_res, (view.image.width, view.image.height));
+        decode_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let first_encode = encode_ms[0];
+    let first_decode = decode_ms.first().copied().unwrap_or(0.0);
+    let report = serde_json::json!({
+        "framework": "candle",
+        "geometry": model.geometry.name(),
+        "threads": rayon_threads(),
+        "load_ms": load_ms,
+        "image": [view.image.width, view.image.height],
+        "encode_ms_first": first_encode,
+        "encode_ms": median(&mut encode_ms),
+        "decode_ms_first": first_decode,
+        "decode_ms": median(&mut decode_ms),
+        "peak_rss_mib": proc_status_kib("VmHWM:").unwrap_or(0) / 1024,
+    });
+    println!("{report}");
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -89,6 +168,7 @@ pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Viewer(args) => viewer(args),
         BenchCommand::Reasoner(args) => reasoner(args),
+        BenchCommand::Segmenter(args) => segmenter(args),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 /// mimalloc keeps freed pages for reuse: the model's large per-op buffers then
 /// stop costing a fresh, kernel-zeroed mapping each time (measured in BENCHMARKS.md).
@@ -11,7 +11,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rr_app::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `segment` needs the order of --box and --point: a point refines the box before it.
+    if let (Some(Command::Segment(args)), Some(m)) = (&mut cli.command, matches.subcommand_matches("segment")) {
+        let positions = |id: &str| m.indices_of(id).map(Iterator::collect).unwrap_or_default();
+        args.order = Some((positions("boxes"), positions("points")));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RR_LOG")
@@ -25,6 +31,7 @@ fn main() -> ExitCode {
         Some(Command::Render(args)) => rr_app::cli::render(&args),
         Some(Command::Overviews(args)) => rr_app::cli::overviews(&args),
         Some(Command::Ask(args)) => rr_app::ask::run(&args),
+        Some(Command::Segment(args)) => rr_app::segment::run(&args),
         Some(Command::Models(args)) => rr_app::models::run(&args),
         Some(Command::Bench(args)) => rr_app::bench::run(&args),
     };

@@ -10,6 +10,8 @@
 //! - [`models`]: candle ports of the models (Qwen2.5-VL) and checkpoint loading.
 //! - [`reasoner`]: asking a RemoteReasoner checkpoint about an image: prompts,
 //!   preprocessing, streamed decoding, parsing the answer into boxes.
+//! - [`segment`]: pixel-level reasoning — boxes to masks with SAM 2.1 (or the
+//!   watershed fallback without weights), click refinement, the embedding cache.
 //! - [`worker`]: the engine thread, its typed requests and events.
 
 pub mod error;
@@ -19,6 +21,7 @@ pub mod models;
 pub mod overviews;
 pub mod raster;
 pub mod reasoner;
+pub mod segment;
 pub mod synthetic;
 pub mod tiles;
 pub mod worker;

@@ -4,12 +4,38 @@
 //! checkpoint (`sam_prompt_encoder.*`, `sam_mask_decoder.*`).
 
 use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{
-    Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig, LayerNorm, Linear, VarBuilder, conv_transpose2d,
-    conv2d, layer_norm, linear,
-};
+use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, conv2d, layer_norm, linear};
 
 use crate::models::ops;
+
+/// A 2×2, stride-2 transposed convolution as one matmul (each input pixel
+/// scatters to its own 2×2 output block, so no overlap): much faster on CPU than
+/// a generic transposed convolution.
+#[derive(Debug, Clone)]
+struct Upsample2x {
+    /// (out·2·2, in): rows ordered (out, dy, dx).
+    weight: Tensor,
+    bias: Tensor,
+    out: usize,
+}
+
+impl Upsample2x {
+    fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+        let w = vb.get((c_in, c_out, 2, 2), "weight")?;
+        let weight = w.reshape((c_in, c_out * 4))?.t()?.contiguous()?;
+        Ok(Self { weight, bias: vb.get(c_out, "bias")?, out: c_out })
+    }
+}
+
+impl Module for Upsample2x {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        // (out·4, in) · (in, hw) per image: the input is used as it lies.
+        let y = self.weight.broadcast_left(b)?.matmul(&x.reshape((b, c, h * w))?)?; // (b, out·4, hw)
+        let y = y.reshape((b, self.out, 2, 2, h, w))?.permute((0, 1, 4, 2, 5, 3))?; // (b, out, h, 2, w, 2)
+        y.reshape((b, self.out, 2 * h, 2 * w))?.broadcast_add(&self.bias.reshape((1, self.out, 1, 1))?)
+    }
+}
 
 /// Channels-first LayerNorm over (B, C, H, W), eps 1e-6.
 #[derive(Debug, Clone)]
@@ -26,12 +52,7 @@ impl LayerNorm2d {
 
 impl Module for LayerNorm2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let u = x.mean_keepdim(1)?;
-        let d = x.broadcast_sub(&u)?;
-        let s = d.sqr()?.mean_keepdim(1)?;
-        let x = d.broadcast_div(&(s + 1e-6)?.sqrt()?)?;
-        let c = self.weight.dim(0)?;
-        x.broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?.broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+        ops::layer_norm_channels(x, &self.weight, &self.bias, 1e-6)
     }
 }
 
@@ -281,7 +302,7 @@ pub struct MaskDecoder {
     final_attn: Attention,
     norm_final: LayerNorm,
     tokens: Tensor,
-    upscale: (ConvTranspose2d, LayerNorm2d, ConvTranspose2d),
+    upscale: (Upsample2x, LayerNorm2d, Upsample2x),
     pub conv_s0: Conv2d,
     pub conv_s1: Conv2d,
     hyper: Vec<Mlp>,
@@ -306,7 +327,6 @@ impl MaskDecoder {
             ],
             0,
         )?;
-        let up = ConvTranspose2dConfig { stride: 2, ..Default::default() };
         let u = vb.pp("output_upscaling");
         Ok(Self {
             blocks,
@@ -314,14 +334,16 @@ impl MaskDecoder {
             norm_final: layer_norm(dim, 1e-5, t.pp("norm_final_attn"))?,
             tokens,
             upscale: (
-                conv_transpose2d(dim, dim / 4, 2, up, u.pp("0"))?,
+                Upsample2x::new(dim, dim / 4, u.pp("0"))?,
                 LayerNorm2d::new(dim / 4, u.pp("1"))?,
-                conv_transpose2d(dim / 4, dim / 8, 2, up, u.pp("3"))?,
+                Upsample2x::new(dim / 4, dim / 8, u.pp("3"))?,
             ),
             conv_s0: conv2d(dim, dim / 8, 1, Default::default(), vb.pp("conv_s0"))?,
             conv_s1: conv2d(dim, dim / 4, 1, Default::default(), vb.pp("conv_s1"))?,
             hyper: (0..4)
-                .map(|i| Mlp::new(&[dim, dim, dim, dim / 8], true, false, vb.pp(format!("output_hypernetworks_mlps.{i}"))))
+                .map(|i| {
+                    Mlp::new(&[dim, dim, dim, dim / 8], true, false, vb.pp(format!("output_hypernetworks_mlps.{i}")))
+                })
                 .collect::<Result<_>>()?,
             iou_head: Mlp::new(&[dim, 256, 256, 4], true, true, vb.pp("iou_prediction_head"))?,
             obj_head: Mlp::new(&[dim, dim, dim, 1], true, false, vb.pp("pred_obj_score_head"))?,
@@ -361,8 +383,8 @@ impl MaskDecoder {
         let src = keys.transpose(1, 2)?.reshape((b, c, h, w))?;
         let (s0, s1) = high_res;
         let (dc1, ln1, dc2) = &self.upscale;
-        let up = ln1.forward(&dc1.forward(&src)?.broadcast_add(s1)?)?.gelu_erf()?;
-        let up = dc2.forward(&up)?.broadcast_add(s0)?.gelu_erf()?; // (b, c/8, 4h, 4w)
+        let up = ops::gelu_erf(&ln1.forward(&dc1.forward(&src)?.broadcast_add(s1)?)?)?;
+        let up = ops::gelu_erf(&dc2.forward(&up)?.broadcast_add(s0)?)?; // (b, c/8, 4h, 4w)
         let (_, uc, uh, uw) = up.dims4()?;
         let hyper = (0..4).map(|i| self.hyper[i].forward(&queries.i((.., 2 + i, ..))?)).collect::<Result<Vec<_>>>()?;
         let hyper = Tensor::stack(&hyper, 1)?; // (b, 4, c/8)

@@ -1,0 +1,386 @@
+//! Pixel-level reasoning: boxes become masks. `Segmenter` is what turns a prompt
+//! (box, clicks, previous logits) into a mask on an image; SAM 2.1 is the real
+//! one, the seeded watershed is what runs without weights. `pixel_task` is the
+//! RemoteReasoner recipe: one prompt per box (box + positive centre point,
+//! single-mask output), each mask kept, all OR-merged.
+
+pub mod output;
+pub mod watershed;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::models::sam2::{self, ImageEmbedding, Prompt, Sam2};
+use crate::reasoner::parse::PixelBox;
+use crate::reasoner::processor::RgbImage;
+use crate::tiles::Window;
+
+/// A binary mask, row-major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mask {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<bool>,
+}
+
+impl Mask {
+    pub fn empty(width: usize, height: usize) -> Self {
+        Self { width, height, data: vec![false; width * height] }
+    }
+
+    pub fn count(&self) -> usize {
+        self.data.iter().filter(|&&v| v).count()
+    }
+
+    /// OR of same-sized masks.
+    pub fn union<'a>(width: usize, height: usize, masks: impl IntoIterator<Item = &'a Mask>) -> Self {
+        let mut out = Self::empty(width, height);
+        for m in masks {
+            for (o, &v) in out.data.iter_mut().zip(&m.data) {
+                *o |= v;
+            }
+        }
+        out
+    }
+}
+
+/// Which method produced a mask: provenance for every result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Method {
+    /// SAM 2.1 with the named geometry, e.g. `sam2.1_hiera_tiny`.
+    Sam2(String),
+    /// No checkpoint configured: seeded watershed on the colour gradient.
+    WatershedFallback,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sam2(name) => write!(f, "{name}"),
+            Self::WatershedFallback => write!(f, "watershed fallback (no SAM checkpoint)"),
+        }
+    }
+}
+
+/// One prompt's mask and what the segmenter says about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Segment {
+    pub mask: Mask,
+    /// 256×256 logits to feed back for a refinement click (SAM only).
+    pub low_res: Option<Vec<f32>>,
+    pub iou: Option<f32>,
+    pub object_score: Option<f32>,
+}
+
+/// Where an image comes from, so its encoding can be reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ImageKey {
+    pub raster: u64,
+    pub window: Window,
+    /// Overview level the window was read at (0 = full resolution).
+    pub level: u8,
+}
+
+/// Turns prompts on an image into masks.
+pub trait Segmenter: Send {
+    fn method(&self) -> Method;
+    /// Makes `image` the one prompts refer to; `key` lets an encoder reuse work.
+    fn set_image(&mut self, key: Option<ImageKey>, image: &RgbImage) -> Result<()>;
+    /// Masks for prompts (pixels of the current image), one per prompt.
+    fn segment(&mut self, prompts: &[Prompt]) -> Result<Vec<Segment>>;
+}
+
+/// Least-recently-used image encodings, bounded in bytes.
+#[derive(Debug)]
+pub struct EmbeddingCache {
+    lru: lru::LruCache<ImageKey, Arc<ImageEmbedding>>,
+    bytes: usize,
+    cap: usize,
+    /// Encoder runs (for tests and the UI).
+    pub misses: usize,
+}
+
+impl EmbeddingCache {
+    pub fn new(cap_bytes: usize) -> Self {
+        Self { lru: lru::LruCache::unbounded(), bytes: 0, cap: cap_bytes, misses: 0 }
+    }
+
+    pub fn get(&mut self, key: &ImageKey) -> Option<Arc<ImageEmbedding>> {
+        self.lru.get(key).cloned()
+    }
+
+    pub fn insert(&mut self, key: ImageKey, emb: Arc<ImageEmbedding>) {
+        self.bytes += emb.byte_size();
+        if let Some(old) = self.lru.put(key, emb) {
+            self.bytes -= old.byte_size();
+        }
+        while self.bytes > self.cap && self.lru.len() > 1 {
+            if let Some((_, e)) = self.lru.pop_lru() {
+                self.bytes -= e.byte_size();
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lru.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lru.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// SAM 2.1 with an embedding cache.
+#[derive(Debug)]
+pub struct Sam2Segmenter {
+    model: Sam2,
+    pub cache: EmbeddingCache,
+    current: Option<Arc<ImageEmbedding>>,
+}
+
+impl Sam2Segmenter {
+    /// Default memory cap of the embedding cache (a tiny-model encoding is 17 MB).
+    pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
+
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        Ok(Self::new(Sam2::load(path, device)?))
+    }
+
+    pub fn new(model: Sam2) -> Self {
+        Self { model, cache: EmbeddingCache::new(Self::DEFAULT_CACHE_BYTES), current: None }
+    }
+}
+
+impl Segmenter for Sam2Segmenter {
+    fn method(&self) -> Method {
+        Method::Sam2(self.model.geometry.name().to_owned())
+    }
+
+    fn set_image(&mut self, key: Option<ImageKey>, image: &RgbImage) -> Result<()> {
+        if let Some(k) = key
+            && let Some(emb) = self.cache.get(&k)
+            && emb.original == (image.width, image.height)
+        {
+            self.current = Some(emb);
+            return Ok(());
+        }
+        self.cache.misses += 1;
+        let emb = Arc::new(self.model.encode(image)?);
+        if let Some(k) = key {
+            self.cache.insert(k, emb.clone());
+        }
+        self.current = Some(emb);
+        Ok(())
+    }
+
+    fn segment(&mut self, prompts: &[Prompt]) -> Result<Vec<Segment>> {
+        let emb =
+            self.current.clone().ok_or_else(|| EngineError::InvalidRequest("no image set for segmentation".into()))?;
+        // Prompts decode together when they have the same shape (the pixel task's boxes do).
+        let same_shape = prompts.windows(2).all(|p| {
+            p[0].points.len() == p[1].points.len()
+                && p[0].bbox.is_some() == p[1].bbox.is_some()
+                && p[0].mask_input.is_some() == p[1].mask_input.is_some()
+        });
+        let preds = if same_shape {
+            self.model.predict(&emb, prompts, false)?
+        } else {
+            let mut all = Vec::with_capacity(prompts.len());
+            for p in prompts {
+                all.extend(self.model.predict(&emb, std::slice::from_ref(p), false)?);
+            }
+            all
+        };
+        let (w, h) = emb.original;
+        Ok(preds
+            .into_iter()
+            .map(|p| Segment {
+                mask: Mask { width: w, height: h, data: sam2::upscale_mask(&p.low_res, (w, h)) },
+                iou: Some(p.iou),
+                object_score: Some(p.object_score),
+                low_res: Some(p.low_res),
+            })
+            .collect())
+    }
+}
+
+/// The watershed fallback.
+#[derive(Debug, Default)]
+pub struct WatershedSegmenter {
+    image: Option<(RgbImage, Vec<u16>)>,
+}
+
+impl Segmenter for WatershedSegmenter {
+    fn method(&self) -> Method {
+        Method::WatershedFallback
+    }
+
+    fn set_image(&mut self, _key: Option<ImageKey>, image: &RgbImage) -> Result<()> {
+        let g = watershed::gradient(image);
+        self.image = Some((image.clone(), g));
+        Ok(())
+    }
+
+    fn segment(&mut self, prompts: &[Prompt]) -> Result<Vec<Segment>> {
+        let (img, g) =
+            self.image.as_ref().ok_or_else(|| EngineError::InvalidRequest("no image set for segmentation".into()))?;
+        prompts
+            .iter()
+            .map(|p| {
+                let bbox = p.bbox.ok_or_else(|| {
+                    EngineError::InvalidRequest("the watershed fallback needs a box around the object".into())
+                })?;
+                let data = watershed::segment(img, g, bbox, &p.points);
+                Ok(Segment {
+                    mask: Mask { width: img.width, height: img.height, data },
+                    low_res: None,
+                    iou: None,
+                    object_score: None,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A segmenter from a checkpoint path, or the fallback without one.
+pub fn load_segmenter(path: Option<&Path>, device: &Device) -> Result<Box<dyn Segmenter>> {
+    Ok(match path {
+        Some(p) => Box::new(Sam2Segmenter::load(p, device)?),
+        None => Box::new(WatershedSegmenter::default()),
+    })
+}
+
+/// The pixel task's result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PixelResult {
+    /// Every box's mask, OR-merged.
+    pub merged: Mask,
+    /// One per box, in order.
+    pub per_box: Vec<(PixelBox, Segment)>,
+    pub method: Method,
+}
+
+/// Clips a box to a `width`×`height` image. `None` (with the reason) when nothing
+/// of it is left: wholly outside, or no area.
+pub fn clip_box(b: PixelBox, width: usize, height: usize) -> std::result::Result<PixelBox, String> {
+    if !(b.x1.is_finite() && b.y1.is_finite() && b.x2.is_finite() && b.y2.is_finite()) {
+        return Err("has a non-finite coordinate".into());
+    }
+    let (x1, x2) = (b.x1.min(b.x2), b.x1.max(b.x2));
+    let (y1, y2) = (b.y1.min(b.y2), b.y1.max(b.y2));
+    let c = PixelBox {
+        x1: x1.clamp(0.0, width as f64),
+        y1: y1.clamp(0.0, height as f64),
+        x2: x2.clamp(0.0, width as f64),
+        y2: y2.clamp(0.0, height as f64),
+    };
+    if c.width() <= 0.0 || c.height() <= 0.0 {
+        return Err(if x2 - x1 <= 0.0 || y2 - y1 <= 0.0 {
+            "has zero area".into()
+        } else {
+            format!("lies outside the {width}×{height} image")
+        });
+    }
+    Ok(c)
+}
+
+/// RemoteReasoner's box → mask step: for each box (pixels of `image`), the box
+/// plus a positive point at its centre, single-mask output; no boxes → an empty
+/// mask and the segmenter is not run. Boxes are clipped to the image.
+pub fn pixel_task(
+    seg: &mut dyn Segmenter,
+    key: Option<ImageKey>,
+    image: &RgbImage,
+    boxes: &[PixelBox],
+) -> Result<PixelResult> {
+    let (w, h) = (image.width, image.height);
+    let method = seg.method();
+    if boxes.is_empty() {
+        return Ok(PixelResult { merged: Mask::empty(w, h), per_box: Vec::new(), method });
+    }
+    let clipped = boxes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| clip_box(*b, w, h).map_err(|e| EngineError::InvalidRequest(format!("box {} {e}", i + 1))))
+        .collect::<Result<Vec<_>>>()?;
+    let prompts: Vec<Prompt> = clipped
+        .iter()
+        .map(|b| {
+            let (cx, cy) = b.center();
+            Prompt {
+                bbox: Some([b.x1 as f32, b.y1 as f32, b.x2 as f32, b.y2 as f32]),
+                points: vec![(cx as f32, cy as f32, true)],
+                mask_input: None,
+            }
+        })
+        .collect();
+    seg.set_image(key, image)?;
+    let segments = seg.segment(&prompts)?;
+    let merged = Mask::union(w, h, segments.iter().map(|s| &s.mask));
+    Ok(PixelResult { merged, per_box: clipped.into_iter().zip(segments).collect(), method })
+}
+
+/// A click on an existing mask: the box and centre point again, the new
+/// positive/negative points, and the previous logits as the mask input (SAM);
+/// the fallback re-floods with the extra seeds.
+pub fn refine(
+    seg: &mut dyn Segmenter,
+    bbox: PixelBox,
+    previous: Option<&Segment>,
+    clicks: &[(f32, f32, bool)],
+) -> Result<Segment> {
+    let (cx, cy) = bbox.center();
+    let mut points = vec![(cx as f32, cy as f32, true)];
+    points.extend_from_slice(clicks);
+    let prompt = Prompt {
+        bbox: Some([bbox.x1 as f32, bbox.y1 as f32, bbox.x2 as f32, bbox.y2 as f32]),
+        points,
+        mask_input: previous.and_then(|p| p.low_res.clone()),
+    };
+    seg.segment(std::slice::from_ref(&prompt))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| EngineError::Internal("the segmenter returned no mask".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boxes_are_clipped_or_refused_with_a_reason() {
+        let b = |x1, y1, x2, y2| PixelBox { x1, y1, x2, y2 };
+        assert_eq!(clip_box(b(-10.0, 5.0, 50.0, 200.0), 100, 80), Ok(b(0.0, 5.0, 50.0, 80.0)));
+        assert_eq!(clip_box(b(50.0, 60.0, 10.0, 20.0), 100, 80), Ok(b(10.0, 20.0, 50.0, 60.0)));
+        assert!(clip_box(b(200.0, 0.0, 300.0, 10.0), 100, 80).unwrap_err().contains("outside"));
+        assert!(clip_box(b(5.0, 5.0, 5.0, 50.0), 100, 80).unwrap_err().contains("zero area"));
+        assert!(clip_box(b(f64::NAN, 5.0, 5.0, 50.0), 100, 80).is_err());
+    }
+
+    #[test]
+    fn no_boxes_give_an_empty_mask_without_running_the_segmenter() {
+        struct Panics;
+        impl Segmenter for Panics {
+            fn method(&self) -> Method {
+                Method::WatershedFallback
+            }
+            fn set_image(&mut self, _: Option<ImageKey>, _: &RgbImage) -> Result<()> {
+                panic!("must not run")
+            }
+            fn segment(&mut self, _: &[Prompt]) -> Result<Vec<Segment>> {
+                panic!("must not run")
+            }
+        }
+        let img = RgbImage::new(4, 3, vec![0; 36]).unwrap();
+        let r = pixel_task(&mut Panics, None, &img, &[]).unwrap();
+        assert_eq!((r.merged.count(), r.merged.width, r.merged.height, r.per_box.len()), (0, 4, 3, 0));
+    }
+}
