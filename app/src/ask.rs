@@ -26,8 +26,15 @@ pub struct AskArgs {
     /// Window of the raster in pixels: x,y,width,height (default: all of it).
     #[arg(long)]
     pub window: Option<String>,
-    #[arg(long, default_value = "region")]
-    pub task: Task,
+    /// region (boxes), pixel (boxes → masks), vqa or caption.
+    #[arg(long, value_enum, default_value = "region")]
+    pub task: AskTask,
+    /// SAM 2.1 checkpoint for --task pixel (without one: the watershed fallback).
+    #[arg(long, env = "RR_SAM")]
+    pub sam: Option<PathBuf>,
+    /// Mask to write for --task pixel: .png, or .tif georeferenced like the raster.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Pixel budget of the image the model sees (default 802816, as in training).
     #[arg(long)]
     pub max_pixels: Option<usize>,
@@ -63,6 +70,25 @@ pub struct AskArgs {
     pub query: String,
 }
 
+/// What `ask` does: the model's tasks, plus `pixel` = region then segmentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AskTask {
+    Region,
+    Pixel,
+    Vqa,
+    Caption,
+}
+
+impl AskTask {
+    fn model_task(self) -> Task {
+        match self {
+            Self::Region | Self::Pixel => Task::Region,
+            Self::Vqa => Task::Vqa,
+            Self::Caption => Task::Caption,
+        }
+    }
+}
+
 impl AskArgs {
     /// The decoding settings the flags ask for, if any differ from the checkpoint's.
     fn decoding(&self, reasoner: &Reasoner) -> Option<Decoding> {
@@ -90,7 +116,7 @@ impl AskArgs {
 }
 
 pub fn run(args: &AskArgs) -> anyhow::Result<()> {
-    if args.task != Task::Caption && args.query.trim().is_empty() {
+    if args.task != AskTask::Caption && args.query.trim().is_empty() {
         bail!("a query is needed for --task {:?} (e.g. \"where can planes take off?\")", args.task);
     }
     let raster = Raster::open(&args.image)?;
@@ -113,7 +139,10 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
     };
     let stream = !args.json;
     let mut out = std::io::stdout().lock();
-    let answer = reasoner.ask(&img.image, args.task, &args.query, &opts, |event| {
+    if args.out.is_some() && args.task != AskTask::Pixel {
+        bail!("--out writes the mask of --task pixel");
+    }
+    let answer = reasoner.ask(&img.image, args.task.model_task(), &args.query, &opts, |event| {
         if let (true, AskEvent::Text(t)) = (stream, &event) {
             let _ = out.write_all(t.as_bytes());
             let _ = out.flush();
@@ -121,6 +150,20 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         ControlFlow::Continue(())
     })?;
     let boxes: Vec<_> = answer.boxes.iter().map(|b| img.to_raster(b)).collect();
+    // Pixel level: each box to a mask, on the same image the model saw.
+    let pixel = if args.task == AskTask::Pixel {
+        let t = std::time::Instant::now();
+        let mut seg = engine::segment::load_segmenter(args.sam.as_deref(), &args.device.open()?)?;
+        let result = engine::segment::pixel_task(seg.as_mut(), None, &img.image, &answer.boxes)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let georeferenced = match &args.out {
+            Some(out) => crate::segment::save_mask(out, &result.merged, &info, &img)?,
+            None => false,
+        };
+        Some((result, georeferenced, ms))
+    } else {
+        None
+    };
     let gt = info.geotransform.map(GeoTransform);
     let corners = |b: &engine::reasoner::parse::PixelBox, gt: &GeoTransform| {
         [(b.x1, b.y1), (b.x2, b.y1), (b.x2, b.y2), (b.x1, b.y2)].map(|(c, r)| gt.pixel_to_world(c, r))
@@ -165,6 +208,15 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
             "resized": [answer.resized.0, answer.resized.1],
             "model_input": [answer.original.0, answer.original.1],
             "stop": answer.stop,
+            "pixel": pixel.as_ref().map(|(r, georeferenced, ms)| json!({
+                "method": r.method.to_string(),
+                "mask_size": [r.merged.width, r.merged.height],
+                "mask_pixels": r.merged.count(),
+                "out": args.out,
+                "georeferenced": georeferenced,
+                "masks": r.per_box.iter().map(|(b, s)| crate::segment::segment_json(&img.to_raster(b), s)).collect::<Vec<_>>(),
+                "segment_ms": ms,
+            })),
             "timings": {
                 "load_ms": reasoner.load_ms,
                 "preprocess_ms": answer.timings.preprocess_ms,
@@ -191,7 +243,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         answer.resized.0,
         answer.resized.1
     )?;
-    if args.task == Task::Region {
+    if matches!(args.task, AskTask::Region | AskTask::Pixel) {
         writeln!(out, "{} box(es) in pixels of {}:", boxes.len(), args.image.display())?;
         for b in &boxes {
             write!(out, "  [{:.1}, {:.1}, {:.1}, {:.1}]", b.x1, b.y1, b.x2, b.y2)?;
@@ -203,6 +255,19 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         }
     } else {
         writeln!(out, "Answer: {}", answer.answer)?;
+    }
+    if let Some((r, georeferenced, _)) = &pixel {
+        writeln!(
+            out,
+            "{}: {} mask(s), {} px{}",
+            r.method,
+            r.per_box.len(),
+            r.merged.count(),
+            match &args.out {
+                Some(o) => format!(" → {}{}", o.display(), if *georeferenced { " (georeferenced)" } else { "" }),
+                None => String::new(),
+            }
+        )?;
     }
     for r in &answer.repairs {
         writeln!(out, "  note: {r:?}")?;

@@ -23,6 +23,7 @@ use crate::overviews;
 use crate::raster::{Raster, RasterInfo, RenderParams};
 use crate::reasoner::parse::PixelBox;
 use crate::reasoner::{Answer, AskEvent, AskOptions, LoadOptions, Reasoner, Task, WindowImage};
+use crate::segment::{ImageKey, Mask, Method, Segment, Segmenter};
 use crate::tiles::{CacheKey, Tile, TileCache, TileKey, Window};
 
 /// Identifies one request and every event it causes.
@@ -58,6 +59,25 @@ pub enum Request {
         query: String,
         options: AskOptions,
     },
+    /// Load a SAM 2.1 checkpoint, or (`None`) go back to the watershed fallback:
+    /// [`Event::SegmenterLoaded`].
+    LoadSegmenter { job: JobId, checkpoint: Option<PathBuf> },
+    /// The pixel task on `window` of a raster: one mask per box (raster pixels),
+    /// [`Event::Segmented`]. The window's encoding is cached.
+    Segment { job: JobId, raster: RasterId, window: Window, params: RenderParams, boxes: Vec<PixelBox> },
+    /// A click refining one feature's mask: its box, the previous mask (for its
+    /// logits) and the clicks so far, all in raster pixels: [`Event::Refined`].
+    /// A newer click on the same feature supersedes one still queued.
+    Refine {
+        job: JobId,
+        raster: RasterId,
+        window: Window,
+        params: RenderParams,
+        feature: u64,
+        bbox: PixelBox,
+        previous: Option<Box<Segment>>,
+        clicks: Vec<(f64, f64, bool)>,
+    },
     /// Cancel a job (tile rendering, overview building, a question between tokens).
     Cancel { job: JobId },
 }
@@ -83,6 +103,21 @@ pub struct ReasonerInfo {
     pub precision: String,
     pub parameters: u64,
     pub load_ms: f64,
+}
+
+/// The pixel task's result on a raster window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SegmentOutcome {
+    pub raster: RasterId,
+    pub window: Window,
+    /// The masks' pixel grid: the window as read (decimated when large).
+    pub image_size: (usize, usize),
+    pub merged: Mask,
+    /// Per box: the box in raster pixels and its mask on the image grid.
+    pub per_box: Vec<(PixelBox, Segment)>,
+    pub method: Method,
+    /// Whether the window was encoded for this request (false: from the cache).
+    pub encoded: bool,
 }
 
 /// A finished question: the model's answer and its boxes in raster pixels.
@@ -142,7 +177,20 @@ pub enum Event {
         job: JobId,
         outcome: Box<AskOutcome>,
     },
-    /// The job stopped early: cancelled, or superseded by a newer tile request.
+    SegmenterLoaded {
+        job: JobId,
+        method: Method,
+    },
+    Segmented {
+        job: JobId,
+        outcome: Box<SegmentOutcome>,
+    },
+    Refined {
+        job: JobId,
+        feature: u64,
+        segment: Box<Segment>,
+    },
+    /// The job stopped early: cancelled, or superseded by a newer request.
     Cancelled {
         job: JobId,
     },
@@ -165,6 +213,9 @@ impl Event {
             | Self::AskStage { job, .. }
             | Self::AskText { job, .. }
             | Self::AskDone { job, .. }
+            | Self::SegmenterLoaded { job, .. }
+            | Self::Segmented { job, .. }
+            | Self::Refined { job, .. }
             | Self::Cancelled { job }
             | Self::Failed { job, .. } => *job,
         }
@@ -239,6 +290,7 @@ impl Engine {
                     tiles: None,
                     cancels: HashMap::new(),
                     model: None,
+                    latest_click: Arc::default(),
                 }
                 .run();
             })
@@ -330,6 +382,8 @@ struct Worker {
     cancels: HashMap<JobId, Arc<AtomicBool>>,
     /// The model thread, started on the first model request.
     model: Option<(Sender<ModelMsg>, JoinHandle<()>)>,
+    /// The newest refinement job per feature: older queued clicks are dropped.
+    latest_click: Arc<std::sync::Mutex<HashMap<u64, JobId>>>,
 }
 
 /// Work for the model thread, which owns the loaded checkpoint.
@@ -348,6 +402,43 @@ enum ModelMsg {
         options: AskOptions,
         cancel: Arc<AtomicBool>,
     },
+    LoadSegmenter {
+        job: JobId,
+        checkpoint: Option<PathBuf>,
+    },
+    Segment {
+        job: JobId,
+        raster: RasterId,
+        key: ImageKey,
+        image: WindowImage,
+        boxes: Vec<PixelBox>,
+    },
+    Refine {
+        job: JobId,
+        key: ImageKey,
+        image: WindowImage,
+        feature: u64,
+        bbox: PixelBox,
+        previous: Option<Box<Segment>>,
+        clicks: Vec<(f64, f64, bool)>,
+    },
+}
+
+/// Pixels a window is read at for segmentation, at most: SAM sees 1024² anyway.
+const SEGMENT_PIXEL_BUDGET: usize = 1 << 20;
+
+/// The key of a window read for segmentation: its decimation level is part of it.
+fn image_key(raster: RasterId, window: Window, image: &WindowImage) -> ImageKey {
+    let scale = window.width as f64 / image.image.width.max(1) as f64;
+    ImageKey { raster, window, level: scale.log2().round().clamp(0.0, 30.0) as u8 }
+}
+
+/// A raster-pixel box in pixels of the image read for `view`.
+fn to_image(view: &WindowImage, b: &PixelBox) -> PixelBox {
+    let sx = view.image.width as f64 / view.window.width as f64;
+    let sy = view.image.height as f64 / view.window.height as f64;
+    let (x, y) = (view.window.x as f64, view.window.y as f64);
+    PixelBox { x1: (b.x1 - x) * sx, y1: (b.y1 - y) * sy, x2: (b.x2 - x) * sx, y2: (b.y2 - y) * sy }
 }
 
 impl Worker {
@@ -390,7 +481,10 @@ impl Worker {
             let (events, waker, done) = (self.events.clone(), self.waker.clone(), self.self_tx.clone());
             let handle = std::thread::Builder::new()
                 .name("model".into())
-                .spawn(move || model_loop(&rx, &events, &waker, &done))
+                .spawn({
+                    let latest = self.latest_click.clone();
+                    move || model_loop(&rx, &events, &waker, &done, &latest)
+                })
                 .map_err(|e| EngineError::Internal(format!("cannot start the model thread: {e}")))?;
             self.model = Some((tx, handle));
         }
@@ -473,6 +567,32 @@ impl Worker {
                     w.emit(Event::AskStage { job, stage: AskStage::Queued });
                     w.model_thread()?
                         .send(ModelMsg::Ask { job, raster, image, task, query, options, cancel })
+                        .map_err(|_| EngineError::Internal("the model thread stopped".into()))
+                });
+            }
+            Msg::Request(Request::LoadSegmenter { job, checkpoint }) => self.guarded(job, |w| {
+                w.model_thread()?
+                    .send(ModelMsg::LoadSegmenter { job, checkpoint })
+                    .map_err(|_| EngineError::Internal("the model thread stopped".into()))
+            }),
+            Msg::Request(Request::Segment { job, raster, window, params, boxes }) => self.guarded(job, |w| {
+                let r = w.rasters.get(&raster).ok_or(EngineError::UnknownRaster(raster))?;
+                let image = crate::reasoner::read_window(r, window, &params, SEGMENT_PIXEL_BUDGET)?;
+                let key = image_key(raster, window, &image);
+                w.model_thread()?
+                    .send(ModelMsg::Segment { job, raster, key, image, boxes })
+                    .map_err(|_| EngineError::Internal("the model thread stopped".into()))
+            }),
+            Msg::Request(Request::Refine { job, raster, window, params, feature, bbox, previous, clicks }) => {
+                self.guarded(job, |w| {
+                    let r = w.rasters.get(&raster).ok_or(EngineError::UnknownRaster(raster))?;
+                    let image = crate::reasoner::read_window(r, window, &params, SEGMENT_PIXEL_BUDGET)?;
+                    let key = image_key(raster, window, &image);
+                    if let Ok(mut latest) = w.latest_click.lock() {
+                        latest.insert(feature, job);
+                    }
+                    w.model_thread()?
+                        .send(ModelMsg::Refine { job, key, image, feature, bbox, previous, clicks })
                         .map_err(|_| EngineError::Internal("the model thread stopped".into()))
                 });
             }
@@ -569,12 +689,20 @@ impl Worker {
 
 /// The model thread: loads checkpoints and answers questions one at a time,
 /// streaming events straight to the UI.
-fn model_loop(rx: &Receiver<ModelMsg>, events: &Sender<Event>, waker: &Waker, done: &Sender<Msg>) {
+fn model_loop(
+    rx: &Receiver<ModelMsg>,
+    events: &Sender<Event>,
+    waker: &Waker,
+    done: &Sender<Msg>,
+    latest_click: &std::sync::Mutex<HashMap<u64, JobId>>,
+) {
     let emit = |event: Event| {
         let _ = events.send(event);
         waker();
     };
     let mut reasoner: Option<Reasoner> = None;
+    // Without a checkpoint, the watershed fallback segments.
+    let mut segmenter: Box<dyn Segmenter> = Box::new(crate::segment::WatershedSegmenter::default());
     for msg in rx {
         match msg {
             ModelMsg::Load { job, dir, options } => {
@@ -635,6 +763,67 @@ fn model_loop(rx: &Receiver<ModelMsg>, events: &Sender<Event>, waker: &Waker, do
                     Err(e) => emit(Event::Failed { job, error: e.to_string() }),
                 }
                 let _ = done.send(Msg::ModelJobDone { job });
+            }
+            ModelMsg::LoadSegmenter { job, checkpoint } => {
+                let loaded = catch_unwind(AssertUnwindSafe(|| {
+                    crate::segment::load_segmenter(checkpoint.as_deref(), &candle_core::Device::Cpu)
+                }))
+                .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p))));
+                match loaded {
+                    Ok(s) => {
+                        segmenter = s;
+                        emit(Event::SegmenterLoaded { job, method: segmenter.method() });
+                    }
+                    Err(e) => emit(Event::Failed { job, error: e.to_string() }),
+                }
+            }
+            ModelMsg::Segment { job, raster, key, image, boxes } => {
+                let image_boxes: Vec<PixelBox> = boxes.iter().map(|b| to_image(&image, b)).collect();
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    crate::segment::pixel_task(segmenter.as_mut(), Some(key), &image.image, &image_boxes)
+                }))
+                .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p))));
+                match result {
+                    Ok(r) => {
+                        let outcome = SegmentOutcome {
+                            raster,
+                            window: image.window,
+                            image_size: (image.image.width, image.image.height),
+                            merged: r.merged,
+                            per_box: r.per_box.into_iter().map(|(b, s)| (image.to_raster(&b), s)).collect(),
+                            method: r.method,
+                            encoded: r.encoded,
+                        };
+                        emit(Event::Segmented { job, outcome: Box::new(outcome) });
+                    }
+                    Err(e) => emit(Event::Failed { job, error: e.to_string() }),
+                }
+            }
+            ModelMsg::Refine { job, key, image, feature, bbox, previous, clicks } => {
+                let newest = latest_click.lock().map(|l| l.get(&feature).copied()).unwrap_or(Some(job));
+                if newest.is_some_and(|n| n != job) {
+                    emit(Event::Cancelled { job }); // a newer click on this feature is queued
+                    continue;
+                }
+                let b = to_image(&image, &bbox);
+                let clicks: Vec<(f32, f32, bool)> = clicks
+                    .iter()
+                    .map(|&(x, y, positive)| {
+                        let p = to_image(&image, &PixelBox { x1: x, y1: y, x2: x, y2: y });
+                        (p.x1 as f32, p.y1 as f32, positive)
+                    })
+                    .collect();
+                let result = catch_unwind(AssertUnwindSafe(|| -> Result<Segment, EngineError> {
+                    let b = crate::segment::clip_box(b, image.image.width, image.image.height)
+                        .map_err(|e| EngineError::InvalidRequest(format!("the feature's box {e}")))?;
+                    segmenter.set_image(Some(key), &image.image)?;
+                    crate::segment::refine(segmenter.as_mut(), b, previous.as_deref(), &clicks)
+                }))
+                .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p))));
+                match result {
+                    Ok(segment) => emit(Event::Refined { job, feature, segment: Box::new(segment) }),
+                    Err(e) => emit(Event::Failed { job, error: e.to_string() }),
+                }
             }
         }
     }

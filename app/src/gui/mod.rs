@@ -263,7 +263,13 @@ impl WorkbenchApp {
                 }
             }
             // The workbench does not send model requests yet.
-            Event::ReasonerLoaded { .. } | Event::AskStage { .. } | Event::AskText { .. } | Event::AskDone { .. } => {}
+            Event::ReasonerLoaded { .. }
+            | Event::AskStage { .. }
+            | Event::AskText { .. }
+            | Event::AskDone { .. }
+            | Event::SegmenterLoaded { .. }
+            | Event::Segmented { .. }
+            | Event::Refined { .. } => {}
             Event::Failed { job, error } => {
                 if self.opening.as_ref().is_some_and(|(j, _)| *j == job) {
                     self.opening = None;

@@ -89,7 +89,8 @@ pub struct ImageKey {
 pub trait Segmenter: Send {
     fn method(&self) -> Method;
     /// Makes `image` the one prompts refer to; `key` lets an encoder reuse work.
-    fn set_image(&mut self, key: Option<ImageKey>, image: &RgbImage) -> Result<()>;
+    /// Returns whether the image had to be encoded (false: taken from the cache).
+    fn set_image(&mut self, key: Option<ImageKey>, image: &RgbImage) -> Result<bool>;
     /// Masks for prompts (pixels of the current image), one per prompt.
     fn segment(&mut self, prompts: &[Prompt]) -> Result<Vec<Segment>>;
 }
@@ -164,13 +165,13 @@ impl Segmenter for Sam2Segmenter {
         Method::Sam2(self.model.geometry.name().to_owned())
     }
 
-    fn set_image(&mut self, key: Option<ImageKey>, image: &RgbImage) -> Result<()> {
+    fn set_image(&mut self, key: Option<ImageKey>, image: &RgbImage) -> Result<bool> {
         if let Some(k) = key
             && let Some(emb) = self.cache.get(&k)
             && emb.original == (image.width, image.height)
         {
             self.current = Some(emb);
-            return Ok(());
+            return Ok(false);
         }
         self.cache.misses += 1;
         let emb = Arc::new(self.model.encode(image)?);
@@ -178,7 +179,7 @@ impl Segmenter for Sam2Segmenter {
             self.cache.insert(k, emb.clone());
         }
         self.current = Some(emb);
-        Ok(())
+        Ok(true)
     }
 
     fn segment(&mut self, prompts: &[Prompt]) -> Result<Vec<Segment>> {
@@ -223,10 +224,10 @@ impl Segmenter for WatershedSegmenter {
         Method::WatershedFallback
     }
 
-    fn set_image(&mut self, _key: Option<ImageKey>, image: &RgbImage) -> Result<()> {
+    fn set_image(&mut self, _key: Option<ImageKey>, image: &RgbImage) -> Result<bool> {
         let g = watershed::gradient(image);
         self.image = Some((image.clone(), g));
-        Ok(())
+        Ok(true)
     }
 
     fn segment(&mut self, prompts: &[Prompt]) -> Result<Vec<Segment>> {
@@ -266,6 +267,8 @@ pub struct PixelResult {
     /// One per box, in order.
     pub per_box: Vec<(PixelBox, Segment)>,
     pub method: Method,
+    /// Whether the image was encoded for this call (false: the encoding was cached).
+    pub encoded: bool,
 }
 
 /// Clips a box to a `width`×`height` image. `None` (with the reason) when nothing
@@ -304,7 +307,7 @@ pub fn pixel_task(
     let (w, h) = (image.width, image.height);
     let method = seg.method();
     if boxes.is_empty() {
-        return Ok(PixelResult { merged: Mask::empty(w, h), per_box: Vec::new(), method });
+        return Ok(PixelResult { merged: Mask::empty(w, h), per_box: Vec::new(), method, encoded: false });
     }
     let clipped = boxes
         .iter()
@@ -322,10 +325,10 @@ pub fn pixel_task(
             }
         })
         .collect();
-    seg.set_image(key, image)?;
+    let encoded = seg.set_image(key, image)?;
     let segments = seg.segment(&prompts)?;
     let merged = Mask::union(w, h, segments.iter().map(|s| &s.mask));
-    Ok(PixelResult { merged, per_box: clipped.into_iter().zip(segments).collect(), method })
+    Ok(PixelResult { merged, per_box: clipped.into_iter().zip(segments).collect(), method, encoded })
 }
 
 /// A click on an existing mask: the box and centre point again, the new
@@ -356,6 +359,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn embedding_cache_evicts_least_recently_used_past_its_byte_cap() {
+        let dev = Device::Cpu;
+        let emb = || {
+            Arc::new(ImageEmbedding {
+                image: candle_core::Tensor::zeros((1, 4, 2, 2), candle_core::DType::F32, &dev).unwrap(),
+                s0: candle_core::Tensor::zeros((1, 2, 2, 2), candle_core::DType::F32, &dev).unwrap(),
+                s1: candle_core::Tensor::zeros((1, 2, 2, 2), candle_core::DType::F32, &dev).unwrap(),
+                original: (8, 8),
+            })
+        };
+        let one = emb().byte_size();
+        assert_eq!(one, (16 + 8 + 8) * 4);
+        let key = |x| ImageKey { raster: 1, window: Window { x, y: 0, width: 8, height: 8 }, level: 0 };
+        let mut cache = EmbeddingCache::new(one * 2);
+        cache.insert(key(0), emb());
+        cache.insert(key(1), emb());
+        assert!(cache.get(&key(0)).is_some()); // 0 is now the most recent
+        cache.insert(key(2), emb());
+        assert_eq!((cache.len(), cache.bytes()), (2, one * 2));
+        assert!(cache.get(&key(1)).is_none() && cache.get(&key(0)).is_some() && cache.get(&key(2)).is_some());
+    }
+
+    #[test]
     fn boxes_are_clipped_or_refused_with_a_reason() {
         let b = |x1, y1, x2, y2| PixelBox { x1, y1, x2, y2 };
         assert_eq!(clip_box(b(-10.0, 5.0, 50.0, 200.0), 100, 80), Ok(b(0.0, 5.0, 50.0, 80.0)));
@@ -372,7 +398,7 @@ mod tests {
             fn method(&self) -> Method {
                 Method::WatershedFallback
             }
-            fn set_image(&mut self, _: Option<ImageKey>, _: &RgbImage) -> Result<()> {
+            fn set_image(&mut self, _: Option<ImageKey>, _: &RgbImage) -> Result<bool> {
                 panic!("must not run")
             }
             fn segment(&mut self, _: &[Prompt]) -> Result<Vec<Segment>> {

@@ -1,0 +1,173 @@
+//! `remote-reasoner segment` and `ask --task pixel` as a user runs them: masks on
+//! a shared GeoTIFF window, georeferenced like the raster, with SAM 2.1 (seeded
+//! tiny weights) or the watershed fallback, and bad input in one line.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn shared(name: &str) -> PathBuf {
+    std::env::var_os("RR_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/data")).join(name)
+}
+
+fn rr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_remote-reasoner")).args(args).output().unwrap()
+}
+
+fn ok_json(args: &[&str]) -> serde_json::Value {
+    let out = rr(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn gdal_json(path: &Path) -> serde_json::Value {
+    let out = Command::new("gdalinfo").arg("-json").arg(path).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn seeded_sam(dir: &Path) -> PathBuf {
+    let spec = root().join("tests/fixtures/sam2_tiny/weights.json");
+    let weights = engine::models::sam2::synthetic::weights_from_spec(&spec, &candle_core::Device::Cpu).unwrap();
+    let path = dir.join("sam2.1_hiera_tiny_seeded.safetensors");
+    candle_core::safetensors::save(&weights, &path).unwrap();
+    path
+}
+
+#[test]
+fn segment_writes_a_georeferenced_mask_with_sam_or_the_fallback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = shared("sf_bay_ships_rapideye_5m.tif");
+    let src = gdal_json(&image);
+    let gt: Vec<f64> = serde_json::from_value(src["geoTransform"].clone()).unwrap();
+    for sam in [None, Some(seeded_sam(tmp.path()))] {
+        let out = tmp.path().join(if sam.is_some() { "sam.tif" } else { "fallback.tif" });
+        let mut args = vec![
+            "segment",
+            "--image",
+            image.to_str().unwrap(),
+            "--window",
+            "100,50,400,250",
+            "--box",
+            "150,100,250,200",
+            "--point",
+            "200,150,+",
+            "--box",
+            "300,120,420,320",
+            "--point",
+            "310,130,-",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ];
+        if let Some(s) = &sam {
+            args.extend(["--sam", s.to_str().unwrap()]);
+        }
+        let v = ok_json(&args);
+        assert_eq!(
+            v["method"],
+            if sam.is_some() { "sam2.1_hiera_tiny" } else { "watershed fallback (no SAM checkpoint)" }
+        );
+        assert_eq!(v["masks"].as_array().unwrap().len(), 2);
+        assert_eq!(v["masks"][0]["box"], serde_json::json!([150.0, 100.0, 250.0, 200.0]), "raster pixels");
+        // The second box reaches past the window (y 320 > 300): clipped to it.
+        assert_eq!(v["masks"][1]["box"][3], 300.0);
+        assert_eq!(v["georeferenced"], true);
+        assert_eq!(sam.is_some(), v["masks"][0]["iou"].is_number());
+        let mask = gdal_json(&out);
+        assert_eq!(mask["size"], serde_json::json!([400, 250]));
+        let mgt: Vec<f64> = serde_json::from_value(mask["geoTransform"].clone()).unwrap();
+        assert_eq!(mgt, vec![gt[0] + 100.0 * gt[1], gt[1], gt[2], gt[3] + 50.0 * gt[5], gt[4], gt[5]]);
+        assert!(mask["coordinateSystem"]["wkt"].as_str().unwrap().contains("32610"));
+        let px = v["mask_pixels"].as_u64().unwrap();
+        assert!(px > 0 && px < 400 * 250, "{px}");
+    }
+    // PNG output, whole raster.
+    let png = tmp.path().join("m.png");
+    let out =
+        rr(&["segment", "--image", image.to_str().unwrap(), "--box", "10,10,60,60", "--out", png.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("watershed fallback"));
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (692, 332));
+}
+
+#[test]
+fn segment_reports_bad_input_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = shared("sf_bay_ships_rapideye_5m.tif");
+    let out = tmp.path().join("m.png");
+    let fail = |args: &[&str]| {
+        let o = rr(args);
+        assert!(!o.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    let (image_s, out_s) = (image.to_str().unwrap().to_owned(), out.to_str().unwrap().to_owned());
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["segment", "--image", &image_s, "--out", &out_s].map(String::from).to_vec();
+        v.extend(extra.iter().map(|s| (*s).to_owned()));
+        v
+    };
+    let fail = |args: Vec<String>| fail(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(fail(base(&["--box", "10,10,10,50"])).contains("zero area"));
+    assert!(fail(base(&["--box", "900,10,950,50"])).contains("outside"));
+    assert!(fail(base(&["--box", "1,2,3"])).contains("4 numbers"));
+    assert!(fail(base(&["--point", "5,5,+", "--box", "1,1,50,50"])).contains("before any --box"));
+    assert!(fail(base(&["--box", "1,1,50,50", "--point", "5,5,x"])).contains("+ or -"));
+    let e = fail(base(&["--box", "1,1,50,50", "--sam", "/no/sam2.pt"]));
+    assert!(e.contains("/no/sam2.pt") && e.contains("not found"), "{e}");
+    let junk = tmp.path().join("junk.pt");
+    std::fs::write(&junk, b"not a checkpoint at all").unwrap();
+    let e = fail(base(&["--box", "1,1,50,50", "--sam", junk.to_str().unwrap()]));
+    assert!(e.contains("junk.pt"), "{e}");
+    assert!(!out.exists(), "nothing written on failure");
+}
+
+#[test]
+fn ask_pixel_chains_the_region_task_into_masks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("ships.tif");
+    let model = root().join("tests/fixtures/qwen2_5_vl_tiny_trained");
+    let image = shared("rotterdam_port_rgb_4p5m_spacenet6.tif");
+    let v = ok_json(&[
+        "ask",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--task",
+        "pixel",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+        "where are the ships?",
+    ]);
+    let pixel = &v["pixel"];
+    assert_eq!(pixel["method"], "watershed fallback (no SAM checkpoint)");
+    assert_eq!(pixel["masks"].as_array().unwrap().len(), 2);
+    assert_eq!(pixel["masks"][0]["box"], v["boxes"][0], "one mask per region box");
+    assert_eq!(pixel["georeferenced"], true);
+    assert_eq!(gdal_json(&out)["size"], serde_json::json!([200, 200]));
+    let total: u64 = pixel["masks"].as_array().unwrap().iter().map(|m| m["pixels"].as_u64().unwrap()).sum();
+    let merged = pixel["mask_pixels"].as_u64().unwrap();
+    assert!(merged > 0 && merged <= total, "OR-merged: {merged} of {total}");
+    // --out belongs to the pixel task.
+    let o = rr(&[
+        "ask",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--out",
+        "/tmp/x.png",
+        "ships",
+    ]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--task pixel"));
+}

@@ -1,0 +1,142 @@
+//! Boxes to masks through the engine thread: the watershed fallback without a
+//! checkpoint, SAM 2.1 (seeded tiny weights) with the window's encoding cached,
+//! refinement clicks with the newest click superseding queued ones, and errors
+//! that leave the engine usable.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::raster::RenderParams;
+use engine::reasoner::parse::PixelBox;
+use engine::segment::Method;
+use engine::tiles::Window;
+use engine::{Engine, EngineConfig, Event, Request};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn next(e: &Engine) -> Event {
+    e.recv_timeout(Duration::from_secs(120)).expect("engine answered")
+}
+
+/// SAM 2.1 tiny with the parity fixture's seeded weights, as a checkpoint file.
+fn seeded_sam(dir: &Path) -> PathBuf {
+    let spec = root().join("tests/fixtures/sam2_tiny/weights.json");
+    let weights = engine::models::sam2::synthetic::weights_from_spec(&spec, &candle_core::Device::Cpu).unwrap();
+    let path = dir.join("sam2.1_hiera_tiny_seeded.safetensors");
+    candle_core::safetensors::save(&weights, &path).unwrap();
+    path
+}
+
+fn b(x1: f64, y1: f64, x2: f64, y2: f64) -> PixelBox {
+    PixelBox { x1, y1, x2, y2 }
+}
+
+#[test]
+fn pixel_task_refinement_and_cache_through_the_engine() {
+    let e = Engine::spawn(EngineConfig::default(), Arc::new(|| {}));
+    e.open(root().join("assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif"));
+    let (raster, info) = match next(&e) {
+        Event::Opened { raster, info, .. } => (raster, *info),
+        other => panic!("{other:?}"),
+    };
+    let params = RenderParams::default_for(&info);
+    let window = Window { x: 20, y: 10, width: 160, height: 180 };
+    let segment = |boxes: Vec<PixelBox>| e.send(move |job| Request::Segment { job, raster, window, params, boxes });
+    let outcome = |job| loop {
+        match next(&e) {
+            Event::Segmented { job: j, outcome } if j == job => return outcome,
+            Event::Failed { job: j, error } if j == job => panic!("{error}"),
+            Event::Cancelled { .. } | Event::Refined { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    };
+
+    // Without a checkpoint: the watershed fallback, labelled as such.
+    let o = outcome(segment(vec![b(40.0, 40.0, 100.0, 120.0), b(120.0, 20.0, 175.0, 60.0)]));
+    assert_eq!(o.method, Method::WatershedFallback);
+    assert_eq!((o.image_size, o.per_box.len()), ((160, 180), 2));
+    assert!(o.per_box.iter().all(|(_, s)| s.mask.count() > 0 && s.iou.is_none()));
+    assert_eq!(o.merged.count(), {
+        let u = engine::segment::Mask::union(160, 180, o.per_box.iter().map(|(_, s)| &s.mask));
+        u.count()
+    });
+    assert_eq!(o.per_box[0].0, b(40.0, 40.0, 100.0, 120.0), "boxes come back in raster pixels");
+    // No boxes: an empty mask.
+    let o = outcome(segment(Vec::new()));
+    assert_eq!((o.merged.count(), o.per_box.len()), (0, 0));
+
+    // SAM 2.1: the window is encoded once, later prompts on it reuse the encoding.
+    let tmp = tempfile::tempdir().unwrap();
+    let job = e.send(|job| Request::LoadSegmenter { job, checkpoint: Some(seeded_sam(tmp.path())) });
+    match next(&e) {
+        Event::SegmenterLoaded { job: j, method } => {
+            assert!(j == job && method == Method::Sam2("sam2.1_hiera_tiny".into()));
+        }
+        other => panic!("{other:?}"),
+    }
+    let first = outcome(segment(vec![b(40.0, 40.0, 100.0, 120.0)]));
+    assert!(first.encoded);
+    let (_, seg) = &first.per_box[0];
+    assert!(
+        seg.iou.is_some() && seg.object_score.is_some() && seg.low_res.as_ref().is_some_and(|l| l.len() == 256 * 256)
+    );
+    let again = outcome(segment(vec![b(40.0, 40.0, 100.0, 120.0), b(10.0, 10.0, 60.0, 60.0)]));
+    assert!(!again.encoded, "the cached encoding is reused");
+    assert_eq!(again.per_box[0].1.mask, first.per_box[0].1.mask, "same prompt, same mask");
+
+    // Two clicks on one feature queued behind a new window's encoding: the older is dropped.
+    let other = Window { x: 0, y: 0, width: 200, height: 200 };
+    let busy =
+        e.send(|job| Request::Segment { job, raster, window: other, params, boxes: vec![b(5.0, 5.0, 50.0, 50.0)] });
+    let previous = Some(Box::new(first.per_box[0].1.clone()));
+    let click = |clicks: Vec<(f64, f64, bool)>| {
+        let previous = previous.clone();
+        e.send(move |job| Request::Refine {
+            job,
+            raster,
+            window,
+            params,
+            feature: 7,
+            bbox: b(40.0, 40.0, 100.0, 120.0),
+            previous,
+            clicks,
+        })
+    };
+    let older = click(vec![(70.0, 80.0, false)]);
+    let newer = click(vec![(70.0, 80.0, false), (50.0, 60.0, true)]);
+    let (mut busy_done, mut older_cancelled, mut refined) = (false, false, None);
+    while refined.is_none() {
+        match next(&e) {
+            Event::Segmented { job, .. } if job == busy => busy_done = true,
+            Event::Cancelled { job } if job == older => older_cancelled = true,
+            Event::Refined { job, feature, segment } if job == newer => refined = Some((feature, segment)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(busy_done && older_cancelled, "the superseded click was dropped");
+    let (feature, refined_segment) = refined.unwrap();
+    assert_eq!(feature, 7);
+    assert_ne!(refined_segment.mask, first.per_box[0].1.mask, "the clicks changed the mask");
+
+    // A box outside the window fails clearly; the engine goes on.
+    let bad =
+        e.send(|job| Request::Segment { job, raster, window, params, boxes: vec![b(500.0, 500.0, 600.0, 600.0)] });
+    match next(&e) {
+        Event::Failed { job, error } => {
+            assert!(job == bad && error.contains("box 1") && error.contains("outside"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let job = e.send(|job| Request::LoadSegmenter { job, checkpoint: Some("/no/sam.pt".into()) });
+    match next(&e) {
+        Event::Failed { job: j, error } => assert!(j == job && error.contains("/no/sam.pt"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let o = outcome(segment(vec![b(40.0, 40.0, 100.0, 120.0)]));
+    assert_eq!(o.method, Method::Sam2("sam2.1_hiera_tiny".into()), "a failed load keeps the loaded model");
+}
