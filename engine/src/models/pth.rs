@@ -2,11 +2,17 @@
 //! code: candle's pickle interpreter lists the tensors (it only understands the
 //! opcodes a state dict needs and builds no Python objects), and the storages are
 //! read here, honouring each tensor's dtype, storage offset and strides.
+//!
+//! The archive is opened with its offset fixed at 0 (torch's archives start at
+//! byte 0): the zip crate's own archive-offset detection rejected a valid 156 MB
+//! SAM 2.1 checkpoint written by torch 2.15 ("Invalid Central Directory header"),
+//! and candle's `read_pth_tensor_info` opens archives that way.
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use candle_core::pickle::TensorInfo;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{EngineError, Result};
@@ -15,15 +21,53 @@ fn bad(path: &Path, reason: impl std::fmt::Display) -> EngineError {
     EngineError::Model { path: path.to_owned(), reason: format!("not a readable PyTorch checkpoint: {reason}") }
 }
 
+fn open_zip(path: &Path) -> Result<zip::ZipArchive<std::io::BufReader<std::fs::File>>> {
+    let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+    let config = zip::read::Config { archive_offset: zip::read::ArchiveOffset::Known(0) };
+    zip::ZipArchive::with_config(config, std::io::BufReader::new(file)).map_err(|e| bad(path, e))
+}
+
+/// The tensors the pickled state dict (under `key`) describes.
+fn tensor_infos(path: &Path, key: Option<&str>) -> Result<Vec<TensorInfo>> {
+    use candle_core::pickle::{Object, Stack};
+    let mut zip = open_zip(path)?;
+    let pkl = zip
+        .file_names()
+        .filter_map(|n| n.ok().map(|n| n.into_owned()))
+        .find(|n| n.ends_with("data.pkl"))
+        .ok_or_else(|| bad(path, "no data.pkl in the archive"))?;
+    let dir = PathBuf::from(pkl.strip_suffix(".pkl").unwrap_or(&pkl));
+    let mut stack = Stack::empty();
+    let entry = zip.by_name(&pkl).map_err(|e| bad(path, e))?;
+    stack.read_loop(&mut std::io::BufReader::new(entry)).map_err(|e| bad(path, e))?;
+    let mut obj = stack.finalize().map_err(|e| bad(path, e))?;
+    if let Some(key) = key
+        && let Object::Dict(entries) = obj
+    {
+        obj = entries
+            .into_iter()
+            .find(|(k, _)| *k == Object::Unicode(key.to_owned()))
+            .map(|(_, v)| v)
+            .ok_or_else(|| bad(path, format!("no \"{key}\" entry")))?;
+    }
+    let Object::Dict(entries) = obj else { return Err(bad(path, "no state dict")) };
+    let mut infos = Vec::with_capacity(entries.len());
+    for (name, value) in entries {
+        if let Some(info) = value.into_tensor_info(name, &dir).map_err(|e| bad(path, e))? {
+            infos.push(info);
+        }
+    }
+    Ok(infos)
+}
+
 /// Every tensor of the state dict stored under `key` (e.g. `"model"`), or of the
 /// top-level dict when `key` is `None`.
 pub fn read(path: &Path, key: Option<&str>, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let infos = candle_core::pickle::read_pth_tensor_info(path, false, key).map_err(|e| bad(path, e))?;
+    let infos = tensor_infos(path, key)?;
     if infos.is_empty() {
         return Err(bad(path, "it holds no tensors"));
     }
-    let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| bad(path, e))?;
+    let mut zip = open_zip(path)?;
     let mut storages: HashMap<String, Tensor> = HashMap::new();
     let mut out = HashMap::with_capacity(infos.len());
     for info in infos {
