@@ -169,8 +169,26 @@ impl MultiScaleBlock {
             y = window_unpartition(&y, ws, pad_hw, (sh, sw))?;
         }
         let x = (shortcut + y)?;
-        let m = self.mlp.1.forward(&self.mlp.0.forward(&self.norm2.forward(&x)?)?.gelu_erf()?)?;
+        let m = self.mlp(&self.norm2.forward(&x)?)?;
         x + m
+    }
+
+    /// The MLP over row blocks: the 4×-wide hidden layer of a 256×256 stage is
+    /// 100 MB at once, and fresh buffers that large cost page faults on every call.
+    fn mlp(&self, x: &Tensor) -> Result<Tensor> {
+        const ROWS: usize = 4096;
+        let dims = x.dims().to_vec();
+        let c = dims[dims.len() - 1];
+        let flat = x.reshape(((), c))?;
+        let n = flat.dim(0)?;
+        let parts = (0..n)
+            .step_by(ROWS)
+            .map(|start| {
+                let rows = flat.narrow(0, start, ROWS.min(n - start))?;
+                self.mlp.1.forward(&ops::gelu_erf(&self.mlp.0.forward(&rows)?)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)?.reshape(dims)
     }
 }
 
