@@ -367,6 +367,7 @@ mod tests {
                 s0: candle_core::Tensor::zeros((1, 2, 2, 2), candle_core::DType::F32, &dev).unwrap(),
                 s1: candle_core::Tensor::zeros((1, 2, 2, 2), candle_core::DType::F32, &dev).unwrap(),
                 original: (8, 8),
+                side: None,
             })
         };
         let one = emb().byte_size();

@@ -226,15 +226,40 @@ impl Attention {
     }
 
     fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let split = |x: Tensor| -> Result<Tensor> {
-            let (b, n, c) = x.dims3()?;
-            x.reshape((b, n, self.heads, c / self.heads))?.transpose(1, 2)?.contiguous()
+        self.attend(&self.q.forward(q)?, &self.k.forward(k)?, &self.v.forward(v)?)
+    }
+
+    /// Attention over already projected (B, N, inner) queries, keys and values;
+    /// a batch of 1 on one side is broadcast to the other's.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let b = q.dim(0)?.max(k.dim(0)?);
+        let split = |x: &Tensor| -> Result<Tensor> {
+            let (xb, n, c) = x.dims3()?;
+            let x = x.reshape((xb, n, self.heads, c / self.heads))?.transpose(1, 2)?;
+            if xb == b { x.contiguous() } else { x.broadcast_as((b, self.heads, n, c / self.heads))?.contiguous() }
         };
-        let (q, k, v) = (split(self.q.forward(q)?)?, split(self.k.forward(k)?)?, split(self.v.forward(v)?)?);
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
         let hd = q.dim(D::Minus1)?;
         let o = ops::sdpa(&q, &k, &v, 1.0 / (hd as f64).sqrt())?;
         let (b, h, n, d) = o.dims4()?;
         self.out.forward(&o.transpose(1, 2)?.reshape((b, n, h * d))?)
+    }
+}
+
+/// The image-side projections of the first two-way block, which do not depend
+/// on the prompt when no mask is given: computed once per image.
+#[derive(Debug, Clone)]
+pub struct ImageSide {
+    /// Image embedding + "no mask" embedding, (1, hw, c).
+    keys: Tensor,
+    t2i_k: Tensor,
+    t2i_v: Tensor,
+    i2t_q: Tensor,
+}
+
+impl ImageSide {
+    pub fn byte_size(&self) -> usize {
+        [&self.keys, &self.t2i_k, &self.t2i_v, &self.i2t_q].iter().map(|t| t.elem_count() * 4).sum()
     }
 }
 
@@ -266,6 +291,23 @@ impl TwoWayBlock {
         })
     }
 
+    /// The first block with the image side precomputed (no mask input).
+    fn forward_cached(&self, queries: &Tensor, query_pe: &Tensor, side: &ImageSide) -> Result<(Tensor, Tensor)> {
+        let queries = self.norm1.forward(&self.self_attn.forward(queries, queries, queries)?)?;
+        let q = (&queries + query_pe)?;
+        let t2i = self.token_to_image.attend(&self.token_to_image.q.forward(&q)?, &side.t2i_k, &side.t2i_v)?;
+        let queries = self.norm2.forward(&(&queries + t2i)?)?;
+        let queries = self.norm3.forward(&(&queries + self.mlp.forward(&queries)?)?)?;
+        let q = (&queries + query_pe)?;
+        let i2t = self.image_to_token.attend(
+            &side.i2t_q,
+            &self.image_to_token.k.forward(&q)?,
+            &self.image_to_token.v.forward(&queries)?,
+        )?;
+        let keys = self.norm4.forward(&side.keys.broadcast_add(&i2t)?)?;
+        Ok((queries, keys))
+    }
+
     fn forward(&self, queries: &Tensor, keys: &Tensor, query_pe: &Tensor, key_pe: &Tensor) -> Result<(Tensor, Tensor)> {
         let queries = if self.skip_first_pe {
             self.self_attn.forward(queries, queries, queries)?
@@ -275,7 +317,7 @@ impl TwoWayBlock {
         };
         let queries = self.norm1.forward(&queries)?;
         let q = (&queries + query_pe)?;
-        let k = (keys + key_pe)?;
+        let k = keys.broadcast_add(key_pe)?;
         let queries = self.norm2.forward(&(&queries + self.token_to_image.forward(&q, &k, keys)?)?)?;
         let queries = self.norm3.forward(&(&queries + self.mlp.forward(&queries)?)?)?;
         let q = (&queries + query_pe)?;
@@ -352,32 +394,53 @@ impl MaskDecoder {
         })
     }
 
+    /// The prompt-independent part of the first block for an image: `image`
+    /// (1, d, g, g) with the "no mask" `dense` (1, d, g, g) added, `key_pe` (1, g·g, d).
+    pub fn image_side(&self, image: &Tensor, dense: &Tensor, key_pe: &Tensor) -> Result<ImageSide> {
+        let keys = image.broadcast_add(dense)?.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let k = (&keys + key_pe)?;
+        let b0 = &self.blocks[0];
+        Ok(ImageSide {
+            t2i_k: b0.token_to_image.k.forward(&k)?,
+            t2i_v: b0.token_to_image.v.forward(&keys)?,
+            i2t_q: b0.image_to_token.q.forward(&k)?,
+            keys,
+        })
+    }
+
     /// Masks for `sparse` prompts (B, N, d) on one image: `image` (1, d, g, g)
-    /// with `dense` (B, d, g, g) added, `pe` (1, d, g, g), and the projected
-    /// high-resolution features `(s0, s1)`. With `multimask`, the three
-    /// multimask outputs; otherwise one mask per prompt, falling back to the best
-    /// multimask output when the single one is unstable.
+    /// with `dense` (B, d, g, g) added, `key_pe` (1, g·g, d), and the projected
+    /// high-resolution features `(s0, s1)`. `side`, when the prompts carry no mask,
+    /// is the image's precomputed first-block projections (same result, less work).
+    /// With `multimask`, the three multimask outputs; otherwise one mask per
+    /// prompt, falling back to the best multimask output when the single one is unstable.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         image: &Tensor,
-        pe: &Tensor,
+        key_pe: &Tensor,
         sparse: &Tensor,
         dense: &Tensor,
+        side: Option<&ImageSide>,
         high_res: (&Tensor, &Tensor),
         multimask: bool,
     ) -> Result<DecoderOutput> {
         let (b, _, _) = sparse.dims3()?;
         let (_, c, h, w) = image.dims4()?;
         let tokens = Tensor::cat(&[self.tokens.unsqueeze(0)?.broadcast_as((b, 6, c))?, sparse.clone()], 1)?;
-        let src = image.broadcast_add(dense)?; // (b, c, h, w)
-        let keys0 = src.flatten_from(2)?.transpose(1, 2)?.contiguous()?; // (b, hw, c)
-        let key_pe = pe.flatten_from(2)?.transpose(1, 2)?.broadcast_as((b, h * w, c))?.contiguous()?;
+        let keys0 = match side {
+            Some(s) => s.keys.clone(), // unused by the cached first block
+            None => image.broadcast_add(dense)?.flatten_from(2)?.transpose(1, 2)?.contiguous()?, // (b, hw, c)
+        };
         let (mut queries, mut keys) = (tokens.clone(), keys0);
-        for block in &self.blocks {
-            (queries, keys) = block.forward(&queries, &keys, &tokens, &key_pe)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            (queries, keys) = match (i, side) {
+                (0, Some(side)) => block.forward_cached(&queries, &tokens, side)?,
+                _ => block.forward(&queries, &keys, &tokens, key_pe)?,
+            };
         }
         let q = (&queries + &tokens)?;
-        let k = (&keys + &key_pe)?;
+        let k = keys.broadcast_add(key_pe)?;
         let queries = self.norm_final.forward(&(&queries + self.final_attn.forward(&q, &k, &keys)?)?)?;
 
         let src = keys.transpose(1, 2)?.reshape((b, c, h, w))?;

@@ -85,12 +85,15 @@ pub struct ImageEmbedding {
     pub s1: Tensor,
     /// (width, height) of the image given.
     pub original: (usize, usize),
+    /// The decoder's prompt-independent first-block work for this image.
+    pub side: Option<decoder::ImageSide>,
 }
 
 impl ImageEmbedding {
     /// Bytes held, for the embedding cache's accounting.
     pub fn byte_size(&self) -> usize {
-        [&self.image, &self.s0, &self.s1].iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+        [&self.image, &self.s0, &self.s1].iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum::<usize>()
+            + self.side.as_ref().map_or(0, decoder::ImageSide::byte_size)
     }
 }
 
@@ -123,7 +126,8 @@ pub struct Sam2 {
     prompt_encoder: PromptEncoder,
     decoder: MaskDecoder,
     no_mem_embed: Tensor,
-    dense_pe: Tensor,
+    /// The prompt encoder's positional encoding of the image grid, as (1, g·g, 256).
+    key_pe: Tensor,
     device: Device,
 }
 
@@ -169,8 +173,8 @@ impl Sam2 {
         let decoder = MaskDecoder::new(EMBED_DIM, vb.pp("sam_mask_decoder")).map_err(shape_err)?;
         let no_mem_embed =
             vb.get((1, 1, EMBED_DIM), "no_mem_embed").map_err(shape_err)?.reshape((1, EMBED_DIM, 1, 1))?;
-        let dense_pe = prompt_encoder.dense_pe()?;
-        Ok(Self { geometry, trunk, neck, prompt_encoder, decoder, no_mem_embed, dense_pe, device: device.clone() })
+        let key_pe = prompt_encoder.dense_pe()?.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        Ok(Self { geometry, trunk, neck, prompt_encoder, decoder, no_mem_embed, key_pe, device: device.clone() })
     }
 
     /// The encoder input: resized to 1024² (antialiased bilinear, aspect not
@@ -206,7 +210,8 @@ impl Sam2 {
         let s0 = self.decoder.conv_s0.forward(&fpn[0])?;
         let s1 = self.decoder.conv_s1.forward(&fpn[1])?;
         let image = fpn[2].broadcast_add(&self.no_mem_embed)?;
-        Ok(ImageEmbedding { image, s0, s1, original: (img.width, img.height) })
+        let side = self.decoder.image_side(&image, &self.prompt_encoder.embed_mask(None, 1)?, &self.key_pe)?;
+        Ok(ImageEmbedding { image, s0, s1, original: (img.width, img.height), side: Some(side) })
     }
 
     /// Masks for prompts on an encoded image, one per prompt. Every prompt must
@@ -258,7 +263,9 @@ impl Sam2 {
             None => None,
         };
         let dense = self.prompt_encoder.embed_mask(mask_tensor.as_ref(), prompts.len())?;
-        let out = self.decoder.forward(&emb.image, &self.dense_pe, &sparse, &dense, (&emb.s0, &emb.s1), multimask)?;
+        let side = if mask_tensor.is_none() { emb.side.as_ref() } else { None };
+        let out =
+            self.decoder.forward(&emb.image, &self.key_pe, &sparse, &dense, side, (&emb.s0, &emb.s1), multimask)?;
         let ious: Vec<Vec<f32>> = out.iou.to_vec2()?;
         let scores: Vec<Vec<f32>> = out.object_score.to_vec2()?;
         let mut preds = Vec::with_capacity(prompts.len());
