@@ -97,6 +97,35 @@ fn segment_writes_a_georeferenced_mask_with_sam_or_the_fallback() {
 }
 
 #[test]
+fn segment_runs_the_sam_v1_alternative() {
+    // The small-ViT SAM v1 of the parity fixtures (seeded weights), as a user's file.
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = root().join("tests/fixtures/sam_v1/vit_weights.json");
+    let weights = engine::models::sam2::synthetic::weights_from_spec(&spec, &candle_core::Device::Cpu).unwrap();
+    let sam = tmp.path().join("sam_vit_seeded.safetensors");
+    candle_core::safetensors::save(&weights, &sam).unwrap();
+    let image = shared("sf_bay_ships_rapideye_5m.tif");
+    let out = tmp.path().join("v1.tif");
+    let v = ok_json(&[
+        "segment",
+        "--sam",
+        sam.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--window",
+        "100,50,400,250",
+        "--box",
+        "150,100,250,200",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(v["method"], "sam_vit_96x2");
+    assert!(v["masks"][0]["iou"].is_number() && v["masks"][0]["object_score"].is_null());
+    assert_eq!(gdal_json(&out)["size"], serde_json::json!([400, 250]));
+}
+
+#[test]
 fn segment_reports_bad_input_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let image = shared("sf_bay_ships_rapideye_5m.tif");

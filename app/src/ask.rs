@@ -29,7 +29,8 @@ pub struct AskArgs {
     /// region (boxes), pixel (boxes → masks), vqa or caption.
     #[arg(long, value_enum, default_value = "region")]
     pub task: AskTask,
-    /// SAM 2.1 checkpoint for --task pixel (without one: the watershed fallback).
+    /// SAM checkpoint for --task pixel: SAM 2.1 (`sam2.1_hiera_*.pt`), or SAM v1 /
+    /// MobileSAM (`sam_vit_*.pth`, `mobile_sam.pt`); without one, the watershed fallback.
     #[arg(long, env = "RR_SAM")]
     pub sam: Option<PathBuf>,
     /// Mask to write for --task pixel: .png, or .tif georeferenced like the raster.

@@ -23,13 +23,13 @@ pub enum BenchCommand {
     Viewer(BenchArgs),
     /// Vision tower, prefill and decode timings of a Qwen2.5-VL checkpoint.
     Reasoner(ReasonerBenchArgs),
-    /// SAM 2.1 image-encoder time and decoder time per click.
+    /// SAM image-encoder time and decoder time per click (SAM 2.1, SAM v1, MobileSAM).
     Segmenter(SegmenterBenchArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct SegmenterBenchArgs {
-    /// SAM 2.1 checkpoint (.pt or safetensors).
+    /// SAM checkpoint (.pt/.pth or safetensors): SAM 2.1, SAM v1 or MobileSAM.
     #[arg(long)]
     pub sam: PathBuf,
     /// Image to encode (PNG/JPEG/raster); resized to 1024² by the model as always.
@@ -45,10 +45,11 @@ pub struct SegmenterBenchArgs {
 
 /// Encoder and per-prompt decoder timings as one JSON object on stdout.
 fn segmenter(args: &SegmenterBenchArgs) -> anyhow::Result<()> {
-    use engine::models::sam2::{Prompt, Sam2};
+    use engine::models::sam2::Prompt;
+    use engine::segment::SamModel;
     let device = candle_core::Device::Cpu;
     let t = Instant::now();
-    let model = Sam2::load(&args.sam, &device)?;
+    let model = SamModel::load(&args.sam, &device)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let raster = Raster::open(&args.image)?;
     let info = raster.info().clone();
@@ -79,7 +80,7 @@ fn segmenter(args: &SegmenterBenchArgs) -> anyhow::Result<()> {
         };
         let t = Instant::now();
         let pred = model.predict(&emb, std::slice::from_ref(&prompt), false)?;
-        let _mask = engine::models::sam2::upscale_mask(&pred[0].low_res, (view.image.width, view.image.height));
+        let _mask = model.mask(&emb, &pred[0].low_res);
         decode_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let median = |v: &mut Vec<f64>| {
@@ -91,7 +92,7 @@ fn segmenter(args: &SegmenterBenchArgs) -> anyhow::Result<()> {
     let first_decode = decode_ms.first().copied().unwrap_or(0.0);
     let report = serde_json::json!({
         "framework": "candle",
-        "geometry": model.geometry.name(),
+        "geometry": model.method().to_string(),
         "threads": rayon_threads(),
         "load_ms": load_ms,
         "image": [view.image.width, view.image.height],

@@ -36,7 +36,7 @@ pub enum Command {
     Overviews(OverviewArgs),
     /// Ask a RemoteReasoner checkpoint about a window of a raster (region, vqa, caption).
     Ask(crate::ask::AskArgs),
-    /// Masks for boxes (and clicks) on a raster window: SAM 2.1, or the watershed fallback.
+    /// Masks for boxes (and clicks) on a raster window: SAM 2.1 (or SAM v1 / MobileSAM), or the watershed fallback.
     Segment(crate::segment::SegmentArgs),
     /// Download (`pull`) and list (`list`) checkpoints.
     Models(crate::models::ModelsArgs),

@@ -21,7 +21,8 @@ pub const SEGMENT_PIXEL_BUDGET: usize = 1024 * 1024;
 
 #[derive(Debug, Args)]
 pub struct SegmentArgs {
-    /// SAM 2.1 checkpoint (`sam2.1_hiera_*.pt` or safetensors); without one, the
+    /// SAM checkpoint: SAM 2.1 (`sam2.1_hiera_*.pt`), SAM v1 (`sam_vit_{b,l,h}_*.pth`)
+    /// or MobileSAM (`mobile_sam.pt`), or safetensors of them; without one, the
     /// watershed fallback segments inside each box.
     #[arg(long, env = "RR_SAM")]
     pub sam: Option<PathBuf>,

@@ -8,11 +8,12 @@ pub mod ops;
 pub mod pth;
 pub mod qwen2_5_vl;
 pub mod sam2;
+pub mod sam_v1;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
@@ -200,7 +201,7 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if index.is_file() {
         #[derive(Deserialize)]
         struct Index {
-            weight_map: std::collections::HashMap<String, String>,
+            weight_map: HashMap<String, String>,
         }
         let text = std::fs::read_to_string(&index).map_err(|e| err(format!("cannot read {}: {e}", index.display())))?;
         let parsed: Index =
@@ -238,6 +239,39 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         reason: if e.kind() == std::io::ErrorKind::NotFound { "missing".into() } else { e.to_string() },
     })?;
     serde_json::from_str(&text).map_err(|e| EngineError::Model { path: path.to_owned(), reason: e.to_string() })
+}
+
+/// Every tensor of a single-file checkpoint: a PyTorch `torch.save` archive
+/// (read without executing pickle code; a state dict at the top level or under
+/// `"model"`) or safetensors, told apart by their first bytes.
+pub fn read_checkpoint(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    let err = |reason: String| EngineError::Model { path: path.to_owned(), reason };
+    if !path.is_file() {
+        return Err(EngineError::NotFound { path: path.to_owned() });
+    }
+    let mut head = [0u8; 4];
+    std::io::Read::read_exact(&mut std::fs::File::open(path).map_err(|e| err(e.to_string()))?, &mut head)
+        .map_err(|_| err("file too short to be a checkpoint".into()))?;
+    if &head == b"PK\x03\x04" {
+        pth::read(path, Some("model"), device)
+    } else {
+        candle_core::safetensors::load(path, device)
+            .map_err(|e| err(format!("neither a PyTorch checkpoint nor safetensors: {e}")))
+    }
+}
+
+/// Puts the checkpoint's path on a model error raised while building from tensors.
+pub fn at_path(e: EngineError, path: &Path) -> EngineError {
+    match e {
+        EngineError::Model { reason, .. } => EngineError::Model { path: path.to_owned(), reason },
+        other => other,
+    }
+}
+
+/// The message of an error without the backtrace candle appends when
+/// `RUST_BACKTRACE` is set: what an analyst should read.
+pub fn first_line(e: &impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]

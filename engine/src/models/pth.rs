@@ -42,13 +42,11 @@ fn tensor_infos(path: &Path, key: Option<&str>) -> Result<Vec<TensorInfo>> {
     stack.read_loop(&mut std::io::BufReader::new(entry)).map_err(|e| bad(path, e))?;
     let mut obj = stack.finalize().map_err(|e| bad(path, e))?;
     if let Some(key) = key
-        && let Object::Dict(entries) = obj
+        && let Object::Dict(entries) = &obj
+        && let Some(i) = entries.iter().position(|(k, _)| *k == Object::Unicode(key.to_owned()))
+        && let Object::Dict(mut entries) = obj
     {
-        obj = entries
-            .into_iter()
-            .find(|(k, _)| *k == Object::Unicode(key.to_owned()))
-            .map(|(_, v)| v)
-            .ok_or_else(|| bad(path, format!("no \"{key}\" entry")))?;
+        obj = entries.swap_remove(i).1;
     }
     let Object::Dict(entries) = obj else { return Err(bad(path, "no state dict")) };
     let mut infos = Vec::with_capacity(entries.len());
@@ -60,8 +58,9 @@ fn tensor_infos(path: &Path, key: Option<&str>) -> Result<Vec<TensorInfo>> {
     Ok(infos)
 }
 
-/// Every tensor of the state dict stored under `key` (e.g. `"model"`), or of the
-/// top-level dict when `key` is `None`.
+/// Every tensor of the state dict stored under `key` (e.g. `"model"`, as SAM 2.1
+/// checkpoints hold it), or of the top-level dict when `key` is `None` or the
+/// file has no such entry (plain state dicts, as SAM v1 and MobileSAM ship).
 pub fn read(path: &Path, key: Option<&str>, device: &Device) -> Result<HashMap<String, Tensor>> {
     let infos = tensor_infos(path, key)?;
     if infos.is_empty() {

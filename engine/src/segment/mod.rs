@@ -14,7 +14,8 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
-use crate::models::sam2::{self, ImageEmbedding, Prompt, Sam2};
+use crate::models::sam_v1::{self, Backbone, SamV1};
+use crate::models::sam2::{self, ImageEmbedding, Prediction, Prompt, Sam2};
 use crate::reasoner::parse::PixelBox;
 use crate::reasoner::processor::RgbImage;
 use crate::tiles::Window;
@@ -53,6 +54,8 @@ impl Mask {
 pub enum Method {
     /// SAM 2.1 with the named geometry, e.g. `sam2.1_hiera_tiny`.
     Sam2(String),
+    /// SAM v1 or MobileSAM, e.g. `sam_vit_b`, `mobile_sam`.
+    SamV1(String),
     /// No checkpoint configured: seeded watershed on the colour gradient.
     WatershedFallback,
 }
@@ -60,7 +63,7 @@ pub enum Method {
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Sam2(name) => write!(f, "{name}"),
+            Self::Sam2(name) | Self::SamV1(name) => write!(f, "{name}"),
             Self::WatershedFallback => write!(f, "watershed fallback (no SAM checkpoint)"),
         }
     }
@@ -139,30 +142,90 @@ impl EmbeddingCache {
     }
 }
 
-/// SAM 2.1 with an embedding cache.
+/// A promptable Segment Anything model: SAM 2.1 (what RemoteReasoner uses) or
+/// the SAM v1 / MobileSAM alternatives.
 #[derive(Debug)]
-pub struct Sam2Segmenter {
-    model: Sam2,
+pub enum SamModel {
+    V2(Sam2),
+    V1(SamV1),
+}
+
+impl SamModel {
+    /// Loads any supported checkpoint (`.pt`/`.pth` or safetensors), telling the
+    /// family apart by its tensor names.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let tensors = crate::models::read_checkpoint(path, device)?;
+        if !Backbone::is_v1(&tensors) && !tensors.contains_key("sam_mask_decoder.iou_token.weight") {
+            return Err(EngineError::Model {
+                path: path.to_owned(),
+                reason: "not a Segment Anything checkpoint: it has neither SAM 2.1's sam_mask_decoder.* nor SAM v1 / MobileSAM's mask_decoder.* tensors".into(),
+            });
+        }
+        let model = if Backbone::is_v1(&tensors) {
+            SamV1::from_tensors(tensors, device).map(Self::V1)
+        } else {
+            Sam2::from_tensors(tensors, device).map(Self::V2)
+        };
+        model.map_err(|e| crate::models::at_path(e, path))
+    }
+
+    pub fn method(&self) -> Method {
+        match self {
+            Self::V2(m) => Method::Sam2(m.geometry.name().to_owned()),
+            Self::V1(m) => Method::SamV1(m.backbone.name()),
+        }
+    }
+
+    pub fn encode(&self, image: &RgbImage) -> Result<ImageEmbedding> {
+        match self {
+            Self::V2(m) => m.encode(image),
+            Self::V1(m) => m.encode(image),
+        }
+    }
+
+    pub fn predict(&self, emb: &ImageEmbedding, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
+        match self {
+            Self::V2(m) => m.predict(emb, prompts, multimask),
+            Self::V1(m) => m.predict(emb, prompts, multimask),
+        }
+    }
+
+    /// A prediction's low-res logits as a mask at the encoded image's size, with
+    /// the model's own post-processing.
+    pub fn mask(&self, emb: &ImageEmbedding, low_res: &[f32]) -> Mask {
+        let (w, h) = emb.original;
+        let data = match self {
+            Self::V2(_) => sam2::upscale_mask(low_res, (w, h)),
+            Self::V1(_) => sam_v1::upscale_mask(low_res, emb.input_size, (w, h)),
+        };
+        Mask { width: w, height: h, data }
+    }
+}
+
+/// A SAM with an embedding cache.
+#[derive(Debug)]
+pub struct SamSegmenter {
+    model: SamModel,
     pub cache: EmbeddingCache,
     current: Option<Arc<ImageEmbedding>>,
 }
 
-impl Sam2Segmenter {
+impl SamSegmenter {
     /// Default memory cap of the embedding cache (a tiny-model encoding is 17 MB).
     pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
 
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        Ok(Self::new(Sam2::load(path, device)?))
+        Ok(Self::new(SamModel::load(path, device)?))
     }
 
-    pub fn new(model: Sam2) -> Self {
+    pub fn new(model: SamModel) -> Self {
         Self { model, cache: EmbeddingCache::new(Self::DEFAULT_CACHE_BYTES), current: None }
     }
 }
 
-impl Segmenter for Sam2Segmenter {
+impl Segmenter for SamSegmenter {
     fn method(&self) -> Method {
-        Method::Sam2(self.model.geometry.name().to_owned())
+        self.model.method()
     }
 
     fn set_image(&mut self, key: Option<ImageKey>, image: &RgbImage) -> Result<bool> {
@@ -200,13 +263,12 @@ impl Segmenter for Sam2Segmenter {
             }
             all
         };
-        let (w, h) = emb.original;
         Ok(preds
             .into_iter()
             .map(|p| Segment {
-                mask: Mask { width: w, height: h, data: sam2::upscale_mask(&p.low_res, (w, h)) },
+                mask: self.model.mask(&emb, &p.low_res),
                 iou: Some(p.iou),
-                object_score: Some(p.object_score),
+                object_score: p.object_score,
                 low_res: Some(p.low_res),
             })
             .collect())
@@ -254,7 +316,7 @@ impl Segmenter for WatershedSegmenter {
 /// A segmenter from a checkpoint path, or the fallback without one.
 pub fn load_segmenter(path: Option<&Path>, device: &Device) -> Result<Box<dyn Segmenter>> {
     Ok(match path {
-        Some(p) => Box::new(Sam2Segmenter::load(p, device)?),
+        Some(p) => Box::new(SamSegmenter::load(p, device)?),
         None => Box::new(WatershedSegmenter::default()),
     })
 }
@@ -364,9 +426,12 @@ mod tests {
         let emb = || {
             Arc::new(ImageEmbedding {
                 image: candle_core::Tensor::zeros((1, 4, 2, 2), candle_core::DType::F32, &dev).unwrap(),
-                s0: candle_core::Tensor::zeros((1, 2, 2, 2), candle_core::DType::F32, &dev).unwrap(),
-                s1: candle_core::Tensor::zeros((1, 2, 2, 2), candle_core::DType::F32, &dev).unwrap(),
+                high_res: Some((
+                    candle_core::Tensor::zeros((1, 2, 2, 2), candle_core::DType::F32, &dev).unwrap(),
+                    candle_core::Tensor::zeros((1, 2, 2, 2), candle_core::DType::F32, &dev).unwrap(),
+                )),
                 original: (8, 8),
+                input_size: (1024, 1024),
                 side: None,
             })
         };

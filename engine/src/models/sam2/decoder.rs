@@ -2,6 +2,10 @@
 //! and mask decoder (two-way transformer, high-resolution skip features, IoU and
 //! object-score heads, dynamic multimask via stability). Tensor names follow the
 //! checkpoint (`sam_prompt_encoder.*`, `sam_mask_decoder.*`).
+//!
+//! SAM v1 (and MobileSAM) use the same two modules without SAM 2's additions
+//! (no object-score token, no skip features, raw IoU, plain single-mask output),
+//! under `prompt_encoder.*` / `mask_decoder.*`: [`Generation::V1`] selects that.
 
 use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, conv2d, layer_norm, linear};
@@ -72,6 +76,12 @@ impl Mlp {
             .map(|(i, d)| linear(d[0], d[1], vb.pp(format!("layers.{i}"))))
             .collect::<Result<_>>()?;
         Ok(Self { layers, relu, sigmoid })
+    }
+
+    /// SAM v1's two-layer ReLU `MLPBlock` (`lin1`, `lin2`).
+    fn block(dims: [usize; 3], vb: VarBuilder) -> Result<Self> {
+        let layers = vec![linear(dims[0], dims[1], vb.pp("lin1"))?, linear(dims[1], dims[2], vb.pp("lin2"))?];
+        Ok(Self { layers, relu: true, sigmoid: false })
     }
 }
 
@@ -155,14 +165,17 @@ impl PromptEncoder {
         self.pe_encoding(&coords)?.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()
     }
 
-    /// Sparse embeddings (B, N, embed_dim) of point prompts (B of them, same N),
-    /// with the padding point SAM appends when no separate box is given.
-    pub fn embed_points(&self, prompts: &[PointPrompt], dev: &Device) -> Result<Tensor> {
-        let n = prompts[0].coords.len() + 1;
+    /// Sparse embeddings (B, N, embed_dim) of point prompts (B of them, same N).
+    /// `pad` appends the padding point SAM adds when no separate box is given
+    /// (SAM 2's predictor always passes boxes as points, so always; SAM v1 only
+    /// without a box).
+    pub fn embed_points(&self, prompts: &[PointPrompt], pad: bool, dev: &Device) -> Result<Tensor> {
+        let n = prompts[0].coords.len() + usize::from(pad);
         let mut coords = Vec::with_capacity(prompts.len() * n * 2);
         let mut labels = Vec::with_capacity(prompts.len() * n);
+        let padding = pad.then_some((&(0.0, 0.0), &-1));
         for p in prompts {
-            for (&(x, y), &l) in p.coords.iter().zip(&p.labels).chain(std::iter::once((&(0.0, 0.0), &-1))) {
+            for (&(x, y), &l) in p.coords.iter().zip(&p.labels).chain(padding) {
                 let pad = l == -1;
                 // Shift to the pixel centre, then normalise by the input size.
                 coords.push(if pad { 0.5 } else { x + 0.5 } / self.input_size);
@@ -277,13 +290,17 @@ struct TwoWayBlock {
 }
 
 impl TwoWayBlock {
-    fn new(dim: usize, heads: usize, mlp_dim: usize, skip_first_pe: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(dim: usize, mlp_dim: usize, skip_first_pe: bool, generation: Generation, vb: VarBuilder) -> Result<Self> {
+        let heads = 8;
         Ok(Self {
             self_attn: Attention::new(dim, heads, 1, vb.pp("self_attn"))?,
             norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
             token_to_image: Attention::new(dim, heads, 2, vb.pp("cross_attn_token_to_image"))?,
             norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
-            mlp: Mlp::new(&[dim, mlp_dim, dim], true, false, vb.pp("mlp"))?,
+            mlp: match generation {
+                Generation::V2 => Mlp::new(&[dim, mlp_dim, dim], true, false, vb.pp("mlp"))?,
+                Generation::V1 => Mlp::block([dim, mlp_dim, dim], vb.pp("mlp"))?,
+            },
             norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
             norm4: layer_norm(dim, 1e-5, vb.pp("norm4"))?,
             image_to_token: Attention::new(dim, heads, 2, vb.pp("cross_attn_image_to_token"))?,
@@ -331,46 +348,66 @@ impl TwoWayBlock {
 pub struct DecoderOutput {
     /// (B, M, 4g, 4g) mask logits.
     pub low_res: Tensor,
-    /// (B, M) predicted IoU (through a sigmoid).
+    /// (B, M) predicted IoU (SAM 2: through a sigmoid; SAM v1: raw).
     pub iou: Tensor,
-    /// (B, 1) object-score logits.
-    pub object_score: Tensor,
+    /// (B, 1) object-score logits (SAM 2 only).
+    pub object_score: Option<Tensor>,
+}
+
+/// Which SAM the decoder belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Generation {
+    /// SAM v1 / MobileSAM: `mask_decoder.*`.
+    V1,
+    /// SAM 2 / 2.1: `sam_mask_decoder.*`, object score, skip features, sigmoid IoU.
+    V2,
 }
 
 /// The mask decoder.
 #[derive(Debug, Clone)]
 pub struct MaskDecoder {
+    generation: Generation,
     blocks: Vec<TwoWayBlock>,
     final_attn: Attention,
     norm_final: LayerNorm,
+    /// [object-score (V2)], IoU, 4 mask tokens.
     tokens: Tensor,
     upscale: (Upsample2x, LayerNorm2d, Upsample2x),
-    pub conv_s0: Conv2d,
-    pub conv_s1: Conv2d,
+    /// Projections of the high-resolution features (V2).
+    pub conv_s: Option<(Conv2d, Conv2d)>,
     hyper: Vec<Mlp>,
     iou_head: Mlp,
-    obj_head: Mlp,
+    obj_head: Option<Mlp>,
     stability_delta: f32,
     stability_thresh: f32,
 }
 
 impl MaskDecoder {
-    /// `vb` at `sam_mask_decoder`.
-    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    /// `vb` at `sam_mask_decoder` (V2) or `mask_decoder` (V1).
+    pub fn new(dim: usize, generation: Generation, vb: VarBuilder) -> Result<Self> {
+        let v2 = generation == Generation::V2;
         let t = vb.pp("transformer");
         let blocks = (0..2)
-            .map(|i| TwoWayBlock::new(dim, 8, 2048, i == 0, t.pp(format!("layers.{i}"))))
+            .map(|i| TwoWayBlock::new(dim, 2048, i == 0, generation, t.pp(format!("layers.{i}"))))
             .collect::<Result<_>>()?;
-        let tokens = Tensor::cat(
-            &[
-                vb.get((1, dim), "obj_score_token.weight")?,
-                vb.get((1, dim), "iou_token.weight")?,
-                vb.get((4, dim), "mask_tokens.weight")?,
-            ],
-            0,
-        )?;
+        let mut tokens = Vec::with_capacity(3);
+        if v2 {
+            tokens.push(vb.get((1, dim), "obj_score_token.weight")?);
+        }
+        tokens.push(vb.get((1, dim), "iou_token.weight")?);
+        tokens.push(vb.get((4, dim), "mask_tokens.weight")?);
+        let tokens = Tensor::cat(&tokens, 0)?;
         let u = vb.pp("output_upscaling");
+        let conv_s = if v2 {
+            Some((
+                conv2d(dim, dim / 8, 1, Default::default(), vb.pp("conv_s0"))?,
+                conv2d(dim, dim / 4, 1, Default::default(), vb.pp("conv_s1"))?,
+            ))
+        } else {
+            None
+        };
         Ok(Self {
+            generation,
             blocks,
             final_attn: Attention::new(dim, 8, 2, t.pp("final_attn_token_to_image"))?,
             norm_final: layer_norm(dim, 1e-5, t.pp("norm_final_attn"))?,
@@ -380,15 +417,18 @@ impl MaskDecoder {
                 LayerNorm2d::new(dim / 4, u.pp("1"))?,
                 Upsample2x::new(dim / 4, dim / 8, u.pp("3"))?,
             ),
-            conv_s0: conv2d(dim, dim / 8, 1, Default::default(), vb.pp("conv_s0"))?,
-            conv_s1: conv2d(dim, dim / 4, 1, Default::default(), vb.pp("conv_s1"))?,
+            conv_s,
             hyper: (0..4)
                 .map(|i| {
                     Mlp::new(&[dim, dim, dim, dim / 8], true, false, vb.pp(format!("output_hypernetworks_mlps.{i}")))
                 })
                 .collect::<Result<_>>()?,
-            iou_head: Mlp::new(&[dim, 256, 256, 4], true, true, vb.pp("iou_prediction_head"))?,
-            obj_head: Mlp::new(&[dim, dim, dim, 1], true, false, vb.pp("pred_obj_score_head"))?,
+            iou_head: Mlp::new(&[dim, 256, 256, 4], true, v2, vb.pp("iou_prediction_head"))?,
+            obj_head: if v2 {
+                Some(Mlp::new(&[dim, dim, dim, 1], true, false, vb.pp("pred_obj_score_head"))?)
+            } else {
+                None
+            },
             stability_delta: 0.05,
             stability_thresh: 0.98,
         })
@@ -409,11 +449,12 @@ impl MaskDecoder {
     }
 
     /// Masks for `sparse` prompts (B, N, d) on one image: `image` (1, d, g, g)
-    /// with `dense` (B, d, g, g) added, `key_pe` (1, g·g, d), and the projected
+    /// with `dense` (B, d, g, g) added, `key_pe` (1, g·g, d), and (V2) the projected
     /// high-resolution features `(s0, s1)`. `side`, when the prompts carry no mask,
     /// is the image's precomputed first-block projections (same result, less work).
     /// With `multimask`, the three multimask outputs; otherwise one mask per
-    /// prompt, falling back to the best multimask output when the single one is unstable.
+    /// prompt (V2: falling back to the best multimask output when the single one
+    /// is unstable).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -422,12 +463,14 @@ impl MaskDecoder {
         sparse: &Tensor,
         dense: &Tensor,
         side: Option<&ImageSide>,
-        high_res: (&Tensor, &Tensor),
+        high_res: Option<(&Tensor, &Tensor)>,
         multimask: bool,
     ) -> Result<DecoderOutput> {
         let (b, _, _) = sparse.dims3()?;
         let (_, c, h, w) = image.dims4()?;
-        let tokens = Tensor::cat(&[self.tokens.unsqueeze(0)?.broadcast_as((b, 6, c))?, sparse.clone()], 1)?;
+        let nt = self.tokens.dim(0)?;
+        let first_mask = nt - 4; // index of the first mask token; the IoU token is just before
+        let tokens = Tensor::cat(&[self.tokens.unsqueeze(0)?.broadcast_as((b, nt, c))?, sparse.clone()], 1)?;
         let keys0 = match side {
             Some(s) => s.keys.clone(), // unused by the cached first block
             None => image.broadcast_add(dense)?.flatten_from(2)?.transpose(1, 2)?.contiguous()?, // (b, hw, c)
@@ -444,18 +487,28 @@ impl MaskDecoder {
         let queries = self.norm_final.forward(&(&queries + self.final_attn.forward(&q, &k, &keys)?)?)?;
 
         let src = keys.transpose(1, 2)?.reshape((b, c, h, w))?;
-        let (s0, s1) = high_res;
         let (dc1, ln1, dc2) = &self.upscale;
-        let up = ops::gelu_erf(&ln1.forward(&dc1.forward(&src)?.broadcast_add(s1)?)?)?;
-        let up = ops::gelu_erf(&dc2.forward(&up)?.broadcast_add(s0)?)?; // (b, c/8, 4h, 4w)
+        let up = match high_res {
+            Some((s0, s1)) => {
+                let up = ops::gelu_erf(&ln1.forward(&dc1.forward(&src)?.broadcast_add(s1)?)?)?;
+                ops::gelu_erf(&dc2.forward(&up)?.broadcast_add(s0)?)?
+            }
+            None => ops::gelu_erf(&dc2.forward(&ops::gelu_erf(&ln1.forward(&dc1.forward(&src)?)?)?)?)?,
+        }; // (b, c/8, 4h, 4w)
         let (_, uc, uh, uw) = up.dims4()?;
-        let hyper = (0..4).map(|i| self.hyper[i].forward(&queries.i((.., 2 + i, ..))?)).collect::<Result<Vec<_>>>()?;
+        let hyper =
+            (0..4).map(|i| self.hyper[i].forward(&queries.i((.., first_mask + i, ..))?)).collect::<Result<Vec<_>>>()?;
         let hyper = Tensor::stack(&hyper, 1)?; // (b, 4, c/8)
         let masks = hyper.matmul(&up.reshape((b, uc, uh * uw))?)?.reshape((b, 4, uh, uw))?;
-        let iou = self.iou_head.forward(&queries.i((.., 1, ..))?)?; // (b, 4)
-        let object_score = self.obj_head.forward(&queries.i((.., 0, ..))?)?; // (b, 1)
+        let iou = self.iou_head.forward(&queries.i((.., first_mask - 1, ..))?)?; // (b, 4)
+        let object_score = match &self.obj_head {
+            Some(head) => Some(head.forward(&queries.i((.., 0, ..))?)?), // (b, 1)
+            None => None,
+        };
         let (low_res, iou) = if multimask {
             (masks.narrow(1, 1, 3)?, iou.narrow(1, 1, 3)?)
+        } else if self.generation == Generation::V1 {
+            (masks.narrow(1, 0, 1)?, iou.narrow(1, 0, 1)?)
         } else {
             self.dynamic_multimask(&masks, &iou)?
         };

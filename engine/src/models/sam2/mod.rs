@@ -17,7 +17,7 @@ use candle_nn::VarBuilder;
 use crate::error::{EngineError, Result};
 use crate::models::ops;
 use crate::reasoner::processor::RgbImage;
-use decoder::{MaskDecoder, PointPrompt, PromptEncoder};
+use decoder::{Generation, MaskDecoder, PointPrompt, PromptEncoder};
 use hiera::{FpnNeck, Hiera, HieraConfig};
 
 /// Side of the square the encoder sees.
@@ -78,13 +78,15 @@ impl Geometry {
 /// An image run through the encoder: what every prompt on it reuses.
 #[derive(Debug, Clone)]
 pub struct ImageEmbedding {
-    /// (1, 256, 64, 64), `no_mem_embed` added.
+    /// (1, 256, 64, 64); SAM 2: `no_mem_embed` added.
     pub image: Tensor,
-    /// Projected high-resolution features (1, 32, 256, 256) and (1, 64, 128, 128).
-    pub s0: Tensor,
-    pub s1: Tensor,
+    /// SAM 2's projected high-resolution features (1, 32, 256, 256) and (1, 64, 128, 128).
+    pub high_res: Option<(Tensor, Tensor)>,
     /// (width, height) of the image given.
     pub original: (usize, usize),
+    /// (width, height) it was resized to inside the 1024² encoder frame: SAM 2
+    /// stretches to the whole square, SAM v1 keeps the aspect (longest side 1024).
+    pub input_size: (usize, usize),
     /// The decoder's prompt-independent first-block work for this image.
     pub side: Option<decoder::ImageSide>,
 }
@@ -92,7 +94,9 @@ pub struct ImageEmbedding {
 impl ImageEmbedding {
     /// Bytes held, for the embedding cache's accounting.
     pub fn byte_size(&self) -> usize {
-        [&self.image, &self.s0, &self.s1].iter().map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum::<usize>()
+        let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        bytes(&self.image)
+            + self.high_res.as_ref().map_or(0, |(a, b)| bytes(a) + bytes(b))
             + self.side.as_ref().map_or(0, decoder::ImageSide::byte_size)
     }
 }
@@ -114,7 +118,8 @@ pub struct Prediction {
     /// 256×256 mask logits (row-major).
     pub low_res: Vec<f32>,
     pub iou: f32,
-    pub object_score: f32,
+    /// Object-score logit (SAM 2 only).
+    pub object_score: Option<f32>,
 }
 
 /// A loaded SAM 2.1 model.
@@ -139,22 +144,8 @@ impl Sam2 {
     /// Loads an official `.pt` checkpoint (`{"model": state_dict}`) or a
     /// safetensors file with the same tensor names.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        if !path.is_file() {
-            return Err(EngineError::NotFound { path: path.to_owned() });
-        }
-        let mut head = [0u8; 4];
-        std::io::Read::read_exact(&mut std::fs::File::open(path).map_err(|e| model_err(path, e))?, &mut head)
-            .map_err(|_| model_err(path, "file too short to be a checkpoint"))?;
-        let tensors = if &head == b"PK\x03\x04" {
-            crate::models::pth::read(path, Some("model"), device)?
-        } else {
-            candle_core::safetensors::load(path, device)
-                .map_err(|e| model_err(path, format!("neither a PyTorch checkpoint nor safetensors: {e}")))?
-        };
-        Self::from_tensors(tensors, device).map_err(|e| match e {
-            EngineError::Model { reason, .. } => model_err(path, reason),
-            other => other,
-        })
+        let tensors = crate::models::read_checkpoint(path, device)?;
+        Self::from_tensors(tensors, device).map_err(|e| crate::models::at_path(e, path))
     }
 
     /// Builds the model from named tensors (the checkpoint's names).
@@ -163,14 +154,17 @@ impl Sam2 {
         let cfg = geometry.hiera();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         let shape_err = |e: candle_core::Error| {
-            model_err(Path::new("checkpoint"), format!("weights do not match {}: {e}", geometry.name()))
+            model_err(
+                Path::new("checkpoint"),
+                format!("weights do not match {}: {}", geometry.name(), crate::models::first_line(&e)),
+            )
         };
         let grid = IMAGE_SIZE / 4;
         let trunk = Hiera::new(&cfg, (grid, grid), vb.pp("image_encoder.trunk")).map_err(shape_err)?;
         let neck = FpnNeck::new(&cfg.channel_list(), EMBED_DIM, vb.pp("image_encoder.neck")).map_err(shape_err)?;
         let prompt_encoder = PromptEncoder::new(EMBED_DIM, IMAGE_SIZE / 16, IMAGE_SIZE, vb.pp("sam_prompt_encoder"))
             .map_err(shape_err)?;
-        let decoder = MaskDecoder::new(EMBED_DIM, vb.pp("sam_mask_decoder")).map_err(shape_err)?;
+        let decoder = MaskDecoder::new(EMBED_DIM, Generation::V2, vb.pp("sam_mask_decoder")).map_err(shape_err)?;
         let no_mem_embed =
             vb.get((1, 1, EMBED_DIM), "no_mem_embed").map_err(shape_err)?.reshape((1, EMBED_DIM, 1, 1))?;
         let key_pe = prompt_encoder.dense_pe()?.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
@@ -207,11 +201,19 @@ impl Sam2 {
         let x = self.preprocess(img)?;
         let stages = self.trunk.forward(&x)?;
         let fpn = self.neck.forward(&stages)?;
-        let s0 = self.decoder.conv_s0.forward(&fpn[0])?;
-        let s1 = self.decoder.conv_s1.forward(&fpn[1])?;
+        let high_res = match &self.decoder.conv_s {
+            Some((c0, c1)) => Some((c0.forward(&fpn[0])?, c1.forward(&fpn[1])?)),
+            None => None,
+        };
         let image = fpn[2].broadcast_add(&self.no_mem_embed)?;
         let side = self.decoder.image_side(&image, &self.prompt_encoder.embed_mask(None, 1)?, &self.key_pe)?;
-        Ok(ImageEmbedding { image, s0, s1, original: (img.width, img.height), side: Some(side) })
+        Ok(ImageEmbedding {
+            image,
+            high_res,
+            original: (img.width, img.height),
+            input_size: (IMAGE_SIZE, IMAGE_SIZE),
+            side: Some(side),
+        })
     }
 
     /// Masks for prompts on an encoded image, one per prompt. Every prompt must
@@ -220,32 +222,75 @@ impl Sam2 {
     /// `SAM2ImagePredictor` does. `multimask` returns the best of the three
     /// multimask outputs; otherwise one mask with the stability fallback.
     pub fn predict(&self, emb: &ImageEmbedding, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
+        let heads = Heads { prompt_encoder: &self.prompt_encoder, decoder: &self.decoder, key_pe: &self.key_pe };
+        heads.predict(emb, prompts, multimask, Generation::V2)
+    }
+}
+
+/// The prompt side both SAM generations share: prompt encoder, mask decoder and
+/// the positional encoding of the image grid.
+pub(crate) struct Heads<'a> {
+    pub prompt_encoder: &'a PromptEncoder,
+    pub decoder: &'a MaskDecoder,
+    /// (1, g·g, 256).
+    pub key_pe: &'a Tensor,
+}
+
+impl Heads<'_> {
+    /// Prompts (pixels of the image given) → predictions. SAM 2 puts a box's
+    /// corners before the points and always pads; SAM v1 puts them after the
+    /// points and pads only without a box.
+    pub fn predict(
+        &self,
+        emb: &ImageEmbedding,
+        prompts: &[Prompt],
+        multimask: bool,
+        generation: Generation,
+    ) -> Result<Vec<Prediction>> {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
+        let device = emb.image.device();
         let (w, h) = emb.original;
-        let (sx, sy) = (IMAGE_SIZE as f32 / w as f32, IMAGE_SIZE as f32 / h as f32);
+        let (sx, sy) = (emb.input_size.0 as f32 / w as f32, emb.input_size.1 as f32 / h as f32);
         let points: Vec<PointPrompt> = prompts
             .iter()
             .map(|p| {
                 let mut coords = Vec::new();
                 let mut labels = Vec::new();
-                if let Some([x1, y1, x2, y2]) = p.bbox {
-                    coords.extend([(x1 * sx, y1 * sy), (x2 * sx, y2 * sy)]);
+                let corners = p.bbox.map(|[x1, y1, x2, y2]| [(x1 * sx, y1 * sy), (x2 * sx, y2 * sy)]);
+                if generation == Generation::V2
+                    && let Some(c) = corners
+                {
+                    coords.extend(c);
                     labels.extend([2, 3]);
                 }
                 for &(x, y, positive) in &p.points {
                     coords.push((x * sx, y * sy));
                     labels.push(i32::from(positive));
                 }
+                if generation == Generation::V1
+                    && let Some(c) = corners
+                {
+                    coords.extend(c);
+                    labels.extend([2, 3]);
+                }
                 PointPrompt { coords, labels }
             })
             .collect();
         let n = points[0].coords.len();
-        if points.iter().any(|p| p.coords.len() != n) {
-            return Err(EngineError::InvalidRequest("prompts decoded together need the same number of points".into()));
+        if points.iter().any(|p| p.coords.len() != n)
+            || prompts.iter().any(|p| p.bbox.is_some() != prompts[0].bbox.is_some())
+        {
+            return Err(EngineError::InvalidRequest(
+                "prompts decoded together need the same number of points and all or none with a box".into(),
+            ));
         }
-        let sparse = self.prompt_encoder.embed_points(&points, &self.device)?;
+        if n == 0 {
+            return Err(EngineError::InvalidRequest("a prompt needs a box or at least one point".into()));
+        }
+        let pad = generation == Generation::V2 || prompts[0].bbox.is_none();
+        let sparse = self.prompt_encoder.embed_points(&points, pad, device)?;
         let masks: Option<Vec<f32>> = if prompts.iter().all(|p| p.mask_input.is_some()) {
             Some(prompts.iter().flat_map(|p| p.mask_input.clone().unwrap_or_default()).collect())
         } else if prompts.iter().any(|p| p.mask_input.is_some()) {
@@ -255,7 +300,7 @@ impl Sam2 {
         };
         let mask_tensor = match masks {
             Some(m) if m.len() == prompts.len() * LOW_RES * LOW_RES => {
-                Some(Tensor::from_vec(m, (prompts.len(), 1, LOW_RES, LOW_RES), &self.device)?)
+                Some(Tensor::from_vec(m, (prompts.len(), 1, LOW_RES, LOW_RES), device)?)
             }
             Some(_) => {
                 return Err(EngineError::InvalidRequest(format!("a mask input must be {LOW_RES}×{LOW_RES} logits")));
@@ -264,16 +309,16 @@ impl Sam2 {
         };
         let dense = self.prompt_encoder.embed_mask(mask_tensor.as_ref(), prompts.len())?;
         let side = if mask_tensor.is_none() { emb.side.as_ref() } else { None };
-        let out =
-            self.decoder.forward(&emb.image, &self.key_pe, &sparse, &dense, side, (&emb.s0, &emb.s1), multimask)?;
+        let high_res = emb.high_res.as_ref().map(|(a, b)| (a, b));
+        let out = self.decoder.forward(&emb.image, self.key_pe, &sparse, &dense, side, high_res, multimask)?;
         let ious: Vec<Vec<f32>> = out.iou.to_vec2()?;
-        let scores: Vec<Vec<f32>> = out.object_score.to_vec2()?;
+        let scores: Option<Vec<Vec<f32>>> = out.object_score.map(|t| t.to_vec2()).transpose()?;
         let mut preds = Vec::with_capacity(prompts.len());
-        for (i, (iou, score)) in ious.iter().zip(&scores).enumerate() {
+        for (i, iou) in ious.iter().enumerate() {
             // Multimask: the output with the highest predicted IoU.
             let k = (0..iou.len()).fold(0, |best, j| if iou[j] > iou[best] { j } else { best });
             let low_res: Vec<f32> = out.low_res.get(i)?.get(k)?.flatten_all()?.to_vec1()?;
-            preds.push(Prediction { low_res, iou: iou[k], object_score: score[0] });
+            preds.push(Prediction { low_res, iou: iou[k], object_score: scores.as_ref().map(|s| s[i][0]) });
         }
         Ok(preds)
     }
