@@ -8,9 +8,13 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use engine::models::sam2::{self, Prompt, Sam2};
+use engine::models::sam2::{self, Sam2};
 use engine::reasoner::processor::RgbImage;
 use serde_json::Value;
+
+#[path = "common/sam_cases.rs"]
+mod sam_cases;
+use sam_cases::*;
 
 fn dir() -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sam2_tiny");
@@ -34,49 +38,7 @@ fn model() -> Sam2 {
 }
 
 fn image() -> RgbImage {
-    let img = image::open(dir().join("image.png")).unwrap().to_rgb8();
-    RgbImage::new(img.width() as usize, img.height() as usize, img.into_raw()).unwrap()
-}
-
-fn mask_png(name: &str) -> Vec<bool> {
-    image::open(dir().join(name)).unwrap().to_luma8().into_raw().into_iter().map(|v| v > 127).collect()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn prompts(case: &Value) -> Vec<Prompt> {
-    let boxes = case["boxes"].as_array().unwrap();
-    boxes
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let b = f32s(b);
-            let points = case["points"][i].as_array().unwrap();
-            let labels = case["labels"][i].as_array().unwrap();
-            Prompt {
-                bbox: Some([b[0], b[1], b[2], b[3]]),
-                points: points
-                    .iter()
-                    .zip(labels)
-                    .map(|(p, l)| {
-                        let p = f32s(p);
-                        (p[0], p[1], l.as_i64().unwrap() == 1)
-                    })
-                    .collect(),
-                mask_input: None,
-            }
-        })
-        .collect()
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-fn agreement(a: &[bool], b: &[bool]) -> f64 {
-    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+    rgb_png(&dir().join("image.png"))
 }
 
 #[test]
@@ -110,20 +72,7 @@ fn masks_logits_and_scores_equal_sam2() {
     let m = model();
     let img = image();
     let emb = m.encode(&img).unwrap();
-    let sample: Vec<f32> = emb
-        .image
-        .get(0)
-        .unwrap()
-        .narrow(0, 0, 4)
-        .unwrap()
-        .narrow(1, 10, 1)
-        .unwrap()
-        .narrow(2, 20, 1)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let sample = embed_sample(&emb);
     let d = max_abs(&sample, &f32s(&exp["image_embed_sample"]));
     let mean_abs = emb.image.abs().unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
     eprintln!("image embedding: sample max |Δ| = {d:e}, mean |x| {mean_abs} vs {}", exp["image_embed_mean_abs"]);
@@ -145,7 +94,7 @@ fn masks_logits_and_scores_equal_sam2() {
             let d = max_abs(&p.low_res, &w);
             let iou = c["iou"][i].as_f64().unwrap() as f32;
             let mask = sam2::upscale_mask(&p.low_res, (500, 340));
-            let agree = agreement(&mask, &mask_png(&format!("{case}_mask{i}.png")));
+            let agree = agreement(&mask, &mask_png(&dir().join(format!("{case}_mask{i}.png"))));
             eprintln!("{case}[{i}]: low-res max |Δ| = {d:e}, IoU {} vs {iou}, mask agreement {:.5}", p.iou, agree);
             assert!(d < 1e-3, "{case}[{i}] low-res logits differ by {d}");
             assert!((p.iou - iou).abs() < 1e-4, "{case}[{i}] IoU {} vs {iou}", p.iou);

@@ -10,10 +10,14 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use engine::models::sam_v1::SamV1;
-use engine::models::sam2::{self, ImageEmbedding, Prompt};
+use engine::models::sam2;
 use engine::reasoner::processor::RgbImage;
 use engine::segment::{Method, SamModel};
 use serde_json::Value;
+
+#[path = "common/sam_cases.rs"]
+mod sam_cases;
+use sam_cases::*;
 
 fn dir() -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sam_v1");
@@ -36,66 +40,7 @@ fn model(kind: &str) -> SamModel {
 }
 
 fn image() -> RgbImage {
-    let img = image::open(dir().join("../sam2_tiny/image.png")).unwrap().to_rgb8();
-    RgbImage::new(img.width() as usize, img.height() as usize, img.into_raw()).unwrap()
-}
-
-fn mask_png(name: &str) -> Vec<bool> {
-    image::open(dir().join(name)).unwrap().to_luma8().into_raw().into_iter().map(|v| v > 127).collect()
-}
-
-fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
-}
-
-fn prompts(case: &Value) -> Vec<Prompt> {
-    let boxes = case["boxes"].as_array().unwrap();
-    boxes
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let b = f32s(b);
-            let labels = case["labels"][i].as_array().unwrap();
-            Prompt {
-                bbox: Some([b[0], b[1], b[2], b[3]]),
-                points: case["points"][i]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .zip(labels)
-                    .map(|(p, l)| {
-                        let p = f32s(p);
-                        (p[0], p[1], l.as_i64().unwrap() == 1)
-                    })
-                    .collect(),
-                mask_input: None,
-            }
-        })
-        .collect()
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
-fn agreement(a: &[bool], b: &[bool]) -> f64 {
-    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
-}
-
-fn embed_sample(emb: &ImageEmbedding) -> Vec<f32> {
-    emb.image
-        .get(0)
-        .unwrap()
-        .narrow(0, 0, 4)
-        .unwrap()
-        .narrow(1, 10, 1)
-        .unwrap()
-        .narrow(2, 20, 1)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    rgb_png(&dir().join("../sam2_tiny/image.png"))
 }
 
 /// Runs every fixture case against the reference: embedding, low-res logits,
@@ -132,7 +77,7 @@ fn check(kind: &str, want_method: &str, logit_tol: f32) {
             let iou = c["iou"][i].as_f64().unwrap() as f32;
             let mask = m.mask(&emb, &p.low_res);
             assert_eq!((mask.width, mask.height), (500, 340));
-            let agree = agreement(&mask.data, &mask_png(&format!("{kind}_{case}_mask{i}.png")));
+            let agree = agreement(&mask.data, &mask_png(&dir().join(format!("{kind}_{case}_mask{i}.png"))));
             eprintln!("{kind} {case}[{i}]: low-res max |Δ| = {d:e}, IoU {} vs {iou}, mask agreement {agree:.5}", p.iou);
             assert!(p.object_score.is_none(), "SAM v1 has no object score");
             assert!(d < logit_tol, "{kind} {case}[{i}] low-res logits differ by {d}");

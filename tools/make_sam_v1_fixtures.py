@@ -38,7 +38,7 @@ from segment_anything.build_sam import _build_sam
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_sam2_fixtures import GOLDEN, SEED, splitmix_uniform  # noqa: E402
+from make_sam2_fixtures import GOLDEN, SEED, fill  # noqa: E402  (the same seeded generator)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIP = ("image_encoder.head.", "image_encoder.norm_head.")  # TinyViT's classifier, unused by SAM
@@ -101,18 +101,6 @@ def init_spec(model):
         spec.append((name, shape, centre, amp))
     return spec
 
-
-def fill(model, spec):
-    state = model.state_dict()
-    offset, entries = 0, []
-    for name, shape, centre, amp in spec:
-        n = int(np.prod(shape))
-        values = centre + amp * (2.0 * splitmix_uniform(offset, n) - 1.0)
-        state[name] = torch.from_numpy(values.astype(np.float32).reshape(shape))
-        entries.append({"name": name, "shape": shape, "offset": offset, "centre": centre, "amplitude": amp})
-        offset += n
-    model.load_state_dict(state)
-    return entries
 
 
 def run(kind, build, out, image):
