@@ -28,10 +28,9 @@ fn expected() -> Value {
 
 /// The seeded checkpoint, written as safetensors and loaded through the user path.
 fn model() -> Sam2 {
-    let weights = sam2::synthetic::weights_from_spec(&dir().join("weights.json"), &Device::Cpu).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("sam2.1_hiera_tiny_seeded.safetensors");
-    candle_core::safetensors::save(&weights, &path).unwrap();
+    sam2::synthetic::save_checkpoint(&dir().join("weights.json"), &path).unwrap();
     let m = Sam2::load(&path, &Device::Cpu).unwrap();
     assert_eq!(m.geometry, sam2::Geometry::Tiny);
     m

@@ -31,10 +31,9 @@ fn gdal_json(path: &Path) -> serde_json::Value {
 }
 
 fn seeded_sam(dir: &Path) -> PathBuf {
-    let spec = root().join("tests/fixtures/sam2_tiny/weights.json");
-    let weights = engine::models::sam2::synthetic::weights_from_spec(&spec, &candle_core::Device::Cpu).unwrap();
     let path = dir.join("sam2.1_hiera_tiny_seeded.safetensors");
-    candle_core::safetensors::save(&weights, &path).unwrap();
+    engine::models::sam2::synthetic::save_checkpoint(&root().join("tests/fixtures/sam2_tiny/weights.json"), &path)
+        .unwrap();
     path
 }
 
@@ -100,10 +99,9 @@ fn segment_writes_a_georeferenced_mask_with_sam_or_the_fallback() {
 fn segment_runs_the_sam_v1_alternative() {
     // The small-ViT SAM v1 of the parity fixtures (seeded weights), as a user's file.
     let tmp = tempfile::tempdir().unwrap();
-    let spec = root().join("tests/fixtures/sam_v1/vit_weights.json");
-    let weights = engine::models::sam2::synthetic::weights_from_spec(&spec, &candle_core::Device::Cpu).unwrap();
     let sam = tmp.path().join("sam_vit_seeded.safetensors");
-    candle_core::safetensors::save(&weights, &sam).unwrap();
+    engine::models::sam2::synthetic::save_checkpoint(&root().join("tests/fixtures/sam_v1/vit_weights.json"), &sam)
+        .unwrap();
     let image = shared("sf_bay_ships_rapideye_5m.tif");
     let out = tmp.path().join("v1.tif");
     let v = ok_json(&[

@@ -25,10 +25,9 @@ fn next(e: &Engine) -> Event {
 
 /// SAM 2.1 tiny with the parity fixture's seeded weights, as a checkpoint file.
 fn seeded_sam(dir: &Path) -> PathBuf {
-    let spec = root().join("tests/fixtures/sam2_tiny/weights.json");
-    let weights = engine::models::sam2::synthetic::weights_from_spec(&spec, &candle_core::Device::Cpu).unwrap();
     let path = dir.join("sam2.1_hiera_tiny_seeded.safetensors");
-    candle_core::safetensors::save(&weights, &path).unwrap();
+    engine::models::sam2::synthetic::save_checkpoint(&root().join("tests/fixtures/sam2_tiny/weights.json"), &path)
+        .unwrap();
     path
 }
 

@@ -14,6 +14,7 @@
 //!   watershed fallback without weights), click refinement, the embedding cache.
 //! - [`worker`]: the engine thread, its typed requests and events.
 
+pub mod cache;
 pub mod error;
 pub mod geo;
 pub mod hub;

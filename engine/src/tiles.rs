@@ -1,9 +1,9 @@
 //! The tile pyramid: which full-resolution window a tile covers at which level,
 //! which tiles a view needs, and an LRU cache of rendered tiles with a memory cap.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
+
+use crate::cache::{ByteLru, ByteSize};
 
 /// Edge length of a tile in output pixels.
 pub const TILE_SIZE: u32 = 256;
@@ -134,9 +134,8 @@ pub struct Tile {
     pub rgba: Vec<u8>,
 }
 
-impl Tile {
-    /// Bytes this tile holds, for the cache's accounting.
-    pub fn byte_size(&self) -> usize {
+impl ByteSize for Tile {
+    fn byte_size(&self) -> usize {
         self.rgba.len() + size_of::<Self>()
     }
 }
@@ -150,67 +149,13 @@ pub struct CacheKey {
     pub tile: TileKey,
 }
 
-/// Least-recently-used tile cache bounded by bytes, not entries.
-#[derive(Debug)]
-pub struct TileCache {
-    lru: lru::LruCache<CacheKey, Arc<Tile>>,
-    bytes: usize,
-    cap_bytes: usize,
-}
-
-impl TileCache {
-    pub fn new(cap_bytes: usize) -> Self {
-        Self { lru: lru::LruCache::unbounded(), bytes: 0, cap_bytes }
-    }
-
-    pub fn get(&mut self, key: &CacheKey) -> Option<Arc<Tile>> {
-        self.lru.get(key).cloned()
-    }
-
-    /// Inserts a tile, evicting the least recently used ones past the cap.
-    pub fn insert(&mut self, key: CacheKey, tile: Arc<Tile>) {
-        self.bytes += tile.byte_size();
-        if let Some(old) = self.lru.put(key, tile) {
-            self.bytes -= old.byte_size();
-        }
-        while self.bytes > self.cap_bytes {
-            match self.lru.pop_lru() {
-                Some((_, t)) => self.bytes -= t.byte_size(),
-                None => break,
-            }
-        }
-    }
-
-    /// Drops every tile of one raster (closed, or its overviews changed).
-    pub fn remove_raster(&mut self, raster: u64) {
-        let keys: Vec<CacheKey> = self.lru.iter().filter(|(k, _)| k.raster == raster).map(|(k, _)| *k).collect();
-        for k in keys {
-            if let Some(t) = self.lru.pop(&k) {
-                self.bytes -= t.byte_size();
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.lru.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lru.is_empty()
-    }
-
-    /// Bytes currently held.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    pub fn cap_bytes(&self) -> usize {
-        self.cap_bytes
-    }
-}
+/// The viewer's rendered tiles, bounded by bytes.
+pub type TileCache = ByteLru<CacheKey, Tile>;
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -295,7 +240,7 @@ mod tests {
         assert!(cache.bytes() <= cache.cap_bytes());
         assert!(cache.get(&key(1, 1)).is_none(), "least recently used evicted");
         assert!(cache.get(&key(0, 1)).is_some());
-        cache.remove_raster(1);
+        cache.remove_where(|k| k.raster == 1);
         assert_eq!(cache.len(), 1);
         assert_eq!(cache.bytes(), one);
     }

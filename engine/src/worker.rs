@@ -522,7 +522,7 @@ impl Worker {
             }),
             Msg::Request(Request::Close { raster }) => {
                 self.rasters.remove(&raster);
-                self.cache.remove_raster(raster);
+                self.cache.remove_where(|k| k.raster == raster);
                 if self.tiles.as_ref().is_some_and(|t| t.raster == raster) {
                     self.tiles = None;
                 }
@@ -618,7 +618,7 @@ impl Worker {
                     let reopened = Raster::open(old.path())?;
                     let info = Box::new(reopened.info().clone());
                     w.rasters.insert(raster, reopened);
-                    w.cache.remove_raster(raster);
+                    w.cache.remove_where(|k| k.raster == raster);
                     w.emit(Event::OverviewsBuilt { job, raster, info });
                     Ok(())
                 });

@@ -229,7 +229,7 @@ impl SamV1 {
     /// first mask token's, as in SAM v1; `multimask` picks the best of the other three.
     pub fn predict(&self, emb: &ImageEmbedding, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
         let heads = Heads { prompt_encoder: &self.prompt_encoder, decoder: &self.decoder, key_pe: &self.key_pe };
-        heads.predict(emb, prompts, multimask, Generation::V1)
+        heads.predict(emb, prompts, multimask)
     }
 }
 

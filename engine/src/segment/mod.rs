@@ -13,6 +13,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::ByteLru;
 use crate::error::{EngineError, Result};
 use crate::models::sam_v1::{self, Backbone, SamV1};
 use crate::models::sam2::{self, ImageEmbedding, Prediction, Prompt, Sam2};
@@ -98,49 +99,8 @@ pub trait Segmenter: Send {
     fn segment(&mut self, prompts: &[Prompt]) -> Result<Vec<Segment>>;
 }
 
-/// Least-recently-used image encodings, bounded in bytes.
-#[derive(Debug)]
-pub struct EmbeddingCache {
-    lru: lru::LruCache<ImageKey, Arc<ImageEmbedding>>,
-    bytes: usize,
-    cap: usize,
-    /// Encoder runs (for tests and the UI).
-    pub misses: usize,
-}
-
-impl EmbeddingCache {
-    pub fn new(cap_bytes: usize) -> Self {
-        Self { lru: lru::LruCache::unbounded(), bytes: 0, cap: cap_bytes, misses: 0 }
-    }
-
-    pub fn get(&mut self, key: &ImageKey) -> Option<Arc<ImageEmbedding>> {
-        self.lru.get(key).cloned()
-    }
-
-    pub fn insert(&mut self, key: ImageKey, emb: Arc<ImageEmbedding>) {
-        self.bytes += emb.byte_size();
-        if let Some(old) = self.lru.put(key, emb) {
-            self.bytes -= old.byte_size();
-        }
-        while self.bytes > self.cap && self.lru.len() > 1 {
-            if let Some((_, e)) = self.lru.pop_lru() {
-                self.bytes -= e.byte_size();
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.lru.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.lru.is_empty()
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-}
+/// Image encodings, bounded in bytes (a tiny-model encoding is 17 MB).
+pub type EmbeddingCache = ByteLru<ImageKey, ImageEmbedding>;
 
 /// A promptable Segment Anything model: SAM 2.1 (what RemoteReasoner uses) or
 /// the SAM v1 / MobileSAM alternatives.
@@ -236,7 +196,6 @@ impl Segmenter for SamSegmenter {
             self.current = Some(emb);
             return Ok(false);
         }
-        self.cache.misses += 1;
         let emb = Arc::new(self.model.encode(image)?);
         if let Some(k) = key {
             self.cache.insert(k, emb.clone());
@@ -419,6 +378,7 @@ pub fn refine(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::ByteSize;
 
     #[test]
     fn embedding_cache_evicts_least_recently_used_past_its_byte_cap() {

@@ -434,6 +434,10 @@ impl MaskDecoder {
         })
     }
 
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
     /// The prompt-independent part of the first block for an image: `image`
     /// (1, d, g, g) with the "no mask" `dense` (1, d, g, g) added, `key_pe` (1, g·g, d).
     pub fn image_side(&self, image: &Tensor, dense: &Tensor, key_pe: &Tensor) -> Result<ImageSide> {

@@ -91,9 +91,8 @@ pub struct ImageEmbedding {
     pub side: Option<decoder::ImageSide>,
 }
 
-impl ImageEmbedding {
-    /// Bytes held, for the embedding cache's accounting.
-    pub fn byte_size(&self) -> usize {
+impl crate::cache::ByteSize for ImageEmbedding {
+    fn byte_size(&self) -> usize {
         let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         bytes(&self.image)
             + self.high_res.as_ref().map_or(0, |(a, b)| bytes(a) + bytes(b))
@@ -223,7 +222,7 @@ impl Sam2 {
     /// multimask outputs; otherwise one mask with the stability fallback.
     pub fn predict(&self, emb: &ImageEmbedding, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
         let heads = Heads { prompt_encoder: &self.prompt_encoder, decoder: &self.decoder, key_pe: &self.key_pe };
-        heads.predict(emb, prompts, multimask, Generation::V2)
+        heads.predict(emb, prompts, multimask)
     }
 }
 
@@ -240,16 +239,11 @@ impl Heads<'_> {
     /// Prompts (pixels of the image given) → predictions. SAM 2 puts a box's
     /// corners before the points and always pads; SAM v1 puts them after the
     /// points and pads only without a box.
-    pub fn predict(
-        &self,
-        emb: &ImageEmbedding,
-        prompts: &[Prompt],
-        multimask: bool,
-        generation: Generation,
-    ) -> Result<Vec<Prediction>> {
+    pub fn predict(&self, emb: &ImageEmbedding, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
+        let generation = self.decoder.generation();
         let device = emb.image.device();
         let (w, h) = emb.original;
         let (sx, sy) = (emb.input_size.0 as f32 / w as f32, emb.input_size.1 as f32 / h as f32);

@@ -54,3 +54,11 @@ pub fn weights_from_spec(path: &Path, device: &Device) -> Result<HashMap<String,
     }
     Ok(out)
 }
+
+/// Writes the tensors a `weights.json` describes as a safetensors checkpoint at
+/// `out`: a seeded model file that loads through the same path as a user's.
+pub fn save_checkpoint(spec: &Path, out: &Path) -> Result<()> {
+    let weights = weights_from_spec(spec, &Device::Cpu)?;
+    candle_core::safetensors::save(&weights, out)
+        .map_err(|e| EngineError::Model { path: out.to_owned(), reason: e.to_string() })
+}
