@@ -12,10 +12,17 @@
 //!   preprocessing, streamed decoding, parsing the answer into boxes.
 //! - [`segment`]: pixel-level reasoning — boxes to masks with SAM 2.1 (or the
 //!   watershed fallback without weights), click refinement, the embedding cache.
+//! - [`contour`]: masks to polygons with holes along pixel edges, simplification,
+//!   the paper's line map.
+//! - [`features`], [`export`]: results as GIS features with provenance, written
+//!   through GDAL/OGR (GeoPackage, Shapefile, GeoJSON, FlatGeobuf).
 //! - [`worker`]: the engine thread, its typed requests and events.
 
 pub mod cache;
+pub mod contour;
 pub mod error;
+pub mod export;
+pub mod features;
 pub mod geo;
 pub mod hub;
 pub mod models;

@@ -1,0 +1,236 @@
+//! Contour level: masks become polygons with holes (exact to the pixel edges),
+//! optionally cleaned (minimum area, hole filling) and simplified, plus the
+//! paper's raster line map.
+//!
+//! Coordinates here are pixel corners of the mask (y down); [`to_map`] applies a
+//! geotransform (rotation terms included) and orients rings for GIS output.
+
+pub mod linemap;
+pub mod trace;
+
+use geo::{Area, MapCoords, MultiPolygon, Orient, Polygon, Simplify, SimplifyVwPreserve, orient::Direction};
+use serde::{Deserialize, Serialize};
+
+use crate::geo::GeoTransform;
+pub use linemap::line_map;
+pub use trace::{Traced, polygonize_bool, polygonize_u8};
+
+/// How to simplify rings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimplifyMethod {
+    /// Douglas–Peucker: no vertex moves more than the tolerance; may create
+    /// self-intersections on thin parts (invalid results are reported).
+    DouglasPeucker,
+    /// Visvalingam–Whyatt, topology-preserving: removes vertices whose triangle
+    /// is smaller than tolerance² without making rings cross.
+    #[default]
+    VisvalingamPreserve,
+}
+
+impl std::fmt::Display for SimplifyMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DouglasPeucker => "douglas-peucker",
+            Self::VisvalingamPreserve => "visvalingam-preserve",
+        })
+    }
+}
+
+impl std::str::FromStr for SimplifyMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "dp" | "douglas-peucker" => Ok(Self::DouglasPeucker),
+            "vw" | "visvalingam" | "visvalingam-preserve" => Ok(Self::VisvalingamPreserve),
+            _ => Err(format!("unknown simplification '{s}' (dp or vw)")),
+        }
+    }
+}
+
+/// Units of tolerances and areas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Units {
+    /// Mask pixels (areas in pixels²).
+    #[default]
+    Pixels,
+    /// The CRS's map units (areas in units²).
+    Map,
+}
+
+/// Optional post-processing of traced polygons.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Cleanup {
+    /// Simplification method and tolerance (a distance in `units`).
+    pub simplify: Option<(SimplifyMethod, f64)>,
+    /// Polygons smaller than this (holes subtracted) are dropped.
+    pub min_area: Option<f64>,
+    /// Holes smaller than this are filled; `f64::INFINITY` fills all.
+    pub fill_holes: Option<f64>,
+    pub units: Units,
+}
+
+impl Cleanup {
+    pub fn is_noop(&self) -> bool {
+        self.simplify.is_none() && self.min_area.is_none() && self.fill_holes.is_none()
+    }
+
+    /// The simplification tolerance in mask pixels.
+    pub fn tolerance_px(&self, pixel_size: f64) -> Option<f64> {
+        self.simplify.map(|(_, t)| self.to_px(t, pixel_size))
+    }
+
+    fn to_px(&self, v: f64, pixel_size: f64) -> f64 {
+        match self.units {
+            Units::Pixels => v,
+            Units::Map => v / pixel_size,
+        }
+    }
+
+    fn area_to_px(&self, v: f64, pixel_size: f64) -> f64 {
+        match self.units {
+            Units::Pixels => v,
+            Units::Map => v / (pixel_size * pixel_size),
+        }
+    }
+}
+
+/// What [`clean`] did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CleanupReport {
+    pub polygons_before: usize,
+    pub polygons_after: usize,
+    pub vertices_before: usize,
+    pub vertices_after: usize,
+    pub holes_filled: usize,
+    /// Polygons below `min_area`.
+    pub polygons_dropped: usize,
+    /// Rings that simplification collapsed to nothing (removed).
+    pub rings_collapsed: usize,
+}
+
+/// Vertices of a polygon, closing points not counted.
+pub fn vertex_count(p: &Polygon<f64>) -> usize {
+    std::iter::once(p.exterior()).chain(p.interiors()).map(|r| r.0.len().saturating_sub(1)).sum()
+}
+
+fn ring_alive(r: &geo::LineString<f64>) -> bool {
+    r.0.len() >= 4 && Polygon::new(r.clone(), vec![]).unsigned_area() > 0.0
+}
+
+/// Applies `opts` to polygons in mask-pixel coordinates. `pixel_size` is the
+/// map length of one pixel (for map units; the geometric mean of the two sides
+/// when pixels are not square).
+pub fn clean(polygons: Vec<Polygon<f64>>, opts: &Cleanup, pixel_size: f64) -> (Vec<Polygon<f64>>, CleanupReport) {
+    let mut report = CleanupReport {
+        polygons_before: polygons.len(),
+        vertices_before: polygons.iter().map(vertex_count).sum(),
+        ..Default::default()
+    };
+    let fill = opts.fill_holes.map(|a| opts.area_to_px(a, pixel_size));
+    let min_area = opts.min_area.map(|a| opts.area_to_px(a, pixel_size));
+    let mut out = Vec::with_capacity(polygons.len());
+    for p in polygons {
+        let p = match fill {
+            Some(limit) => {
+                let (ext, holes) = p.into_inner();
+                let before = holes.len();
+                let holes: Vec<_> =
+                    holes.into_iter().filter(|h| Polygon::new(h.clone(), vec![]).unsigned_area() >= limit).collect();
+                report.holes_filled += before - holes.len();
+                Polygon::new(ext, holes)
+            }
+            None => p,
+        };
+        if min_area.is_some_and(|a| p.unsigned_area() < a) {
+            report.polygons_dropped += 1;
+            continue;
+        }
+        let p = match opts.simplify {
+            None => p,
+            Some((method, t)) => {
+                let t = opts.to_px(t, pixel_size);
+                let s = match method {
+                    SimplifyMethod::DouglasPeucker => p.simplify(t),
+                    SimplifyMethod::VisvalingamPreserve => p.simplify_vw_preserve(t * t),
+                };
+                let (ext, holes) = s.into_inner();
+                if !ring_alive(&ext) {
+                    report.rings_collapsed += 1 + holes.len();
+                    continue;
+                }
+                let before = holes.len();
+                let holes: Vec<_> = holes.into_iter().filter(ring_alive).collect();
+                report.rings_collapsed += before - holes.len();
+                Polygon::new(ext, holes)
+            }
+        };
+        out.push(p);
+    }
+    report.polygons_after = out.len();
+    report.vertices_after = out.iter().map(vertex_count).sum();
+    (out, report)
+}
+
+/// Pixel → map coordinates through `gt`, exteriors counter-clockwise and holes
+/// clockwise in map coordinates (RFC 7946 / OGC), whatever the sign of `gt`.
+pub fn to_map(polygons: &[Polygon<f64>], gt: &GeoTransform) -> MultiPolygon<f64> {
+    let mp = MultiPolygon::new(polygons.to_vec());
+    mp.map_coords(|c| {
+        let (x, y) = gt.pixel_to_world(c.x, c.y);
+        geo::Coord { x, y }
+    })
+    .orient(Direction::Default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use geo::Winding;
+
+    #[test]
+    fn map_rings_are_oriented_for_gis() {
+        let m = [true, true, true, true, false, true, true, true, true];
+        let t = polygonize_bool(3, 3, &m);
+        for gt in [GeoTransform([10.0, 2.0, 0.0, 50.0, 0.0, -2.0]), GeoTransform::IDENTITY] {
+            let mp = to_map(&t.polygons, &gt);
+            assert!(mp.0[0].exterior().is_ccw());
+            assert!(mp.0[0].interiors()[0].is_cw());
+        }
+        let mp = to_map(&t.polygons, &GeoTransform([10.0, 2.0, 0.0, 50.0, 0.0, -2.0]));
+        assert_eq!(mp.unsigned_area(), 8.0 * 4.0);
+    }
+
+    #[test]
+    fn cleanup_fills_drops_and_simplifies() {
+        // A 20×20 block with a 1-pixel hole, a staircase edge, and a lone pixel.
+        let (w, h) = (30, 24);
+        let mut m = vec![false; w * h];
+        for y in 2..22 {
+            for x in 2..(22 + (y / 2) % 2) {
+                m[y * w + x] = true;
+            }
+        }
+        m[10 * w + 10] = false;
+        m[w + 27] = true;
+        let t = polygonize_bool(w, h, &m);
+        assert_eq!(t.polygons.len(), 2);
+        let opts = Cleanup {
+            min_area: Some(2.0),
+            fill_holes: Some(2.0),
+            simplify: Some((SimplifyMethod::DouglasPeucker, 1.5)),
+            units: Units::Pixels,
+        };
+        let (out, r) = clean(t.polygons.clone(), &opts, 1.0);
+        assert_eq!((r.polygons_dropped, r.holes_filled, out.len()), (1, 1, 1));
+        assert!(out[0].interiors().is_empty());
+        assert!(r.vertices_after < r.vertices_before / 4, "{r:?}");
+        // Map units: 0.5 m pixels, so 1 m² = 4 px²: the 1-pixel polygon (0.25 m²) goes, with min area 0.3 m².
+        let opts = Cleanup { min_area: Some(0.3), units: Units::Map, ..Default::default() };
+        let (out, r) = clean(t.polygons, &opts, 0.5);
+        assert_eq!((out.len(), r.polygons_dropped), (1, 1));
+        let vw: SimplifyMethod = "vw".parse().unwrap();
+        assert_eq!(vw, SimplifyMethod::VisvalingamPreserve);
+    }
+}

@@ -1,0 +1,90 @@
+//! Results as GIS features: boxes and polygons in the source raster's pixel
+//! coordinates (what the analyst edits), with the provenance every export
+//! carries. Map coordinates are applied only when writing ([`crate::export`]).
+
+use std::sync::Arc;
+
+use geo::{MultiPolygon, Polygon};
+
+use crate::geo::GeoTransform;
+use crate::tiles::Window;
+
+/// Where a result came from; shared by every feature of one run.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Provenance {
+    /// region, pixel, contour, vqa, caption, polygonize, manual …
+    pub task: String,
+    pub query: String,
+    /// The model's answer text (for region tasks, the box list it emitted).
+    pub answer: String,
+    /// Model id: checkpoint directory name or hub repository.
+    pub model: String,
+    /// Prefix of [`crate::hub::weights_fingerprint`].
+    pub weights_hash: String,
+    /// SAM variant or the watershed fallback ([`crate::segment::Method`]).
+    pub segmenter: String,
+    /// The model's `<think>` text.
+    pub reasoning: String,
+    /// The raster the features were made on.
+    pub source: String,
+    /// The raster window the model saw (full-resolution pixels).
+    pub window: Option<Window>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+}
+
+impl Provenance {
+    /// The current time as RFC 3339 (seconds, UTC).
+    pub fn now() -> String {
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+    }
+}
+
+/// A box or polygon result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Feature {
+    pub id: i64,
+    pub geometry: Geometry,
+    pub provenance: Arc<Provenance>,
+    /// Predicted IoU of the mask (SAM), when there is one.
+    pub score: Option<f64>,
+    /// SAM 2.1's object score (logit), when there is one.
+    pub object_score: Option<f64>,
+    /// Changed by hand since the model produced it.
+    pub edited: bool,
+    /// Simplification applied: method and tolerance in pixels.
+    pub simplify: Option<(crate::contour::SimplifyMethod, f64)>,
+}
+
+/// Geometry in source-raster pixel coordinates (corners; y down).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Geometry {
+    /// x1, y1, x2, y2.
+    Box([f64; 4]),
+    Polygons(MultiPolygon<f64>),
+}
+
+impl Geometry {
+    /// The geometry as polygons in pixel coordinates (a box is a rectangle).
+    pub fn to_polygons(&self) -> MultiPolygon<f64> {
+        match self {
+            Self::Box([x1, y1, x2, y2]) => MultiPolygon::new(vec![Polygon::new(
+                vec![(*x1, *y1), (*x2, *y1), (*x2, *y2), (*x1, *y2), (*x1, *y1)].into(),
+                vec![],
+            )]),
+            Self::Polygons(mp) => mp.clone(),
+        }
+    }
+}
+
+/// Everything one export writes: features and the georeferencing of their pixel frame.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FeatureSet {
+    /// Pixel → map transform of the source raster; `None`: not georeferenced
+    /// (coordinates are written as pixels, y down).
+    pub geotransform: Option<GeoTransform>,
+    /// The source raster's CRS as WKT.
+    pub crs_wkt: Option<String>,
+    pub boxes: Vec<Feature>,
+    pub polygons: Vec<Feature>,
+}
