@@ -7,12 +7,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use engine::contour::ImageFrame;
+use engine::features::{FeatureSet, Provenance};
 use engine::geo::GeoTransform;
 use engine::raster::{Raster, RenderParams};
 use engine::reasoner::generate::Decoding;
 use engine::reasoner::{AskEvent, AskOptions, LoadOptions, Reasoner, Task, WindowImage};
+use engine::segment::output::Georef;
 use engine::tiles::Window;
 use serde_json::json;
+use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct AskArgs {
@@ -26,16 +30,19 @@ pub struct AskArgs {
     /// Window of the raster in pixels: x,y,width,height (default: all of it).
     #[arg(long)]
     pub window: Option<String>,
-    /// region (boxes), pixel (boxes → masks), vqa or caption.
+    /// region (boxes), pixel (boxes → masks), contour (boxes → masks → polygons), vqa or caption.
     #[arg(long, value_enum, default_value = "region")]
     pub task: AskTask,
-    /// SAM checkpoint for --task pixel: SAM 2.1 (`sam2.1_hiera_*.pt`), or SAM v1 /
+    /// SAM checkpoint for --task pixel and contour: SAM 2.1 (`sam2.1_hiera_*.pt`), or SAM v1 /
     /// MobileSAM (`sam_vit_*.pth`, `mobile_sam.pt`); without one, the watershed fallback.
     #[arg(long, env = "RR_SAM")]
     pub sam: Option<PathBuf>,
-    /// Mask to write for --task pixel: .png, or .tif georeferenced like the raster.
+    /// --task pixel: the mask (.png, or .tif georeferenced like the raster);
+    /// --task contour: the features (.gpkg, .shp, .geojson or .fgb; boxes and polygons).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub contour: crate::contour::ContourArgs,
     /// Pixel budget of the image the model sees (default 802816, as in training).
     #[arg(long)]
     pub max_pixels: Option<usize>,
@@ -76,6 +83,7 @@ pub struct AskArgs {
 pub enum AskTask {
     Region,
     Pixel,
+    Contour,
     Vqa,
     Caption,
 }
@@ -83,7 +91,7 @@ pub enum AskTask {
 impl AskTask {
     fn model_task(self) -> Task {
         match self {
-            Self::Region | Self::Pixel => Task::Region,
+            Self::Region | Self::Pixel | Self::Contour => Task::Region,
             Self::Vqa => Task::Vqa,
             Self::Caption => Task::Caption,
         }
@@ -140,8 +148,15 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
     };
     let stream = !args.json;
     let mut out = std::io::stdout().lock();
-    if args.out.is_some() && args.task != AskTask::Pixel {
-        bail!("--out writes the mask of --task pixel");
+    if args.out.is_some() && !matches!(args.task, AskTask::Pixel | AskTask::Contour) {
+        bail!("--out writes the mask of --task pixel or the features of --task contour");
+    }
+    if args.contour.line_map.is_some() && args.task != AskTask::Contour {
+        bail!("--line-map is written by --task contour");
+    }
+    let cleanup = args.contour.cleanup()?;
+    if args.task == AskTask::Contour && cleanup.units == engine::contour::Units::Map && info.geotransform.is_none() {
+        bail!("{}: --units map needs a georeferenced raster; this one has no geotransform", args.image.display());
     }
     let answer = reasoner.ask(&img.image, args.task.model_task(), &args.query, &opts, |event| {
         if let (true, AskEvent::Text(t)) = (stream, &event) {
@@ -152,20 +167,61 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
     })?;
     let boxes: Vec<_> = answer.boxes.iter().map(|b| img.to_raster(b)).collect();
     // Pixel level: each box to a mask, on the same image the model saw.
-    let pixel = if args.task == AskTask::Pixel {
+    let pixel = if matches!(args.task, AskTask::Pixel | AskTask::Contour) {
         let t = std::time::Instant::now();
         let mut seg = engine::segment::load_segmenter(args.sam.as_deref(), &args.device.open()?)?;
         let result = engine::segment::pixel_task(seg.as_mut(), None, &img.image, &answer.boxes)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let georeferenced = match &args.out {
-            Some(out) => crate::segment::save_mask(out, &result.merged, &info, &img)?,
-            None => false,
+            Some(out) if args.task == AskTask::Pixel => crate::segment::save_mask(out, &result.merged, &info, &img)?,
+            _ => false,
         };
         Some((result, georeferenced, ms))
     } else {
         None
     };
     let gt = info.geotransform.map(GeoTransform);
+    // Contour level: each box's mask traced into polygons, exported with provenance.
+    let contour = match (&pixel, args.task) {
+        (Some((result, _, _)), AskTask::Contour) => {
+            let t = std::time::Instant::now();
+            let provenance = Arc::new(Provenance {
+                task: "contour".into(),
+                query: answer.query.clone(),
+                answer: answer.answer.clone(),
+                model: args.model.display().to_string(),
+                weights_hash: engine::hub::weights_fingerprint(&reasoner.dir).unwrap_or_default(),
+                segmenter: result.method.to_string(),
+                reasoning: answer.think.clone(),
+                source: args.image.display().to_string(),
+                window: Some(window),
+                created_at: Provenance::now(),
+            });
+            let frame = ImageFrame { window, image_size: (img.image.width, img.image.height) };
+            let map_pixel = gt.as_ref().map_or(1.0, crate::contour::map_pixel);
+            let c = engine::contour::contour_task(&result.per_box, &frame, &cleanup, map_pixel, &provenance);
+            let written = match &args.out {
+                Some(out) => {
+                    let set = FeatureSet {
+                        geotransform: gt,
+                        crs_wkt: info.crs_wkt.clone(),
+                        boxes: c.boxes.clone(),
+                        polygons: c.polygons.clone(),
+                    };
+                    Some(engine::export::export(out, &set, &args.contour.export_options(true), &mut |_, _| true)?)
+                }
+                None => None,
+            };
+            if let Some(path) = &args.contour.line_map {
+                let georef = info.geotransform.map(|g| {
+                    Georef::for_window(g, info.crs_wkt.clone(), window, (result.merged.width, result.merged.height))
+                });
+                crate::contour::write_line_map(path, &result.merged, georef.as_ref())?;
+            }
+            Some((c, written, t.elapsed().as_secs_f64() * 1e3))
+        }
+        _ => None,
+    };
     let corners = |b: &engine::reasoner::parse::PixelBox, gt: &GeoTransform| {
         [(b.x1, b.y1), (b.x2, b.y1), (b.x2, b.y2), (b.x1, b.y2)].map(|(c, r)| gt.pixel_to_world(c, r))
     };
@@ -218,6 +274,13 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
                 "masks": r.per_box.iter().map(|(b, s)| crate::segment::segment_json(&img.to_raster(b), s)).collect::<Vec<_>>(),
                 "segment_ms": ms,
             })),
+            "contour": contour.as_ref().map(|(c, written, ms)| {
+                let mut r = crate::contour::report_json(&c.report, &written.clone().unwrap_or_default());
+                r["out"] = json!(args.out);
+                r["line_map"] = json!(args.contour.line_map);
+                r["contour_ms"] = json!(ms);
+                r
+            }),
             "timings": {
                 "load_ms": reasoner.load_ms,
                 "preprocess_ms": answer.timings.preprocess_ms,
@@ -244,7 +307,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         answer.resized.0,
         answer.resized.1
     )?;
-    if matches!(args.task, AskTask::Region | AskTask::Pixel) {
+    if matches!(args.task, AskTask::Region | AskTask::Pixel | AskTask::Contour) {
         writeln!(out, "{} box(es) in pixels of {}:", boxes.len(), args.image.display())?;
         for b in &boxes {
             write!(out, "  [{:.1}, {:.1}, {:.1}, {:.1}]", b.x1, b.y1, b.x2, b.y2)?;
@@ -264,11 +327,14 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
             r.method,
             r.per_box.len(),
             r.merged.count(),
-            match &args.out {
+            match args.out.as_ref().filter(|_| args.task == AskTask::Pixel) {
                 Some(o) => format!(" → {}{}", o.display(), if *georeferenced { " (georeferenced)" } else { "" }),
                 None => String::new(),
             }
         )?;
+    }
+    if let Some((c, written, _)) = &contour {
+        crate::contour::print_report(&mut out, &c.report, &written.clone().unwrap_or_default())?;
     }
     for r in &answer.repairs {
         writeln!(out, "  note: {r:?}")?;

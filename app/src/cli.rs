@@ -34,10 +34,12 @@ pub enum Command {
     Render(RenderArgs),
     /// Build external overviews (.ovr) for a raster.
     Overviews(OverviewArgs),
-    /// Ask a RemoteReasoner checkpoint about a window of a raster (region, vqa, caption).
+    /// Ask a RemoteReasoner checkpoint about a window of a raster (region, pixel, contour, vqa, caption).
     Ask(crate::ask::AskArgs),
     /// Masks for boxes (and clicks) on a raster window: SAM 2.1 (or SAM v1 / MobileSAM), or the watershed fallback.
     Segment(crate::segment::SegmentArgs),
+    /// Trace a mask raster into georeferenced polygons with holes (GPKG, Shapefile, GeoJSON, FlatGeobuf).
+    Polygonize(crate::contour::PolygonizeArgs),
     /// Download (`pull`) and list (`list`) checkpoints.
     Models(crate::models::ModelsArgs),
     /// Run a benchmark (viewer: Markdown report; reasoner: JSON timings).

@@ -4,6 +4,7 @@
 pub mod ask;
 pub mod bench;
 pub mod cli;
+pub mod contour;
 pub mod gui;
 pub mod models;
 pub mod segment;

@@ -49,6 +49,7 @@ fn main() -> ExitCode {
         Some(Command::Overviews(args)) => rr_app::cli::overviews(&args),
         Some(Command::Ask(args)) => rr_app::ask::run(&args),
         Some(Command::Segment(args)) => rr_app::segment::run(&args),
+        Some(Command::Polygonize(args)) => rr_app::contour::polygonize(&args),
         Some(Command::Models(args)) => rr_app::models::run(&args),
         Some(Command::Bench(args)) => rr_app::bench::run(&args),
     };

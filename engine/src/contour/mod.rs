@@ -11,6 +11,7 @@ pub mod trace;
 use geo::{Area, MapCoords, MultiPolygon, Orient, Polygon, Simplify, SimplifyVwPreserve, orient::Direction};
 use serde::{Deserialize, Serialize};
 
+use crate::features::{Feature, Geometry, Provenance};
 use crate::geo::GeoTransform;
 pub use linemap::line_map;
 pub use trace::{Traced, polygonize_bool, polygonize_u8};
@@ -182,6 +183,90 @@ pub fn to_map(polygons: &[Polygon<f64>], gt: &GeoTransform) -> MultiPolygon<f64>
         geo::Coord { x, y }
     })
     .orient(Direction::Default)
+}
+
+/// Masks made on an image that shows `window` of a raster, resampled to
+/// `image_size`: where its pixel corners fall in the raster's own pixels.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ImageFrame {
+    pub window: crate::tiles::Window,
+    pub image_size: (usize, usize),
+}
+
+impl ImageFrame {
+    /// Raster pixels per image pixel, along x and y.
+    pub fn scale(&self) -> (f64, f64) {
+        (self.window.width as f64 / self.image_size.0 as f64, self.window.height as f64 / self.image_size.1 as f64)
+    }
+
+    /// Image pixel → raster pixel.
+    pub fn to_raster(&self, x: f64, y: f64) -> (f64, f64) {
+        let (sx, sy) = self.scale();
+        (self.window.x as f64 + x * sx, self.window.y as f64 + y * sy)
+    }
+}
+
+/// The contour level of one run: every box's mask traced, cleaned and placed
+/// in raster pixel coordinates.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContourResult {
+    /// One per box, in the order of the boxes; ids from 1.
+    pub boxes: Vec<Feature>,
+    /// One per box with a non-empty mask, with the id of its box.
+    pub polygons: Vec<Feature>,
+    pub report: CleanupReport,
+}
+
+/// RemoteReasoner's contour task after its pixel task: `segments` are (box,
+/// mask) pairs in image pixels of `frame`. `map_pixel` is the map length of one
+/// raster pixel (for tolerances in map units).
+pub fn contour_task(
+    segments: &[(crate::reasoner::parse::PixelBox, crate::segment::Segment)],
+    frame: &ImageFrame,
+    cleanup: &Cleanup,
+    map_pixel: f64,
+    provenance: &std::sync::Arc<Provenance>,
+) -> ContourResult {
+    let (sx, sy) = frame.scale();
+    let image_pixel = map_pixel * (sx * sy).sqrt();
+    let mut out = ContourResult::default();
+    for (i, (b, seg)) in segments.iter().enumerate() {
+        let id = i as i64 + 1;
+        let (x1, y1) = frame.to_raster(b.x1, b.y1);
+        let (x2, y2) = frame.to_raster(b.x2, b.y2);
+        let feature = |geometry| Feature {
+            id,
+            geometry,
+            provenance: provenance.clone(),
+            score: seg.iou.map(f64::from),
+            object_score: seg.object_score.map(f64::from),
+            edited: false,
+            simplify: cleanup.simplify.map(|(m, _)| (m, cleanup.tolerance_px(image_pixel).unwrap_or_default())),
+        };
+        out.boxes.push(feature(Geometry::Box([x1, y1, x2, y2])));
+        let traced = polygonize_bool(seg.mask.width, seg.mask.height, &seg.mask.data);
+        let (polygons, r) = clean(traced.polygons, cleanup, image_pixel);
+        accumulate(&mut out.report, &r);
+        if polygons.is_empty() {
+            continue;
+        }
+        let raster = MultiPolygon::new(polygons).map_coords(|c| {
+            let (x, y) = frame.to_raster(c.x, c.y);
+            geo::Coord { x, y }
+        });
+        out.polygons.push(feature(Geometry::Polygons(raster)));
+    }
+    out
+}
+
+fn accumulate(total: &mut CleanupReport, r: &CleanupReport) {
+    total.polygons_before += r.polygons_before;
+    total.polygons_after += r.polygons_after;
+    total.vertices_before += r.vertices_before;
+    total.vertices_after += r.vertices_after;
+    total.holes_filled += r.holes_filled;
+    total.polygons_dropped += r.polygons_dropped;
+    total.rings_collapsed += r.rings_collapsed;
 }
 
 #[cfg(test)]

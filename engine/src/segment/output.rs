@@ -99,3 +99,47 @@ fn write_geotiff(path: &Path, w: usize, h: usize, bytes: Vec<u8>, georef: Option
     band.write((0, 0), (w, h), &mut Buffer::new((w, h), bytes))?;
     ds.close()
 }
+
+/// A mask file read back: non-zero pixels (not nodata) are the object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaskFile {
+    pub width: usize,
+    pub height: usize,
+    /// 1 = object, 0 = not, row-major.
+    pub data: Vec<u8>,
+    pub georef: Option<Georef>,
+}
+
+/// Reads band 1 of any raster GDAL opens as a mask (non-zero = object; the
+/// band's nodata value counts as background).
+pub fn read_mask(path: &Path) -> Result<MaskFile> {
+    crate::gdal_init();
+    if !path.exists() {
+        return Err(EngineError::NotFound { path: path.to_owned() });
+    }
+    let not_raster =
+        |e: gdal::errors::GdalError| EngineError::NotARaster { path: path.to_owned(), reason: gdal_reason(&e) };
+    let ds = gdal::Dataset::open(path).map_err(not_raster)?;
+    if ds.raster_count() == 0 {
+        return Err(EngineError::NotARaster { path: path.to_owned(), reason: "it has no raster band".into() });
+    }
+    let (width, height) = ds.raster_size();
+    let band = ds.rasterband(1).map_err(not_raster)?;
+    let nodata = band.no_data_value();
+    let read_err = |e: gdal::errors::GdalError| EngineError::Read { path: path.to_owned(), reason: gdal_reason(&e) };
+    let size = (width, height);
+    // Masks are bytes; anything else is read as f64 (no 8× copy for the usual case).
+    let data = if band.band_type() == gdal::raster::GdalDataType::UInt8 {
+        let nodata = nodata.filter(|v| (0.0..=255.0).contains(v) && v.fract() == 0.0).map(|v| v as u8);
+        let buf: Buffer<u8> = band.read_as((0, 0), size, size, None).map_err(read_err)?;
+        buf.into_shape_and_vec().1.into_iter().map(|v| u8::from(v != 0 && Some(v) != nodata)).collect()
+    } else {
+        let buf: Buffer<f64> = band.read_as((0, 0), size, size, None).map_err(read_err)?;
+        buf.data().iter().map(|&v| u8::from(v != 0.0 && Some(v) != nodata && !v.is_nan())).collect()
+    };
+    let georef = ds.geo_transform().ok().map(|gt| Georef {
+        geotransform: gt,
+        crs_wkt: ds.spatial_ref().ok().and_then(|s| s.to_wkt().ok()).filter(|w| !w.is_empty()),
+    });
+    Ok(MaskFile { width, height, data, georef })
+}
