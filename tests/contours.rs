@@ -355,3 +355,17 @@ fn a_failed_export_leaves_the_previous_file_intact() {
     assert!(err.to_string().contains("out.kml2") && err.to_string().contains(".gpkg"), "{err}");
     let _ = Format::from_path(Path::new("x.gpkg"));
 }
+
+/// The paper's line map against OpenCV's own drawing (tools/make_contour_fixtures.py):
+/// `findContours(RETR_EXTERNAL, CHAIN_APPROX_SIMPLE)` + `drawContours(thickness=3)`.
+#[test]
+fn line_map_matches_opencv() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/contours");
+    let m = engine::segment::output::read_mask(&dir.join("mask.png")).unwrap();
+    let mask = Mask { width: m.width, height: m.height, data: m.data.iter().map(|&v| v != 0).collect() };
+    let reference = engine::segment::output::read_mask(&dir.join("line_map.png")).unwrap();
+    let ours = engine::contour::line_map(&mask);
+    // The reference is black (0) lines on white: a line pixel reads as 0.
+    let differ = ours.data.iter().zip(&reference.data).filter(|&(&o, &r)| o != (r == 0)).count();
+    assert_eq!(differ, 0, "{differ} of {} pixels differ from OpenCV", ours.data.len());
+}

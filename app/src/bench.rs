@@ -25,6 +25,8 @@ pub enum BenchCommand {
     Reasoner(ReasonerBenchArgs),
     /// SAM image-encoder time and decoder time per click (SAM 2.1, SAM v1, MobileSAM).
     Segmenter(SegmenterBenchArgs),
+    /// Mask → polygons (vs GDALPolygonize in-process) and 100k polygons → GeoPackage; JSON.
+    Contours(crate::bench_contours::ContoursBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +173,7 @@ pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Viewer(args) => viewer(args),
         BenchCommand::Reasoner(args) => reasoner(args),
         BenchCommand::Segmenter(args) => segmenter(args),
+        BenchCommand::Contours(args) => crate::bench_contours::run(args),
     }
 }
 

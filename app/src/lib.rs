@@ -3,6 +3,7 @@
 
 pub mod ask;
 pub mod bench;
+pub mod bench_contours;
 pub mod cli;
 pub mod contour;
 pub mod gui;

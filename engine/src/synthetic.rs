@@ -99,3 +99,62 @@ pub fn geotiff(path: &Path, size: usize, bands: usize, fill: Fill, with_overview
     }
     Ok(())
 }
+
+/// splitmix64: a deterministic stream for synthetic data (no RNG dependency).
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A `size`×`size` object mask (1 = object) with about `objects` blobs on a
+/// jittered grid: ellipses with wavy outlines, half of them with a hole, a
+/// third of those with an island in the hole — what SAM masks of buildings,
+/// tanks and ships look like to a polygonizer. Deterministic for a `seed`.
+pub fn object_mask(size: usize, objects: usize, seed: u64) -> Vec<u8> {
+    let mut m = vec![0u8; size * size];
+    let mut s = seed;
+    let mut unit = || (splitmix(&mut s) >> 11) as f64 / (1u64 << 53) as f64;
+    let per_side = (objects as f64).sqrt().ceil().max(1.0) as usize;
+    let cell = size as f64 / per_side as f64;
+    for i in 0..objects {
+        let (gx, gy) = ((i % per_side) as f64, (i / per_side) as f64);
+        let (rx, ry) = (cell * (0.15 + 0.25 * unit()), cell * (0.15 + 0.25 * unit()));
+        let (cx, cy) = ((gx + 0.5 + 0.2 * (unit() - 0.5)) * cell, (gy + 0.5 + 0.2 * (unit() - 0.5)) * cell);
+        let (wave, phase, angle) = (0.08 + 0.1 * unit(), unit() * 6.3, unit() * 3.1);
+        let hole = unit() < 0.5;
+        let island = hole && unit() < 0.33;
+        let (sa, ca) = angle.sin_cos();
+        let (x0, x1) = ((cx - cell / 2.0).max(0.0) as usize, ((cx + cell / 2.0) as usize).min(size));
+        let (y0, y1) = ((cy - cell / 2.0).max(0.0) as usize, ((cy + cell / 2.0) as usize).min(size));
+        for y in y0..y1 {
+            for x in x0..x1 {
+                let (dx, dy) = (x as f64 + 0.5 - cx, y as f64 + 0.5 - cy);
+                let (u, v) = ((dx * ca + dy * sa) / rx, (-dx * sa + dy * ca) / ry);
+                let r = u.hypot(v);
+                let edge = 1.0 + wave * (5.0 * v.atan2(u) + phase).sin();
+                let inside = r < edge && !(hole && r < 0.45 * edge && !(island && r < 0.15));
+                if inside {
+                    m[y * size + x] = 1;
+                }
+            }
+        }
+    }
+    m
+}
+
+/// Writes `mask` (0/1) as a DEFLATE GeoTIFF on [`GEOTRANSFORM`] in EPSG:32631.
+pub fn write_mask_geotiff(path: &Path, size: usize, mask: Vec<u8>) -> Result<()> {
+    crate::gdal_init();
+    let err = |e: gdal::errors::GdalError| EngineError::Write { path: path.to_owned(), reason: gdal_reason(&e) };
+    let driver = DriverManager::get_driver_by_name("GTiff").map_err(err)?;
+    let options = RasterCreationOptions::from_iter(["COMPRESS=DEFLATE", "TILED=YES"]);
+    let mut ds = driver.create_with_band_type_with_options::<u8, _>(path, size, size, 1, &options).map_err(err)?;
+    ds.set_geo_transform(&GEOTRANSFORM).map_err(err)?;
+    ds.set_spatial_ref(&SpatialRef::from_epsg(32631).map_err(err)?).map_err(err)?;
+    let mut band = ds.rasterband(1).map_err(err)?;
+    band.write((0, 0), (size, size), &mut Buffer::new((size, size), mask)).map_err(err)?;
+    ds.close().map_err(err)
+}

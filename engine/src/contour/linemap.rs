@@ -5,13 +5,20 @@
 //!
 //! OpenCV's outer border of an 8-connected component is its pixels 4-adjacent
 //! to the background that reaches the image frame (only the extreme outer
-//! contours: components inside holes are skipped, holes are not drawn). A
-//! 3-px line through those pixel centres covers the pixels within one pixel of
-//! them (a 3×3 stamp); OpenCV's line rasteriser may differ on a few corner pixels.
+//! contours: components inside holes are skipped, holes are not drawn).
+//! OpenCV's `thickness=3` line covers more than 3 pixels: measured on its output,
+//! every pixel within 2 pixels (Euclidean) of a contour point is drawn (5 px
+//! across), which is the stamp used here. Pixel-identical to OpenCV 5.0 on the
+//! test fixture (`tools/make_contour_fixtures.py`) and on the 4096² benchmark
+//! mask (`tools/bench_contours.py` reports the agreement).
 
 use std::collections::VecDeque;
 
 use super::super::segment::Mask;
+
+/// Offsets within 2 pixels of a contour point: what `thickness=3` draws.
+const STAMP: [(i64, i64); 13] =
+    [(0, -2), (-1, -1), (0, -1), (1, -1), (-2, 0), (-1, 0), (0, 0), (1, 0), (2, 0), (-1, 1), (0, 1), (1, 1), (0, 2)];
 
 /// Line map of `mask`: `true` = black (contour), `false` = white.
 pub fn line_map(mask: &Mask) -> Mask {
@@ -41,9 +48,10 @@ pub fn line_map(mask: &Mask) -> Mask {
                     || outside[(y - 1) * pw + x]
                     || outside[(y + 1) * pw + x]);
             if border {
-                for sy in y.saturating_sub(1).max(1)..=(y + 1).min(h) {
-                    for sx in x.saturating_sub(1).max(1)..=(x + 1).min(w) {
-                        out.data[(sy - 1) * w + sx - 1] = true;
+                for (dx, dy) in STAMP {
+                    let (sx, sy) = (x as i64 - 1 + dx, y as i64 - 1 + dy);
+                    if sx >= 0 && sy >= 0 && (sx as usize) < w && (sy as usize) < h {
+                        out.data[sy as usize * w + sx as usize] = true;
                     }
                 }
             }
@@ -68,11 +76,11 @@ mod tests {
         }
         m.data[7 * w + 7] = true;
         let l = line_map(&m);
-        // The border row y=3 is drawn with the rows above and below it.
-        for y in 2..=4 {
-            assert!((2..=12).all(|x| l.data[y * w + x]), "row {y}");
+        // The border row y=3 is drawn 5 px wide, as OpenCV does for thickness 3.
+        for y in 1..=5 {
+            assert!((4..=10).all(|x| l.data[y * w + x]), "row {y}");
         }
-        assert!(!l.data[w + 7] && !l.data[5 * w + 7]);
+        assert!(!l.data[7] && !l.data[6 * w + 7]);
         // Hole and island are not drawn.
         assert!(!l.data[7 * w + 7] && !l.data[6 * w + 6]);
     }
