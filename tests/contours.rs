@@ -77,7 +77,7 @@ fn mask_strategy() -> impl Strategy<Value = Mask> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn polygons_rasterise_back_to_the_mask_north_up(m in mask_strategy()) {
@@ -88,6 +88,22 @@ proptest! {
     fn polygons_rasterise_back_to_the_mask_rotated(m in mask_strategy(), angle in -170f64..170.0) {
         let (s, c) = angle.to_radians().sin_cos();
         round_trip(&m, &GeoTransform([1000.0, 2.0 * c, -2.0 * s, 2000.0, 2.0 * s, 2.0 * c]))?;
+    }
+
+    /// Simplified output stays valid: Douglas–Peucker falls back where it would break a polygon.
+    #[test]
+    fn simplified_polygons_stay_valid(m in mask_strategy(), t in 0.3f64..4.0, dp in any::<bool>()) {
+        use engine::contour::{Cleanup, SimplifyMethod, clean};
+        let method = if dp { SimplifyMethod::DouglasPeucker } else { SimplifyMethod::VisvalingamPreserve };
+        let traced = polygonize_bool(m.width, m.height, &m.data);
+        let opts = Cleanup { simplify: Some((method, t)), ..Default::default() };
+        let (out, report) = clean(traced.polygons, &opts, 1.0);
+        prop_assert!(report.vertices_after <= report.vertices_before);
+        let mp = to_map(&out, &GeoTransform([0.0, 1.0, 0.0, 0.0, 0.0, -1.0]));
+        for p in &mp.0 {
+            let g = p.to_gdal().unwrap();
+            prop_assert!(g.is_valid(), "{method} {t}: invalid {}", g.wkt().unwrap());
+        }
     }
 
     #[test]

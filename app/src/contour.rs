@@ -115,6 +115,8 @@ pub fn report_json(cleanup: &CleanupReport, export: &ExportReport) -> serde_json
         "holes_filled": cleanup.holes_filled,
         "polygons_dropped": cleanup.polygons_dropped,
         "rings_collapsed": cleanup.rings_collapsed,
+        "simplified_otherwise": cleanup.simplified_otherwise,
+        "kept_exact": cleanup.kept_exact,
         "files": export.files,
         "layers": export.layers,
         "skipped": export.skipped,
@@ -135,6 +137,16 @@ pub fn print_report(out: &mut impl Write, cleanup: &CleanupReport, export: &Expo
         }
         if cleanup.rings_collapsed > 0 {
             write!(out, "; {} ring(s) collapsed by simplification", cleanup.rings_collapsed)?;
+        }
+        if cleanup.simplified_otherwise > 0 {
+            write!(
+                out,
+                "; {} simplified topology-preserving, as Douglas–Peucker made them invalid",
+                cleanup.simplified_otherwise
+            )?;
+        }
+        if cleanup.kept_exact > 0 {
+            write!(out, "; {} kept exact, as no simplification kept them valid", cleanup.kept_exact)?;
         }
         write!(out, ")")?;
     }

@@ -8,7 +8,9 @@
 pub mod linemap;
 pub mod trace;
 
-use geo::{Area, MapCoords, MultiPolygon, Orient, Polygon, Simplify, SimplifyVwPreserve, orient::Direction};
+use geo::{
+    Area, MapCoords, MultiPolygon, Orient, Polygon, Simplify, SimplifyVwPreserve, Validation, orient::Direction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::features::{Feature, Geometry, Provenance};
@@ -20,8 +22,9 @@ pub use trace::{Traced, polygonize_bool, polygonize_u8};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SimplifyMethod {
-    /// Douglas–Peucker: no vertex moves more than the tolerance; may create
-    /// self-intersections on thin parts (invalid results are reported).
+    /// Douglas–Peucker: no vertex moves more than the tolerance. Where it would
+    /// make a polygon invalid (self-intersections on thin parts), that polygon
+    /// is simplified with the topology-preserving method instead (reported).
     DouglasPeucker,
     /// Visvalingam–Whyatt, topology-preserving: removes vertices whose triangle
     /// is smaller than tolerance² without making rings cross.
@@ -109,6 +112,35 @@ pub struct CleanupReport {
     pub polygons_dropped: usize,
     /// Rings that simplification collapsed to nothing (removed).
     pub rings_collapsed: usize,
+    /// Polygons Douglas–Peucker would have made invalid, simplified with the
+    /// topology-preserving method instead.
+    pub simplified_otherwise: usize,
+    /// Polygons no simplification kept valid: written exactly as traced.
+    pub kept_exact: usize,
+}
+
+enum Simplified {
+    /// The simplified polygon and how many of its holes collapsed.
+    Valid(Polygon<f64>, usize),
+    /// The exterior collapsed (with this many rings in all).
+    Collapsed(usize),
+    Invalid,
+}
+
+fn simplified(p: &Polygon<f64>, method: SimplifyMethod, t: f64) -> Simplified {
+    let s = match method {
+        SimplifyMethod::DouglasPeucker => p.simplify(t),
+        SimplifyMethod::VisvalingamPreserve => p.simplify_vw_preserve(t * t),
+    };
+    let (ext, holes) = s.into_inner();
+    if !ring_alive(&ext) {
+        return Simplified::Collapsed(1 + holes.len());
+    }
+    let before = holes.len();
+    let holes: Vec<_> = holes.into_iter().filter(ring_alive).collect();
+    let collapsed = before - holes.len();
+    let s = Polygon::new(ext, holes);
+    if s.is_valid() { Simplified::Valid(s, collapsed) } else { Simplified::Invalid }
 }
 
 /// Vertices of a polygon, closing points not counted.
@@ -152,19 +184,30 @@ pub fn clean(polygons: Vec<Polygon<f64>>, opts: &Cleanup, pixel_size: f64) -> (V
             None => p,
             Some((method, t)) => {
                 let t = opts.to_px(t, pixel_size);
-                let s = match method {
-                    SimplifyMethod::DouglasPeucker => p.simplify(t),
-                    SimplifyMethod::VisvalingamPreserve => p.simplify_vw_preserve(t * t),
-                };
-                let (ext, holes) = s.into_inner();
-                if !ring_alive(&ext) {
-                    report.rings_collapsed += 1 + holes.len();
-                    continue;
+                match simplified(&p, method, t) {
+                    // Every ring collapsed: the polygon is gone.
+                    Simplified::Collapsed(rings) => {
+                        report.rings_collapsed += rings;
+                        continue;
+                    }
+                    Simplified::Valid(s, rings) => {
+                        report.rings_collapsed += rings;
+                        s
+                    }
+                    // Douglas–Peucker made it cross itself: the topology-preserving
+                    // method instead, or the exact polygon if that fails too.
+                    Simplified::Invalid => match simplified(&p, SimplifyMethod::VisvalingamPreserve, t) {
+                        Simplified::Valid(s, rings) if method == SimplifyMethod::DouglasPeucker => {
+                            report.rings_collapsed += rings;
+                            report.simplified_otherwise += 1;
+                            s
+                        }
+                        _ => {
+                            report.kept_exact += 1;
+                            p
+                        }
+                    },
                 }
-                let before = holes.len();
-                let holes: Vec<_> = holes.into_iter().filter(ring_alive).collect();
-                report.rings_collapsed += before - holes.len();
-                Polygon::new(ext, holes)
             }
         };
         out.push(p);
@@ -267,6 +310,8 @@ fn accumulate(total: &mut CleanupReport, r: &CleanupReport) {
     total.holes_filled += r.holes_filled;
     total.polygons_dropped += r.polygons_dropped;
     total.rings_collapsed += r.rings_collapsed;
+    total.simplified_otherwise += r.simplified_otherwise;
+    total.kept_exact += r.kept_exact;
 }
 
 #[cfg(test)]

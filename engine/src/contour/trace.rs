@@ -173,8 +173,9 @@ fn split_at_repeats(ring: Ring, out: &mut Vec<Ring>) {
 /// the right of its first edge.
 fn hole_probe(ring: &[(u32, u32)]) -> (f64, f64) {
     let (x0, y0) = (f64::from(ring[0].0), f64::from(ring[0].1));
-    let (x1, y1) = (f64::from(ring[1].0), f64::from(ring[1].1));
-    let (dx, dy) = ((x1 - x0).signum(), (y1 - y0).signum());
+    // Unit direction of the (axis-aligned) first edge. Not `f64::signum`: it gives 1 for 0.
+    let sign = |a: u32, b: u32| f64::from(i8::from(b > a) - i8::from(b < a));
+    let (dx, dy) = (sign(ring[0].0, ring[1].0), sign(ring[0].1, ring[1].1));
     // Middle of the first unit step, then half a pixel to the right (y down: right of (dx,dy) is (-dy,dx)).
     (x0 + 0.5 * dx - 0.5 * dy, y0 + 0.5 * dy + 0.5 * dx)
 }
@@ -374,6 +375,25 @@ mod tests {
         assert_eq!(t.polygons.len(), 2);
         let outer = t.polygons.iter().find(|p| p.interiors().len() == 1).unwrap();
         assert_eq!(outer.unsigned_area(), 16.0);
+        assert_eq!(raster_back(&t, w, h), m);
+    }
+
+    #[test]
+    fn island_touching_its_hole_at_a_corner() {
+        let (w, h, m) = mask(&[
+            "...####.....",
+            ".##...#.....",
+            ".#.#..#.....",
+            ".#....#.....",
+            ".###..###...",
+            "...##...#...",
+            "....#.###...",
+            "....###.....",
+        ]);
+        let t = polygonize_bool(w, h, &m);
+        assert_eq!(t.polygons.len(), 2);
+        let island = t.polygons.iter().find(|p| p.unsigned_area() == 1.0).unwrap();
+        assert!(island.interiors().is_empty());
         assert_eq!(raster_back(&t, w, h), m);
     }
 
