@@ -289,8 +289,8 @@ fn shapefile_limits_are_handled() {
     assert_eq!(string_field(&f, "truncated"), "reasoning");
     assert_eq!(string_field(&f, "query"), set.polygons[0].provenance.query, "UTF-8 query survives");
     drop(f);
-    drop(layer);
-    assert_on_pixel_corners(&ds, &ds.layer(0).unwrap().name(), &gt);
+    let name = layer.name();
+    assert_on_pixel_corners(&ds, &name, &gt);
 }
 
 #[test]

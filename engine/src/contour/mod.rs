@@ -82,10 +82,10 @@ impl Cleanup {
 
     /// The simplification tolerance in mask pixels.
     pub fn tolerance_px(&self, pixel_size: f64) -> Option<f64> {
-        self.simplify.map(|(_, t)| self.to_px(t, pixel_size))
+        self.simplify.map(|(_, t)| self.length_px(t, pixel_size))
     }
 
-    fn to_px(&self, v: f64, pixel_size: f64) -> f64 {
+    fn length_px(&self, v: f64, pixel_size: f64) -> f64 {
         match self.units {
             Units::Pixels => v,
             Units::Map => v / pixel_size,
@@ -183,7 +183,7 @@ pub fn clean(polygons: Vec<Polygon<f64>>, opts: &Cleanup, pixel_size: f64) -> (V
         let p = match opts.simplify {
             None => p,
             Some((method, t)) => {
-                let t = opts.to_px(t, pixel_size);
+                let t = opts.length_px(t, pixel_size);
                 match simplified(&p, method, t) {
                     // Every ring collapsed: the polygon is gone.
                     Simplified::Collapsed(rings) => {
