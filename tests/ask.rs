@@ -4,16 +4,12 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn shared(name: &str) -> PathBuf {
-    std::env::var_os("RR_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/data")).join(name)
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{root, rr, shared};
 
 fn trained() -> PathBuf {
     let dir = root().join("tests/fixtures/qwen2_5_vl_tiny_trained");
@@ -23,10 +19,6 @@ fn trained() -> PathBuf {
         dir.display()
     );
     dir
-}
-
-fn rr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_remote-reasoner")).args(args).output().unwrap()
 }
 
 #[test]

@@ -4,31 +4,18 @@
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+
+#[path = "common/cli.rs"]
+mod cli;
+#[path = "common/gis.rs"]
+mod gis;
+use cli::{ok_json, root, rr, shared};
 
 use engine::segment::Mask;
 use engine::segment::output::{Georef, read_mask, write_mask};
 use gdal::Dataset;
 use gdal::vector::LayerAccess;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn shared(name: &str) -> PathBuf {
-    std::env::var_os("RR_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/data")).join(name)
-}
-
-fn rr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_remote-reasoner")).args(args).output().unwrap()
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let out = rr(args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// A mask with a ring (hole + island), a staircase blob and corner-touching pixels, on a rotated UTM grid.
 fn write_test_mask(path: &Path) -> (Mask, Georef) {
@@ -88,13 +75,7 @@ fn polygonize_writes_georeferenced_polygons_that_rasterise_back() {
     assert_eq!(f.field_as_string(f.field_index("task").unwrap()).unwrap().as_deref(), Some("polygonize"));
     drop(f);
     // GDAL rasterises the written polygons back to the mask.
-    let driver = gdal::DriverManager::get_driver_by_name("MEM").unwrap();
-    let mut back = driver.create_with_band_type::<u8, _>("", m.width, m.height, 1).unwrap();
-    back.set_geo_transform(&georef.geotransform).unwrap();
-    gdal::raster::rasterize(&mut back, &[1], &geoms, &vec![1.0; geoms.len()], None).unwrap();
-    let buf: gdal::raster::Buffer<u8> =
-        back.rasterband(1).unwrap().read_as((0, 0), (m.width, m.height), (m.width, m.height), None).unwrap();
-    assert!(buf.data().iter().zip(&m.data).all(|(&a, &b)| (a != 0) == b), "rasterised polygons = mask");
+    assert_eq!(gis::rasterize(m.width, m.height, &georef.geotransform, &geoms), m.data, "rasterised polygons = mask");
     // The line map: black (0) on white (255), georeferenced like the mask, holes not drawn.
     let l = read_mask(&lines).unwrap();
     assert_eq!(l.georef.as_ref().unwrap().geotransform, georef.geotransform);
@@ -205,11 +186,6 @@ fn ask_contour_runs_the_whole_chain() {
     let m = read_mask(&mask).unwrap();
     let georef = m.georef.clone().unwrap();
     let geoms: Vec<gdal::vector::Geometry> = polys.features().map(|f| f.geometry().unwrap().clone()).collect();
-    let driver = gdal::DriverManager::get_driver_by_name("MEM").unwrap();
-    let mut back = driver.create_with_band_type::<u8, _>("", m.width, m.height, 1).unwrap();
-    back.set_geo_transform(&georef.geotransform).unwrap();
-    gdal::raster::rasterize(&mut back, &[1], &geoms, &vec![1.0; geoms.len()], None).unwrap();
-    let buf: gdal::raster::Buffer<u8> =
-        back.rasterband(1).unwrap().read_as((0, 0), (m.width, m.height), (m.width, m.height), None).unwrap();
-    assert_eq!(buf.data().iter().map(|&v| u8::from(v != 0)).collect::<Vec<_>>(), m.data);
+    let back = gis::rasterize(m.width, m.height, &georef.geotransform, &geoms);
+    assert_eq!(back.iter().map(|&v| u8::from(v)).collect::<Vec<_>>(), m.data);
 }

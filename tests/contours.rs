@@ -14,11 +14,13 @@ use engine::features::{Feature, FeatureSet, Geometry, Provenance};
 use engine::geo::GeoTransform;
 use engine::segment::Mask;
 use engine::tiles::Window;
-use gdal::raster::Buffer;
+use gdal::Dataset;
 use gdal::spatial_ref::SpatialRef;
 use gdal::vector::{Geometry as OgrGeometry, LayerAccess, ToGdal};
-use gdal::{Dataset, DriverManager};
 use proptest::prelude::*;
+
+#[path = "common/gis.rs"]
+mod gis;
 
 /// Paints rectangles in order (later ones over earlier ones, filled or cleared),
 /// then flips single pixels: holes, islands in holes, lines, corner contacts,
@@ -40,18 +42,6 @@ fn paint(w: usize, h: usize, rects: &[(usize, usize, usize, usize, bool)], flips
     m
 }
 
-/// GDAL rasterises `geoms` (map coordinates) on a raster with `gt`, pixel-centre rule.
-fn rasterize(w: usize, h: usize, gt: &GeoTransform, geoms: &[OgrGeometry]) -> Vec<bool> {
-    let driver = DriverManager::get_driver_by_name("MEM").unwrap();
-    let mut ds = driver.create_with_band_type::<u8, _>("", w, h, 1).unwrap();
-    ds.set_geo_transform(&gt.0).unwrap();
-    if !geoms.is_empty() {
-        gdal::raster::rasterize(&mut ds, &[1], geoms, &vec![1.0; geoms.len()], None).unwrap();
-    }
-    let buf: Buffer<u8> = ds.rasterband(1).unwrap().read_as((0, 0), (w, h), (w, h), None).unwrap();
-    buf.data().iter().map(|&v| v != 0).collect()
-}
-
 fn round_trip(m: &Mask, gt: &GeoTransform) -> Result<(), TestCaseError> {
     let t = polygonize_bool(m.width, m.height, &m.data);
     let mp = to_map(&t.polygons, gt);
@@ -61,7 +51,7 @@ fn round_trip(m: &Mask, gt: &GeoTransform) -> Result<(), TestCaseError> {
     for g in &geoms {
         prop_assert!(g.is_valid(), "invalid polygon {}", g.wkt().unwrap());
     }
-    let back = rasterize(m.width, m.height, gt, &geoms);
+    let back = gis::rasterize(m.width, m.height, &gt.0, &geoms);
     prop_assert_eq!(back, m.data.clone(), "rasterised polygons differ from the mask");
     Ok(())
 }

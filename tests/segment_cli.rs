@@ -5,25 +5,11 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn shared(name: &str) -> PathBuf {
-    std::env::var_os("RR_SHARED_DATA").map(PathBuf::from).unwrap_or_else(|| root().join("../shared/data")).join(name)
-}
-
-fn rr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_remote-reasoner")).args(args).output().unwrap()
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let out = rr(args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+#[path = "common/cli.rs"]
+mod cli;
+use cli::{ok_json, root, rr, shared};
 
 fn gdal_json(path: &Path) -> serde_json::Value {
     let out = Command::new("gdalinfo").arg("-json").arg(path).output().unwrap();

@@ -116,13 +116,9 @@ pub fn run(args: &ContoursBenchArgs) -> anyhow::Result<()> {
         .into_iter()
         .enumerate()
         .map(|(i, p)| Feature {
-            id: i as i64 + 1,
-            geometry: Geometry::Polygons(geo::MultiPolygon::new(vec![p])),
-            provenance: provenance.clone(),
             score: Some(0.9),
             object_score: Some(5.0),
-            edited: false,
-            simplify: None,
+            ..Feature::new(i as i64 + 1, Geometry::Polygons(geo::MultiPolygon::new(vec![p])), provenance.clone())
         })
         .collect();
     let vertices: usize = features

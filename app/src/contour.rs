@@ -194,19 +194,13 @@ pub fn polygonize(args: &PolygonizeArgs) -> anyhow::Result<()> {
         created_at: Provenance::now(),
         ..Default::default()
     });
+    let simplify = cleanup.tolerance_px(gt.as_ref().map_or(1.0, map_pixel)).map(|t| (args.contour.simplify_method, t));
     let polygons = polygons
         .into_iter()
         .enumerate()
         .map(|(i, p)| Feature {
-            id: i as i64 + 1,
-            geometry: Geometry::Polygons(geo::MultiPolygon::new(vec![p])),
-            provenance: provenance.clone(),
-            score: None,
-            object_score: None,
-            edited: false,
-            simplify: cleanup
-                .tolerance_px(gt.as_ref().map_or(1.0, map_pixel))
-                .map(|t| (args.contour.simplify_method, t)),
+            simplify,
+            ..Feature::new(i as i64 + 1, Geometry::Polygons(geo::MultiPolygon::new(vec![p])), provenance.clone())
         })
         .collect();
     let set = FeatureSet {

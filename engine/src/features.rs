@@ -56,6 +56,13 @@ pub struct Feature {
     pub simplify: Option<(crate::contour::SimplifyMethod, f64)>,
 }
 
+impl Feature {
+    /// A feature as the model (or tracer) made it: no scores, not edited, not simplified.
+    pub fn new(id: i64, geometry: Geometry, provenance: Arc<Provenance>) -> Self {
+        Self { id, geometry, provenance, score: None, object_score: None, edited: false, simplify: None }
+    }
+}
+
 /// Geometry in source-raster pixel coordinates (corners; y down).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Geometry {
