@@ -153,7 +153,17 @@ fn ask_contour_runs_the_whole_chain() {
     args.push(query);
     let pixel = ok_json(&args);
     let gpkg = tmp.path().join("result.gpkg");
-    let mut args = vec!["ask", "--task", "contour", "--json", "--out", gpkg.to_str().unwrap()];
+    let mask2 = tmp.path().join("mask2.tif");
+    let mut args = vec![
+        "ask",
+        "--task",
+        "contour",
+        "--json",
+        "--out",
+        gpkg.to_str().unwrap(),
+        "--mask-out",
+        mask2.to_str().unwrap(),
+    ];
     args.extend(common);
     args.push(query);
     let v = ok_json(&args);
@@ -188,4 +198,6 @@ fn ask_contour_runs_the_whole_chain() {
     let geoms: Vec<gdal::vector::Geometry> = polys.features().map(|f| f.geometry().unwrap().clone()).collect();
     let back = gis::rasterize(m.width, m.height, &georef.geotransform, &geoms);
     assert_eq!(back.iter().map(|&v| u8::from(v)).collect::<Vec<_>>(), m.data);
+    // --mask-out wrote the same mask, georeferenced the same way.
+    assert_eq!(read_mask(&mask2).unwrap(), m);
 }

@@ -41,6 +41,9 @@ pub struct AskArgs {
     /// --task contour: the features (.gpkg, .shp, .geojson or .fgb; boxes and polygons).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// --task contour: also write the merged mask (.tif georeferenced like the raster, or .png).
+    #[arg(long, value_name = "MASK")]
+    pub mask_out: Option<PathBuf>,
     #[command(flatten)]
     pub contour: crate::contour::ContourArgs,
     /// Pixel budget of the image the model sees (default 802816, as in training).
@@ -151,8 +154,8 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
     if args.out.is_some() && !matches!(args.task, AskTask::Pixel | AskTask::Contour) {
         bail!("--out writes the mask of --task pixel or the features of --task contour");
     }
-    if args.contour.line_map.is_some() && args.task != AskTask::Contour {
-        bail!("--line-map is written by --task contour");
+    if (args.contour.line_map.is_some() || args.mask_out.is_some()) && args.task != AskTask::Contour {
+        bail!("--line-map and --mask-out are written by --task contour");
     }
     let cleanup = args.contour.cleanup()?;
     if args.task == AskTask::Contour && cleanup.units == engine::contour::Units::Map && info.geotransform.is_none() {
@@ -212,6 +215,9 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            if let Some(path) = &args.mask_out {
+                crate::segment::save_mask(path, &result.merged, &info, &img)?;
+            }
             if let Some(path) = &args.contour.line_map {
                 let georef = info.geotransform.map(|g| {
                     Georef::for_window(g, info.crs_wkt.clone(), window, (result.merged.width, result.merged.height))
