@@ -307,6 +307,18 @@ pub fn export(
     opts: &ExportOptions,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<ExportReport> {
+    export_with(path, set, opts, progress, &[])
+}
+
+/// [`export`], plus an attribute-only table `name` of (key, value) rows in the
+/// same GeoPackage (a project's settings).
+pub(crate) fn export_with(
+    path: &Path,
+    set: &FeatureSet,
+    opts: &ExportOptions,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+    table: &[(&str, &[(String, String)])],
+) -> Result<ExportReport> {
     crate::gdal_init();
     let werr = |reason: String| EngineError::Write { path: path.to_owned(), reason };
     let format = opts
@@ -383,7 +395,10 @@ pub fn export(
         }
         done += features.len();
     }
-    if let Some((_, ds)) = open.take() {
+    if let Some((_, mut ds)) = open.take() {
+        for (name, rows) in table {
+            write_table(&mut ds, name, rows).map_err(|e| werr(gdal_reason(&e)))?;
+        }
         ds.close().map_err(|e| werr(gdal_reason(&e)))?;
     }
     if !progress(total, total) {
@@ -406,6 +421,22 @@ pub fn export(
         remove_stale_sidecars(path, &report.files);
     }
     Ok(report)
+}
+
+/// A table without geometry: one row per (key, value).
+fn write_table(ds: &mut gdal::Dataset, name: &str, rows: &[(String, String)]) -> gdal::errors::Result<()> {
+    let layer = ds.create_layer(LayerOptions { name, ty: OGRwkbGeometryType::wkbNone, ..Default::default() })?;
+    for field in ["key", "value"] {
+        FieldDefn::new(field, OGRFieldType::OFTString)?.add_to_layer(&layer)?;
+    }
+    let defn = layer.defn();
+    for (k, v) in rows {
+        let mut f = gdal::vector::Feature::new(defn)?;
+        f.set_field_string(0, k)?;
+        f.set_field_string(1, v)?;
+        f.create(&layer)?;
+    }
+    Ok(())
 }
 
 /// A Shapefile replaced by one without a `.prj` (or `.cpg`, index …) must not

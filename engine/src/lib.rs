@@ -16,10 +16,13 @@
 //!   the paper's line map.
 //! - [`features`], [`export`]: results as GIS features with provenance, written
 //!   through GDAL/OGR (GeoPackage, Shapefile, GeoJSON, FlatGeobuf).
+//! - [`edit`]: the analyst's working set of features with undoable edits and hit testing.
+//! - [`project`]: projects as GeoPackages (features + settings), recovery file.
 //! - [`worker`]: the engine thread, its typed requests and events.
 
 pub mod cache;
 pub mod contour;
+pub mod edit;
 pub mod error;
 pub mod export;
 pub mod features;
@@ -27,6 +30,7 @@ pub mod geo;
 pub mod hub;
 pub mod models;
 pub mod overviews;
+pub mod project;
 pub mod raster;
 pub mod reasoner;
 pub mod segment;

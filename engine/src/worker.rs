@@ -118,6 +118,8 @@ pub struct SegmentOutcome {
     pub method: Method,
     /// Whether the window was encoded for this request (false: from the cache).
     pub encoded: bool,
+    /// Per box: its mask traced into polygons (exact, raster pixels).
+    pub polygons: Vec<geo::MultiPolygon<f64>>,
 }
 
 /// A finished question: the model's answer and its boxes in raster pixels.
@@ -189,6 +191,8 @@ pub enum Event {
         job: JobId,
         feature: u64,
         segment: Box<Segment>,
+        /// The refined mask traced into polygons (exact, raster pixels).
+        polygons: geo::MultiPolygon<f64>,
     },
     /// The job stopped early: cancelled, or superseded by a newer request.
     Cancelled {
@@ -785,6 +789,12 @@ fn model_loop(
                 .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p))));
                 match result {
                     Ok(r) => {
+                        let frame = crate::contour::ImageFrame {
+                            window: image.window,
+                            image_size: (image.image.width, image.image.height),
+                        };
+                        let polygons =
+                            r.per_box.iter().map(|(_, s)| crate::contour::trace_to_raster(&s.mask, &frame)).collect();
                         let outcome = SegmentOutcome {
                             raster,
                             window: image.window,
@@ -793,6 +803,7 @@ fn model_loop(
                             per_box: r.per_box.into_iter().map(|(b, s)| (image.to_raster(&b), s)).collect(),
                             method: r.method,
                             encoded: r.encoded,
+                            polygons,
                         };
                         emit(Event::Segmented { job, outcome: Box::new(outcome) });
                     }
@@ -821,7 +832,14 @@ fn model_loop(
                 }))
                 .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p))));
                 match result {
-                    Ok(segment) => emit(Event::Refined { job, feature, segment: Box::new(segment) }),
+                    Ok(segment) => {
+                        let frame = crate::contour::ImageFrame {
+                            window: image.window,
+                            image_size: (image.image.width, image.image.height),
+                        };
+                        let polygons = crate::contour::trace_to_raster(&segment.mask, &frame);
+                        emit(Event::Refined { job, feature, segment: Box::new(segment), polygons });
+                    }
                     Err(e) => emit(Event::Failed { job, error: e.to_string() }),
                 }
             }
