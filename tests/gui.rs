@@ -12,14 +12,20 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use rr_app::gui::WorkbenchApp;
 
-const SIZE: Vec2 = vec2(1000.0, 700.0);
+const SIZE: Vec2 = vec2(1400.0, 900.0);
 
 fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif")
 }
 
 fn harness(path: Option<PathBuf>) -> Harness<'static, WorkbenchApp> {
-    Harness::builder().with_size(SIZE).build_eframe(move |cc| WorkbenchApp::new(&cc.egui_ctx, path))
+    // A recovery file of its own, so a user's unsaved work never shows up here.
+    let recovery =
+        std::env::temp_dir().join(format!("rr-gui-test-{}-{:?}.gpkg", std::process::id(), std::thread::current().id()));
+    let _ = std::fs::remove_file(&recovery);
+    Harness::builder().with_size(SIZE).build_eframe(move |cc| {
+        WorkbenchApp::with_session(&cc.egui_ctx, path, rr_app::gui::session::Settings::default(), recovery)
+    })
 }
 
 /// Steps frames until the app is idle (raster open, every tile of the view here)

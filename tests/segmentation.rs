@@ -113,7 +113,10 @@ fn pixel_task_refinement_and_cache_through_the_engine() {
         match next(&e) {
             Event::Segmented { job, .. } if job == busy => busy_done = true,
             Event::Cancelled { job } if job == older => older_cancelled = true,
-            Event::Refined { job, feature, segment } if job == newer => refined = Some((feature, segment)),
+            Event::Refined { job, feature, segment, polygons } if job == newer => {
+                assert!(!polygons.0.is_empty(), "the refined mask is traced");
+                refined = Some((feature, segment));
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -374,9 +374,10 @@ impl FeatureStore {
             .rev()
             .find(|f| f.polygons.contains(&point))
             .or_else(|| {
-                self.features.iter().rev().find(|f| {
-                    f.bbox.is_some_and(|[x1, y1, x2, y2]| p.x >= x1 && p.x <= x2 && p.y >= y1 && p.y <= y2)
-                })
+                self.features
+                    .iter()
+                    .rev()
+                    .find(|f| f.bbox.is_some_and(|[x1, y1, x2, y2]| p.x >= x1 && p.x <= x2 && p.y >= y1 && p.y <= y2))
             })
             .map(|f| f.id)
     }
@@ -487,7 +488,8 @@ mod tests {
         let ids = s.add("segment", vec![feature(), feature()]);
         assert_eq!(ids, [1, 2]);
         let r0 = s.revision();
-        let moved = s.get(1).unwrap().with_vertex_moved(VertexRef { part: 0, ring: 0, index: 2 }, Coord { x: 12.0, y: 12.0 });
+        let moved =
+            s.get(1).unwrap().with_vertex_moved(VertexRef { part: 0, ring: 0, index: 2 }, Coord { x: 12.0, y: 12.0 });
         s.replace("move vertex", moved.unwrap()).unwrap();
         s.remove("delete", &[2]);
         assert_eq!(s.len(), 1);
@@ -526,7 +528,8 @@ mod tests {
         assert_eq!((e.index, at), (0, Coord { x: 5.0, y: 0.0 }));
         assert!(nearest_vertex(&f.polygons, Coord { x: 5.0, y: 2.0 }, 1.0).is_none());
         // A staircase simplifies, and goes back to exact.
-        let stairs: Vec<(f64, f64)> = (0..10).flat_map(|i| [(i as f64, i as f64), (i as f64 + 1.0, i as f64)]).collect();
+        let stairs: Vec<(f64, f64)> =
+            (0..10).flat_map(|i: i32| [(f64::from(i), f64::from(i)), (f64::from(i) + 1.0, f64::from(i))]).collect();
         let mut ring = stairs.clone();
         ring.extend([(10.0, 10.0), (0.0, 10.0), (0.0, 0.0)]);
         let f = WorkFeature::new(None, MultiPolygon::new(vec![Polygon::new(ring.into(), vec![])]), Arc::default());
@@ -538,7 +541,10 @@ mod tests {
     #[test]
     fn feature_set_has_boxes_and_polygons() {
         let mut s = FeatureStore::new();
-        s.add("a", vec![feature(), WorkFeature::new(Some([1.0, 2.0, 3.0, 4.0]), MultiPolygon::new(vec![]), Arc::default())]);
+        s.add(
+            "a",
+            vec![feature(), WorkFeature::new(Some([1.0, 2.0, 3.0, 4.0]), MultiPolygon::new(vec![]), Arc::default())],
+        );
         let set = s.to_feature_set(None, None);
         assert_eq!((set.boxes.len(), set.polygons.len()), (2, 1));
     }

@@ -93,9 +93,8 @@ pub fn load(path: &Path) -> Result<Project> {
     }
     let bad = |reason: String| EngineError::Read { path: path.to_owned(), reason };
     let ds = gdal::Dataset::open(path).map_err(|e| bad(gdal_reason(&e)))?;
-    let mut table = ds
-        .layer_by_name(TABLE)
-        .map_err(|_| bad(format!("not a RemoteReasoner project (no {TABLE} table)")))?;
+    let mut table =
+        ds.layer_by_name(TABLE).map_err(|_| bad(format!("not a RemoteReasoner project (no {TABLE} table)")))?;
     let mut meta: Option<ProjectMeta> = None;
     let mut exact: HashMap<u64, MultiPolygon<f64>> = HashMap::new();
     for row in table.features() {
@@ -126,9 +125,20 @@ pub fn load(path: &Path) -> Result<Project> {
             let Some(geometry) = f.geometry() else { continue };
             let geo = multi(geometry.to_geo().map_err(|e| bad(gdal_reason(&e)))?).map_coords(|c| {
                 let (x, y) = to_pixels.pixel_to_world(c.x, c.y);
-                geo::Coord { x, y }
+                geo::Coord { x: snap(x), y: snap(y) }
             });
-            let keys = ["task", "query", "answer", "model", "weights_hash", "segmenter", "reasoning", "source", "window", "created_at"];
+            let keys = [
+                "task",
+                "query",
+                "answer",
+                "model",
+                "weights_hash",
+                "segmenter",
+                "reasoning",
+                "source",
+                "window",
+                "created_at",
+            ];
             let values: Vec<String> = keys.iter().map(|k| text(k)).collect();
             let provenance = provenances
                 .entry(values.clone())
@@ -168,6 +178,13 @@ pub fn load(path: &Path) -> Result<Project> {
     let mut features: Vec<WorkFeature> = features.into_values().collect();
     features.sort_by_key(|f| f.id);
     Ok(Project { meta, features })
+}
+
+/// Back through the inverse geotransform a pixel corner is off by ~1e-10:
+/// put it back on the corner (nothing the analyst made is that close otherwise).
+fn snap(v: f64) -> f64 {
+    let r = v.round();
+    if (v - r).abs() < 1e-7 { r } else { v }
 }
 
 fn multi(g: geo::Geometry<f64>) -> MultiPolygon<f64> {
@@ -215,7 +232,8 @@ mod tests {
             window: Some(Window { x: 1, y: 2, width: 30, height: 40 }),
             ..Default::default()
         });
-        let mut stairs: Vec<(f64, f64)> = (0..6).flat_map(|i| [(i as f64, i as f64), (i as f64 + 1.0, i as f64)]).collect();
+        let mut stairs: Vec<(f64, f64)> =
+            (0..6).flat_map(|i: i32| [(f64::from(i), f64::from(i)), (f64::from(i) + 1.0, f64::from(i))]).collect();
         stairs.extend([(6.0, 6.0), (0.0, 6.0), (0.0, 0.0)]);
         let poly = MultiPolygon::new(vec![Polygon::new(stairs.into(), vec![])]);
         let mut store = FeatureStore::new();

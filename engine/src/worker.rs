@@ -18,8 +18,12 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
 
+use crate::edit::WorkFeature;
 use crate::error::EngineError;
+use crate::export::{ExportOptions, ExportReport};
+use crate::features::FeatureSet;
 use crate::overviews;
+use crate::project::{Project, ProjectMeta};
 use crate::raster::{Raster, RasterInfo, RenderParams};
 use crate::reasoner::parse::PixelBox;
 use crate::reasoner::{Answer, AskEvent, AskOptions, LoadOptions, Reasoner, Task, WindowImage};
@@ -78,6 +82,12 @@ pub enum Request {
         previous: Option<Box<Segment>>,
         clicks: Vec<(f64, f64, bool)>,
     },
+    /// Save a project (GeoPackage, atomic) on a file thread: [`Event::ProjectSaved`].
+    SaveProject { job: JobId, path: PathBuf, meta: Box<ProjectMeta>, features: Vec<WorkFeature> },
+    /// Load a project on a file thread: [`Event::ProjectLoaded`].
+    LoadProject { job: JobId, path: PathBuf },
+    /// Export features on a file thread: [`Event::Exported`].
+    Export { job: JobId, path: PathBuf, set: Box<FeatureSet>, options: ExportOptions },
     /// Cancel a job (tile rendering, overview building, a question between tokens).
     Cancel { job: JobId },
 }
@@ -194,6 +204,19 @@ pub enum Event {
         /// The refined mask traced into polygons (exact, raster pixels).
         polygons: geo::MultiPolygon<f64>,
     },
+    ProjectSaved {
+        job: JobId,
+        path: PathBuf,
+    },
+    ProjectLoaded {
+        job: JobId,
+        path: PathBuf,
+        project: Box<Project>,
+    },
+    Exported {
+        job: JobId,
+        report: ExportReport,
+    },
     /// The job stopped early: cancelled, or superseded by a newer request.
     Cancelled {
         job: JobId,
@@ -220,6 +243,9 @@ impl Event {
             | Self::SegmenterLoaded { job, .. }
             | Self::Segmented { job, .. }
             | Self::Refined { job, .. }
+            | Self::ProjectSaved { job, .. }
+            | Self::ProjectLoaded { job, .. }
+            | Self::Exported { job, .. }
             | Self::Cancelled { job }
             | Self::Failed { job, .. } => *job,
         }
@@ -503,6 +529,24 @@ impl Worker {
         (self.waker)();
     }
 
+    /// Runs file work (saving, loading, exporting) on a thread of its own, so
+    /// tiles keep flowing; its outcome, error or panic comes back as an event.
+    fn file_job(&mut self, job: JobId, f: impl FnOnce() -> Result<Event, EngineError> + Send + 'static) {
+        let (events, waker) = (self.events.clone(), self.waker.clone());
+        let spawned = std::thread::Builder::new().name(format!("job-{job}-file")).spawn(move || {
+            let event = match catch_unwind(AssertUnwindSafe(f)) {
+                Ok(Ok(event)) => event,
+                Ok(Err(e)) => Event::Failed { job, error: e.to_string() },
+                Err(p) => Event::Failed { job, error: format!("internal error: {}", panic_message(&*p)) },
+            };
+            let _ = events.send(event);
+            waker();
+        });
+        if let Err(e) = spawned {
+            self.emit(Event::Failed { job, error: format!("cannot start a file thread: {e}") });
+        }
+    }
+
     /// Runs `f`, turning an error or a panic into a `Failed` event.
     fn guarded(&mut self, job: JobId, f: impl FnOnce(&mut Self) -> Result<(), EngineError>) {
         match catch_unwind(AssertUnwindSafe(|| f(self))) {
@@ -600,6 +644,18 @@ impl Worker {
                         .map_err(|_| EngineError::Internal("the model thread stopped".into()))
                 });
             }
+            Msg::Request(Request::SaveProject { job, path, meta, features }) => self.file_job(job, move || {
+                crate::project::save(&path, &meta, &features)?;
+                Ok(Event::ProjectSaved { job, path })
+            }),
+            Msg::Request(Request::LoadProject { job, path }) => self.file_job(job, move || {
+                let project = Box::new(crate::project::load(&path)?);
+                Ok(Event::ProjectLoaded { job, path, project })
+            }),
+            Msg::Request(Request::Export { job, path, set, options }) => self.file_job(job, move || {
+                let report = crate::export::export(&path, &set, &options, &mut |_, _| true)?;
+                Ok(Event::Exported { job, report })
+            }),
             Msg::ModelJobDone { job } => {
                 self.cancels.remove(&job);
             }

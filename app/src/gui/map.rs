@@ -121,13 +121,19 @@ pub fn map_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         return;
     };
     let (w, h) = (doc.info.width, doc.info.height);
-    if doc.fit_pending {
+    if doc.fit_pending || doc.fitted_to.is_some_and(|r| r != rect) {
         doc.view = ViewTransform::fit(w, h, rect);
         doc.fit_pending = false;
+        doc.fitted_to = Some(rect);
     }
 
-    // Input: drag pans, wheel (or pinch / ctrl-wheel) zooms about the pointer.
-    if response.dragged() {
+    // Input: the overlay's tools take the gestures that edit; any other drag
+    // pans, and the wheel (or pinch / ctrl-wheel) zooms about the pointer.
+    let edited = super::overlay::overlay_input(app, &response, rect);
+    let pans = matches!(app.session.tool, super::session::Tool::Select | super::session::Tool::Refine);
+    let Some(doc) = app.doc.as_mut() else { return };
+    let view_before = doc.view;
+    if response.dragged() && !edited && pans {
         doc.view.pan(response.drag_delta());
     }
     if let Some(pointer) = response.hover_pos() {
@@ -136,6 +142,9 @@ pub fn map_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         if (factor - 1.0).abs() > 1e-6 {
             doc.view.zoom_at(rect, pointer, factor, ViewTransform::min_zoom_for(w, h));
         }
+    }
+    if doc.view != view_before {
+        doc.fitted_to = None;
     }
     let cursor = response.hover_pos().map(|p| doc.view.screen_to_source(rect, p));
     if cursor != app.cursor_source {
@@ -197,4 +206,6 @@ pub fn map_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         }
     }
     doc.tiles.evict();
+    // Results over the tiles.
+    super::overlay::overlay_paint(app, ui, rect);
 }

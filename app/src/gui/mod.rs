@@ -1,8 +1,13 @@
 //! The desktop workbench (eframe/egui). The GUI only sends requests to the
 //! engine thread and polls its events; it never blocks a frame on I/O.
 
+pub mod dialogs;
+mod features;
 mod map;
+pub mod overlay;
 mod panels;
+mod query;
+pub mod session;
 pub mod view;
 
 use std::path::PathBuf;
@@ -46,8 +51,13 @@ pub fn run(path: Option<PathBuf>, renderer: RendererChoice, screenshot: Option<P
         "RemoteReasoner",
         options,
         Box::new(move |cc| {
-            let mut app = WorkbenchApp::new(&cc.egui_ctx, path);
+            let settings = cc.storage.and_then(|s| eframe::get_value(s, SETTINGS_KEY)).unwrap_or_default();
+            let mut app = WorkbenchApp::with_session(&cc.egui_ctx, path, settings, engine::project::recovery_path());
             app.screenshot = shot.map(|(path, result)| Screenshot { path, requested: false, result });
+            if app.screenshot.is_some() {
+                // A screenshot run is not interactive: no restore question in the picture.
+                app.session.recovery_offer = None;
+            }
             Ok(Box::new(app))
         }),
     )
@@ -76,6 +86,9 @@ pub struct Document {
     pub view: ViewTransform,
     /// The view is fitted to the map rectangle on the next frame (its size is known only then).
     pub fit_pending: bool,
+    /// The map rectangle of the last fit while the analyst has not moved the
+    /// view since: a resized map (window, panels) is fitted again.
+    pub fitted_to: Option<egui::Rect>,
     pub tiles: TileTextures,
     /// The tile request in flight and the tiles it still owes.
     pub tile_job: Option<(JobId, Vec<TileKey>)>,
@@ -99,7 +112,33 @@ pub struct WorkbenchApp {
     pub show_metadata: bool,
     /// Save a screenshot here once the first view has fully loaded, then quit.
     pub screenshot: Option<Screenshot>,
+    /// Questions, features, editing, projects.
+    pub session: session::Session,
+    /// Triangulated feature fills.
+    pub fills: overlay::FillCache,
+    /// Where unsaved work is kept every few seconds.
+    pub recovery_path: PathBuf,
+    /// How often unsaved work is written there.
+    pub autosave_every: Duration,
+    /// A project's view, applied once its raster is open.
+    pub pending_view: Option<[f64; 3]>,
+    /// A native file dialog in flight (other than "open raster") and what it is for.
+    pub picker: Option<(DialogPurpose, mpsc::Receiver<Option<PathBuf>>)>,
+    pub picked: Option<(DialogPurpose, PathBuf)>,
 }
+
+/// What a file dialog was opened for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialogPurpose {
+    OpenProject,
+    SaveProject,
+    ExportTo,
+    ModelDir,
+    SamCheckpoint,
+}
+
+/// Seconds between two autosaves of unsaved work.
+pub const AUTOSAVE_SECONDS: u64 = 5;
 
 /// A pending `--screenshot` request and, once taken, its outcome.
 #[derive(Debug)]
@@ -119,6 +158,17 @@ impl std::fmt::Debug for WorkbenchApp {
 impl WorkbenchApp {
     /// Starts the engine (it wakes the UI whenever it has news) and opens `path` if given.
     pub fn new(ctx: &egui::Context, path: Option<PathBuf>) -> Self {
+        Self::with_session(ctx, path, session::Settings::default(), engine::project::recovery_path())
+    }
+
+    /// [`Self::new`] with saved settings and a recovery file: if that file exists,
+    /// the last session did not end normally and restoring it is offered.
+    pub fn with_session(
+        ctx: &egui::Context,
+        path: Option<PathBuf>,
+        settings: session::Settings,
+        recovery_path: PathBuf,
+    ) -> Self {
         ctx.options_mut(|o| o.zoom_with_keyboard = false);
         let waker_ctx = ctx.clone();
         let engine = Engine::spawn(EngineConfig::default(), Arc::new(move || waker_ctx.request_repaint()));
@@ -132,7 +182,17 @@ impl WorkbenchApp {
             map_rect: None,
             show_metadata: true,
             screenshot: None,
+            session: session::Session::new(settings),
+            fills: overlay::FillCache::default(),
+            recovery_path,
+            autosave_every: Duration::from_secs(AUTOSAVE_SECONDS),
+            pending_view: None,
+            picker: None,
+            picked: None,
         };
+        if app.recovery_path.exists() {
+            app.session.recovery_offer = Some(app.recovery_path.clone());
+        }
         if let Some(p) = path {
             app.open(p);
         }
@@ -187,6 +247,23 @@ impl WorkbenchApp {
                 Err(mpsc::TryRecvError::Disconnected) => self.file_dialog = None,
             }
         }
+        if let Some((purpose, rx)) = &self.picker {
+            match rx.try_recv() {
+                Ok(picked) => {
+                    let purpose = *purpose;
+                    self.picker = None;
+                    if let Some(p) = picked {
+                        match purpose {
+                            DialogPurpose::OpenProject => self.load_project(p),
+                            DialogPurpose::SaveProject => self.save_project(p, false),
+                            _ => self.picked = Some((purpose, p)),
+                        }
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => self.picker = None,
+            }
+        }
         let dropped: Vec<PathBuf> = ctx.input(|i| {
             i.raw.dropped_files.iter().map(|f| f.path().to_owned()).filter(|p| !p.as_os_str().is_empty()).collect()
         });
@@ -212,10 +289,12 @@ impl WorkbenchApp {
                         info: *info,
                         view: ViewTransform::default(),
                         fit_pending: true,
+                        fitted_to: None,
                         tiles: TileTextures::new(params.cache_hash()),
                         tile_job: None,
                         overview_job: None,
                     });
+                    self.apply_pending_view();
                 } else {
                     self.engine.close(raster);
                 }
@@ -230,6 +309,11 @@ impl WorkbenchApp {
                 }
             }
             Event::TilesDone { job } | Event::Cancelled { job } => {
+                if self.run_job() == Some(job) {
+                    self.session.finish_run(Some("Cancelled.".into()));
+                }
+                self.session.segment_jobs.retain(|(j, _)| *j != job);
+                self.session.refine_jobs.retain(|(j, _, _)| *j != job);
                 if let Some(doc) = self.doc.as_mut() {
                     if doc.tile_job.as_ref().is_some_and(|(j, _)| *j == job) {
                         doc.tile_job = None;
@@ -262,15 +346,116 @@ impl WorkbenchApp {
                     self.notify_info(format!("Built {levels} overview levels."));
                 }
             }
-            // The workbench does not send model requests yet.
-            Event::ReasonerLoaded { .. }
-            | Event::AskStage { .. }
-            | Event::AskText { .. }
-            | Event::AskDone { .. }
-            | Event::SegmenterLoaded { .. }
-            | Event::Segmented { .. }
-            | Event::Refined { .. } => {}
+            Event::ReasonerLoaded { job, info } => {
+                if self.run_job() == Some(job) {
+                    self.session.reasoner = Some(info);
+                    if self.session.pending_ask
+                        && let Some(doc) = &self.doc
+                    {
+                        let params = doc.params;
+                        self.session.send_ask(&self.engine, params);
+                    }
+                }
+            }
+            Event::AskStage { job, stage } => {
+                if let Some(run) = self.session.run.as_mut().filter(|r| r.job == Some(job)) {
+                    run.stage = Some(session::Stage::Asking(stage));
+                }
+            }
+            Event::AskText { job, text } => {
+                if let Some(run) = self.session.run.as_mut().filter(|r| r.job == Some(job)) {
+                    run.text.push_str(&text);
+                }
+            }
+            Event::AskDone { job, outcome } => {
+                if self.run_job() == Some(job) {
+                    self.on_answer(outcome);
+                }
+            }
+            Event::SegmenterLoaded { job: _, method } => {
+                self.session.segmenter = Some(method);
+                if let Some((window, boxes, purpose)) = self.session.pending_segment.take()
+                    && let Some(doc) = &self.doc
+                {
+                    let (raster, params) = (doc.raster, doc.params);
+                    self.session.start_segment(&self.engine, raster, window, params, boxes, purpose);
+                }
+            }
+            Event::Segmented { job, outcome } => self.on_segmented(job, &outcome),
+            Event::Refined { job, feature, segment, polygons } => {
+                let Some(pos) = self.session.refine_jobs.iter().position(|(j, _, _)| *j == job) else { return };
+                let (_, _, clicks) = self.session.refine_jobs.remove(pos);
+                if let Some(f) = self.session.features.get(feature)
+                    && let Some(old) = &f.segment
+                {
+                    let state = engine::edit::SegmentState { window: old.window, segment: *segment, clicks };
+                    let refined = f.with_segment(state, polygons);
+                    let _ = self.session.features.replace("refine mask", refined);
+                }
+            }
+            Event::ProjectSaved { job, path } => {
+                if let Some((j, _, recovery, revision)) = self.session.save_job.take() {
+                    if j != job {
+                        self.session.save_job = Some((j, path, recovery, revision));
+                    } else if recovery {
+                        self.session.autosaved_revision = revision;
+                    } else {
+                        self.session.saved_revision = revision;
+                        self.session.autosaved_revision = revision;
+                        self.session.project_path = Some(path.clone());
+                        // Saved for real: the recovery copy is not needed any more.
+                        let _ = std::fs::remove_file(&self.recovery_path);
+                        self.notify_info(format!("Saved {}", path.display()));
+                    }
+                }
+            }
+            Event::ProjectLoaded { job, path, project } => {
+                if self.session.load_job == Some(job) {
+                    self.session.load_job = None;
+                    self.apply_project(path, *project);
+                }
+            }
+            Event::Exported { job, report } => {
+                if self.session.export_job == Some(job) {
+                    self.session.export_job = None;
+                    let layers: Vec<String> = report.layers.iter().map(|(l, n)| format!("{n} {l}")).collect();
+                    let mut text = format!(
+                        "Exported {} to {}",
+                        layers.join(", "),
+                        report.files.first().map_or_else(String::new, |f| f.display().to_string())
+                    );
+                    if !report.skipped.is_empty() {
+                        text.push_str(&format!("; skipped: {}", report.skipped.join("; ")));
+                    }
+                    for n in &report.notes {
+                        text.push_str(&format!("\n{n}"));
+                    }
+                    self.session.last_export = Some(text.clone());
+                    self.notify_info(text);
+                }
+            }
             Event::Failed { job, error } => {
+                if self.run_job() == Some(job) {
+                    self.session.finish_run(Some(error.clone()));
+                    if self.session.reasoner.is_none() {
+                        self.session.reasoner_key = None;
+                    }
+                    if self.session.segmenter.is_none() {
+                        self.session.segmenter_key = None;
+                        self.session.pending_segment = None;
+                    }
+                }
+                self.session.segment_jobs.retain(|(j, _)| *j != job);
+                self.session.refine_jobs.retain(|(j, _, _)| *j != job);
+                if self.session.save_job.as_ref().is_some_and(|(j, ..)| *j == job) {
+                    self.session.save_job = None;
+                }
+                if self.session.load_job == Some(job) {
+                    self.session.load_job = None;
+                }
+                if self.session.export_job == Some(job) {
+                    self.session.export_job = None;
+                }
                 if self.opening.as_ref().is_some_and(|(j, _)| *j == job) {
                     self.opening = None;
                 }
@@ -284,6 +469,236 @@ impl WorkbenchApp {
                     }
                 }
                 self.notify_error(error);
+            }
+        }
+    }
+
+    /// The job the current run waits on.
+    fn run_job(&self) -> Option<JobId> {
+        self.session.run.as_ref().filter(|r| r.is_running()).and_then(|r| r.job)
+    }
+
+    /// Asks the question in the query panel about the chosen area.
+    pub fn run_query(&mut self) {
+        let Some(doc) = &self.doc else {
+            self.notify_error("Open a raster first.");
+            return;
+        };
+        let Some(window) = overlay::area_window(self) else {
+            self.notify_error("The area to ask about is empty: draw it on the map, or pick View or Whole raster.");
+            return;
+        };
+        let (raster, params) = (doc.raster, doc.params);
+        if let Err(e) = self.session.start_ask(&self.engine, raster, window, params) {
+            self.notify_error(e);
+        }
+    }
+
+    /// Stops the current run at whatever stage it is.
+    pub fn cancel_run(&mut self) {
+        if let Some(job) = self.run_job() {
+            self.engine.cancel(job);
+            self.session.segment_jobs.retain(|(j, _)| *j != job);
+        }
+        self.session.pending_segment = None;
+        self.session.finish_run(Some("Cancelled.".into()));
+    }
+
+    fn on_answer(&mut self, outcome: Box<engine::worker::AskOutcome>) {
+        let Some(doc) = &self.doc else { return };
+        let (raster, params, source) = (doc.raster, doc.params, doc.info.path.clone());
+        let task = self.session.run.as_ref().map(|r| r.task).unwrap_or_default();
+        let boxes = outcome.boxes.clone();
+        let window = outcome.window;
+        let provenance = self.session.provenance_for(&outcome, &source, "");
+        if let Some(run) = self.session.run.as_mut() {
+            run.outcome = Some(outcome);
+        }
+        match task {
+            session::AskTask::Region => {
+                let features: Vec<_> = boxes
+                    .iter()
+                    .map(|b| {
+                        engine::edit::WorkFeature::new(
+                            Some([b.x1, b.y1, b.x2, b.y2]),
+                            geo::MultiPolygon::new(vec![]),
+                            provenance.clone(),
+                        )
+                    })
+                    .collect();
+                if !features.is_empty() {
+                    let ids = self.session.features.add("ask (region)", features);
+                    self.session.selected = ids.first().copied();
+                }
+                self.session.finish_run(None);
+            }
+            session::AskTask::Pixel | session::AskTask::Contour if !boxes.is_empty() => {
+                let purpose = session::SegmentPurpose::Ask { provenance };
+                self.session.start_segment(&self.engine, raster, window, params, boxes, purpose);
+            }
+            _ => self.session.finish_run(None),
+        }
+    }
+
+    fn on_segmented(&mut self, job: JobId, outcome: &engine::worker::SegmentOutcome) {
+        let Some(pos) = self.session.segment_jobs.iter().position(|(j, _)| *j == job) else { return };
+        let (_, purpose) = self.session.segment_jobs.remove(pos);
+        let segmenter = outcome.method.to_string();
+        let source = self.doc.as_ref().map(|d| d.info.path.display().to_string()).unwrap_or_default();
+        let (provenance, label) = match purpose {
+            session::SegmentPurpose::Ask { provenance, .. } => {
+                (Arc::new(engine::features::Provenance { segmenter, ..(*provenance).clone() }), "ask")
+            }
+            session::SegmentPurpose::Manual => (
+                Arc::new(engine::features::Provenance {
+                    task: "manual".into(),
+                    segmenter,
+                    source,
+                    window: Some(outcome.window),
+                    created_at: engine::features::Provenance::now(),
+                    ..Default::default()
+                }),
+                "draw box",
+            ),
+        };
+        let features = session::Session::features_from(outcome, &provenance);
+        let ids = self.session.features.add(label, features);
+        self.session.selected = ids.first().copied();
+        self.session.selected_vertex = None;
+        if self.run_job() == Some(job) {
+            self.session.finish_run(None);
+        }
+    }
+
+    /// Project settings for saving: the raster, the view, its georeferencing.
+    fn project_meta(&self) -> engine::project::ProjectMeta {
+        let doc = self.doc.as_ref();
+        engine::project::ProjectMeta {
+            raster: doc.map(|d| d.info.path.clone()),
+            view: doc.map(|d| [d.view.center[0], d.view.center[1], d.view.zoom]),
+            geotransform: doc.and_then(|d| d.info.geotransform),
+            crs_wkt: doc.and_then(|d| d.info.crs_wkt.clone()),
+            ..Default::default()
+        }
+    }
+
+    /// Saves the project (on a file thread); `recovery` = the autosave copy.
+    pub fn save_project(&mut self, path: PathBuf, recovery: bool) {
+        if self.session.save_job.is_some() {
+            return;
+        }
+        if recovery && let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let meta = Box::new(self.project_meta());
+        let features: Vec<_> = self.session.features.iter().cloned().collect();
+        let revision = self.session.features.revision();
+        let p = path.clone();
+        let job = self.engine.send(|job| engine::Request::SaveProject { job, path: p, meta, features });
+        self.session.save_job = Some((job, path, recovery, revision));
+    }
+
+    pub fn load_project(&mut self, path: PathBuf) {
+        let job = self.engine.send(|job| engine::Request::LoadProject { job, path });
+        self.session.load_job = Some(job);
+    }
+
+    fn apply_project(&mut self, path: PathBuf, project: engine::project::Project) {
+        let recovered = path == self.recovery_path;
+        self.session.features.reset(project.features);
+        self.session.selected = None;
+        self.session.selected_vertex = None;
+        if recovered {
+            // Restored work is unsaved work.
+            self.session.saved_revision = u64::MAX;
+            self.notify_info("Restored the unsaved work.");
+        } else {
+            self.session.saved_revision = self.session.features.revision();
+            self.session.project_path = Some(path);
+        }
+        self.session.autosaved_revision = self.session.features.revision();
+        self.pending_view = project.meta.view;
+        if let Some(raster) = project.meta.raster {
+            let same = self.doc.as_ref().is_some_and(|d| d.info.path == raster);
+            if same {
+                self.apply_pending_view();
+            } else {
+                self.open(raster);
+            }
+        }
+    }
+
+    fn apply_pending_view(&mut self) {
+        if let (Some([x, y, zoom]), Some(doc)) = (self.pending_view.take(), self.doc.as_mut()) {
+            doc.view = ViewTransform { center: [x, y], zoom };
+            doc.fit_pending = false;
+            doc.fitted_to = None;
+        }
+    }
+
+    /// Keeps unsaved work in the recovery file every few seconds.
+    fn autosave(&mut self) {
+        let s = &self.session;
+        let due = s.last_autosave.elapsed() >= self.autosave_every;
+        if due && s.features.revision() != s.autosaved_revision && s.is_dirty() && s.save_job.is_none() {
+            self.session.last_autosave = Instant::now();
+            self.save_project(self.recovery_path.clone(), true);
+        }
+    }
+
+    /// Shows a native file dialog for `purpose` on its own thread.
+    pub fn pick_file(&mut self, purpose: DialogPurpose, save: bool, extension: &str) {
+        let (tx, rx) = mpsc::channel();
+        let ext = extension.to_owned();
+        let spawned = std::thread::Builder::new().name("file-dialog".into()).spawn(move || {
+            let mut d = rfd::FileDialog::new();
+            if !ext.is_empty() {
+                d = d.add_filter(ext.to_uppercase(), &[ext.as_str()]);
+            }
+            let picked = match (purpose, save) {
+                (DialogPurpose::ModelDir, _) => d.pick_folder(),
+                (_, true) => d.save_file(),
+                (_, false) => d.pick_file(),
+            };
+            let _ = tx.send(picked);
+        });
+        match spawned {
+            Ok(_) => self.picker = Some((purpose, rx)),
+            Err(e) => self.notify_error(format!("cannot show the file dialog: {e}")),
+        }
+    }
+
+    /// The file picked for `purpose`, once.
+    pub fn take_picked(&mut self, purpose: DialogPurpose) -> Option<PathBuf> {
+        if self.picked.as_ref().is_some_and(|(p, _)| *p == purpose) {
+            return self.picked.take().map(|(_, path)| path);
+        }
+        None
+    }
+
+    /// Selects a tool; leaving a tool drops what it was drawing.
+    pub fn set_tool(&mut self, tool: session::Tool) {
+        self.session.tool = tool;
+        self.session.drawing = None;
+    }
+
+    /// Deletes the selected vertex, or else the selected feature.
+    pub fn delete_selection(&mut self) {
+        let s = &mut self.session;
+        let Some(id) = s.selected else { return };
+        match (s.selected_vertex.take(), s.features.get(id)) {
+            (Some(v), Some(f)) => match f.with_vertices_deleted(&[v]) {
+                Ok(e) => {
+                    let _ = s.features.replace("delete vertex", e);
+                }
+                Err(e) => {
+                    let text = format!("Cannot delete the vertex: {e}");
+                    self.notify_error(text);
+                }
+            },
+            _ => {
+                s.features.remove("delete feature", &[id]);
+                s.selected = None;
             }
         }
     }
@@ -332,13 +747,21 @@ impl WorkbenchApp {
         })));
     }
 
-    /// Keyboard shortcuts (QGIS where it has one): Ctrl+O open, Ctrl+Shift+F full extent.
+    /// Keyboard shortcuts (QGIS where it has one; the help window lists them).
     fn shortcuts(&mut self, ctx: &egui::Context) {
-        let (open, fit, native) = ctx.input_mut(|i| {
+        use egui::{Key, Modifiers};
+        let cmd = Modifiers::COMMAND;
+        let cmd_shift = Modifiers::COMMAND | Modifiers::SHIFT;
+        // With-Shift variants first: `consume_key(cmd, …)` also matches Cmd+Shift+….
+        let (fit, save_as, open, native, save, export, help) = ctx.input_mut(|i| {
             (
-                i.consume_key(egui::Modifiers::COMMAND, egui::Key::O),
-                i.consume_key(egui::Modifiers::COMMAND | egui::Modifiers::SHIFT, egui::Key::F),
-                i.consume_key(egui::Modifiers::COMMAND, egui::Key::Num1),
+                i.consume_key(cmd_shift, Key::F),
+                i.consume_key(cmd_shift, Key::S),
+                i.consume_key(cmd, Key::O),
+                i.consume_key(cmd, Key::Num1),
+                i.consume_key(cmd, Key::S),
+                i.consume_key(cmd, Key::E),
+                i.consume_key(Modifiers::NONE, Key::F1),
             )
         });
         if open {
@@ -350,8 +773,69 @@ impl WorkbenchApp {
             }
             if native {
                 doc.view = doc.view.one_to_one(ctx.pixels_per_point());
+                doc.fitted_to = None;
             }
         }
+        if save_as || (save && self.session.project_path.is_none()) {
+            self.pick_file(DialogPurpose::SaveProject, true, "gpkg");
+        } else if save && let Some(p) = self.session.project_path.clone() {
+            self.save_project(p, false);
+        }
+        if export {
+            self.session.export_dialog.get_or_insert_with(Default::default);
+        }
+        if help {
+            self.session.show_help = !self.session.show_help;
+        }
+        // Single keys and undo only when no text field has the keyboard.
+        if ctx.egui_wants_keyboard_input() {
+            return;
+        }
+        let (redo, undo, redo_y, delete, escape, tools) = ctx.input_mut(|i| {
+            (
+                i.consume_key(cmd_shift, Key::Z),
+                i.consume_key(cmd, Key::Z),
+                i.consume_key(cmd, Key::Y),
+                i.consume_key(Modifiers::NONE, Key::Delete) || i.consume_key(Modifiers::NONE, Key::Backspace),
+                i.consume_key(Modifiers::NONE, Key::Escape),
+                [
+                    (i.consume_key(Modifiers::NONE, Key::V), session::Tool::Select),
+                    (i.consume_key(Modifiers::NONE, Key::B), session::Tool::DrawBox),
+                    (i.consume_key(Modifiers::NONE, Key::A), session::Tool::DrawArea),
+                    (i.consume_key(Modifiers::NONE, Key::R), session::Tool::Refine),
+                ],
+            )
+        });
+        if undo && let Some(label) = self.session.features.undo() {
+            self.after_history(&format!("Undid {label}"));
+        }
+        if (redo || redo_y)
+            && let Some(label) = self.session.features.redo()
+        {
+            self.after_history(&format!("Redid {label}"));
+        }
+        if delete {
+            self.delete_selection();
+        }
+        if escape {
+            self.set_tool(session::Tool::Select);
+            self.session.selected = None;
+            self.session.selected_vertex = None;
+        }
+        if let Some((_, tool)) = tools.into_iter().find(|(pressed, _)| *pressed) {
+            self.set_tool(tool);
+        }
+    }
+
+    /// After undo/redo: drop a selection that no longer exists.
+    fn after_history(&mut self, note: &str) {
+        let s = &mut self.session;
+        s.drag = None;
+        s.selected_vertex = None;
+        if s.selected.is_some_and(|id| s.features.get(id).is_none()) {
+            s.selected = None;
+        }
+        tracing::debug!("{note}");
     }
 }
 
@@ -363,14 +847,35 @@ impl eframe::App for WorkbenchApp {
         panels::menu_bar_ui(self, ui);
         panels::status_bar_ui(self, ui);
         panels::side_panel_ui(self, ui);
+        query::query_panel_ui(self, ui);
+        features::features_panel_ui(self, ui);
         egui::CentralPanel::default().frame(egui::Frame::NONE.fill(egui::Color32::from_gray(24))).show(ui, |ui| {
             map::map_ui(self, ui);
         });
+        dialogs::export_dialog_ui(self, &ctx);
+        dialogs::settings_ui(self, &ctx);
+        dialogs::help_ui(self, &ctx);
+        dialogs::recovery_ui(self, &ctx);
         panels::notifications_ui(self, &ctx);
+        self.autosave();
         self.screenshot_when_loaded(&ctx);
-        if self.opening.is_some() || self.file_dialog.is_some() {
-            // Poll the dialog; engine events wake us by themselves.
-            ctx.request_repaint_after(Duration::from_millis(100));
+        if self.opening.is_some() || self.file_dialog.is_some() || self.picker.is_some() || self.session.is_dirty() {
+            // Poll dialogs and the autosave clock; engine events wake us by themselves.
+            ctx.request_repaint_after(Duration::from_millis(if self.session.is_dirty() { 1000 } else { 100 }));
+        }
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, SETTINGS_KEY, &self.session.settings);
+    }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        // A normal exit: nothing to recover next time (unsaved work was asked about… or is in the project).
+        if !self.session.is_dirty() || self.session.features.is_empty() {
+            let _ = std::fs::remove_file(&self.recovery_path);
         }
     }
 }
+
+/// Where the settings live in eframe's storage.
+pub const SETTINGS_KEY: &str = "remote-reasoner-settings";

@@ -9,14 +9,77 @@ pub fn menu_bar_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     egui::Panel::top("menu_bar").show(ui, |ui| {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
-                if ui.button("Open…  (Ctrl+O)").clicked() {
+                if ui.button("Open raster…  (Ctrl+O)").clicked() {
                     app.open_dialog();
+                    ui.close();
+                }
+                ui.separator();
+                if ui.button("Open project…").clicked() {
+                    app.pick_file(super::DialogPurpose::OpenProject, false, "gpkg");
+                    ui.close();
+                }
+                if ui.button("Save project  (Ctrl+S)").clicked() {
+                    match app.session.project_path.clone() {
+                        Some(p) => app.save_project(p, false),
+                        None => app.pick_file(super::DialogPurpose::SaveProject, true, "gpkg"),
+                    }
+                    ui.close();
+                }
+                if ui.button("Save project as…  (Ctrl+Shift+S)").clicked() {
+                    app.pick_file(super::DialogPurpose::SaveProject, true, "gpkg");
+                    ui.close();
+                }
+                if ui.button("Export features…  (Ctrl+E)").clicked() {
+                    app.session.export_dialog.get_or_insert_with(Default::default);
+                    ui.close();
+                }
+                ui.separator();
+                if ui.button("Settings…").clicked() {
+                    app.session.show_settings = true;
                     ui.close();
                 }
                 if ui.button("Quit").clicked() {
                     ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
                 }
             });
+            ui.menu_button("Edit", |ui| {
+                let undo = app.session.features.undo_label().map(|l| format!("Undo {l}  (Ctrl+Z)"));
+                if ui.add_enabled(undo.is_some(), egui::Button::new(undo.unwrap_or_else(|| "Undo".into()))).clicked() {
+                    app.session.features.undo();
+                    ui.close();
+                }
+                let redo = app.session.features.redo_label().map(|l| format!("Redo {l}  (Ctrl+Shift+Z)"));
+                if ui.add_enabled(redo.is_some(), egui::Button::new(redo.unwrap_or_else(|| "Redo".into()))).clicked() {
+                    app.session.features.redo();
+                    ui.close();
+                }
+                if ui.add_enabled(app.session.selected.is_some(), egui::Button::new("Delete selected  (Del)")).clicked()
+                {
+                    app.delete_selection();
+                    ui.close();
+                }
+            });
+            ui.menu_button("Help", |ui| {
+                if ui.button("Keyboard shortcuts  (F1)").clicked() {
+                    app.session.show_help = true;
+                    ui.close();
+                }
+            });
+            ui.separator();
+            for (tool, name, tip) in [
+                (super::session::Tool::Select, "Select", "Select and edit; drag elsewhere pans (V)"),
+                (super::session::Tool::DrawBox, "Box", "Draw a box to segment (B)"),
+                (super::session::Tool::DrawArea, "Area", "Draw the area the model sees (A)"),
+                (
+                    super::session::Tool::Refine,
+                    "Refine",
+                    "Clicks refine the selected mask: left = object, right = not (R)",
+                ),
+            ] {
+                if ui.selectable_label(app.session.tool == tool, name).on_hover_text(tip).clicked() {
+                    app.set_tool(tool);
+                }
+            }
             ui.separator();
             let has_doc = app.doc.is_some();
             if ui
@@ -35,6 +98,7 @@ pub fn menu_bar_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 let ppp = ui.ctx().pixels_per_point();
                 if let Some(doc) = app.doc.as_mut() {
                     doc.view = doc.view.one_to_one(ppp);
+                    doc.fitted_to = None;
                 }
             }
             if let Some(doc) = &app.doc {

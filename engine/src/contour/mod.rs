@@ -252,11 +252,11 @@ impl ImageFrame {
 /// A mask made on `frame`'s image, traced exactly and placed in raster pixels.
 pub fn trace_to_raster(mask: &crate::segment::Mask, frame: &ImageFrame) -> MultiPolygon<f64> {
     let traced = polygonize_bool(mask.width, mask.height, &mask.data);
-    place(MultiPolygon::new(traced.polygons), frame)
+    place(&MultiPolygon::new(traced.polygons), frame)
 }
 
 /// Image-pixel polygons → raster pixels.
-fn place(mp: MultiPolygon<f64>, frame: &ImageFrame) -> MultiPolygon<f64> {
+fn place(mp: &MultiPolygon<f64>, frame: &ImageFrame) -> MultiPolygon<f64> {
     mp.map_coords(|c| {
         let (x, y) = frame.to_raster(c.x, c.y);
         geo::Coord { x, y }
@@ -307,7 +307,7 @@ pub fn contour_task(
         if polygons.is_empty() {
             continue;
         }
-        out.polygons.push(feature(Geometry::Polygons(place(MultiPolygon::new(polygons), frame))));
+        out.polygons.push(feature(Geometry::Polygons(place(&MultiPolygon::new(polygons), frame))));
     }
     out
 }

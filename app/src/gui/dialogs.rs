@@ -1,0 +1,295 @@
+//! Windows: export, settings, keyboard shortcuts, restoring after a crash.
+
+use std::path::PathBuf;
+
+use egui::RichText;
+use engine::contour::SimplifyMethod;
+use engine::export::{ExportOptions, Format, OutputCrs};
+
+use super::WorkbenchApp;
+
+/// The export dialog's choices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportDialog {
+    pub path: String,
+    pub format: Format,
+    pub crs: OutputCrs,
+    pub polygons: bool,
+    pub boxes: bool,
+    /// Simplify every polygon for this export (pixels; 0 = as they are).
+    pub simplify: f64,
+}
+
+impl Default for ExportDialog {
+    fn default() -> Self {
+        Self {
+            path: String::new(),
+            format: Format::GeoPackage,
+            crs: OutputCrs::Raster,
+            polygons: true,
+            boxes: true,
+            simplify: 0.0,
+        }
+    }
+}
+
+fn format_label(f: Format) -> &'static str {
+    match f {
+        Format::GeoPackage => "GeoPackage (.gpkg)",
+        Format::Shapefile => "ESRI Shapefile (.shp)",
+        Format::GeoJson => "GeoJSON (.geojson)",
+        Format::FlatGeobuf => "FlatGeobuf (.fgb)",
+    }
+}
+
+fn extension(f: Format) -> &'static str {
+    match f {
+        Format::GeoPackage => "gpkg",
+        Format::Shapefile => "shp",
+        Format::GeoJson => "geojson",
+        Format::FlatGeobuf => "fgb",
+    }
+}
+
+pub fn export_dialog_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
+    let Some(mut d) = app.session.export_dialog.take() else { return };
+    let mut open = true;
+    let mut go = false;
+    egui::Window::new("Export features").open(&mut open).resizable(false).show(ctx, |ui| {
+        egui::Grid::new("export_grid").num_columns(2).show(ui, |ui| {
+            let label = ui.label("Format");
+            egui::ComboBox::from_id_salt("export_format")
+                .selected_text(format_label(d.format))
+                .show_ui(ui, |ui| {
+                    for f in [Format::GeoPackage, Format::Shapefile, Format::GeoJson, Format::FlatGeobuf] {
+                        if ui.selectable_value(&mut d.format, f, format_label(f)).clicked() {
+                            let p = PathBuf::from(&d.path);
+                            if !d.path.is_empty() {
+                                d.path = p.with_extension(extension(f)).display().to_string();
+                            }
+                        }
+                    }
+                })
+                .response
+                .labelled_by(label.id);
+            ui.end_row();
+            let label = ui.label("Save to");
+            ui.horizontal(|ui| {
+                ui.add(egui::TextEdit::singleline(&mut d.path).desired_width(260.0)).labelled_by(label.id);
+                if ui.button("Browse…").clicked() {
+                    app.pick_file(super::DialogPurpose::ExportTo, true, extension(d.format));
+                }
+            });
+            ui.end_row();
+            let label = ui.label("CRS");
+            ui.horizontal(|ui| {
+                ui.selectable_value(&mut d.crs, OutputCrs::Raster, "Raster's").labelled_by(label.id);
+                ui.selectable_value(&mut d.crs, OutputCrs::Wgs84, "EPSG:4326 (lon/lat)");
+            });
+            ui.end_row();
+            ui.label("Layers");
+            ui.horizontal(|ui| {
+                ui.checkbox(&mut d.polygons, "Polygons");
+                ui.checkbox(&mut d.boxes, "Boxes");
+            });
+            ui.end_row();
+            let label = ui.label("Simplify (px)");
+            ui.add(egui::Slider::new(&mut d.simplify, 0.0..=10.0).step_by(0.25)).labelled_by(label.id);
+            ui.end_row();
+        });
+        let n = app.session.features.len();
+        ui.label(RichText::new(format!("{n} feature(s)")).weak());
+        if let Some(last) = &app.session.last_export {
+            ui.label(last);
+        }
+        let ready = !d.path.trim().is_empty() && (d.polygons || d.boxes) && app.session.export_job.is_none();
+        if ui.add_enabled(ready, egui::Button::new("Export")).clicked() {
+            go = true;
+        }
+    });
+    if let Some(p) = app.take_picked(super::DialogPurpose::ExportTo) {
+        d.path = p.display().to_string();
+    }
+    if go {
+        app.export(&d);
+    }
+    if open {
+        app.session.export_dialog = Some(d);
+    }
+}
+
+impl WorkbenchApp {
+    /// Sends an export of every feature with the dialog's choices.
+    pub fn export(&mut self, d: &ExportDialog) {
+        let Some(doc) = &self.doc else {
+            self.notify_error("Open the raster the features belong to before exporting.");
+            return;
+        };
+        let mut features: Vec<_> = self.session.features.iter().cloned().collect();
+        if d.simplify > 0.0 {
+            let method = self.session.settings.simplify_method;
+            features = features.iter().map(|f| f.with_simplify(Some((method, d.simplify)))).collect();
+        }
+        let mut store = engine::edit::FeatureStore::new();
+        store.reset(features);
+        let set = store.to_feature_set(doc.info.geotransform.map(engine::geo::GeoTransform), doc.info.crs_wkt.clone());
+        let options = ExportOptions { format: Some(d.format), crs: d.crs, polygons: d.polygons, boxes: d.boxes };
+        let path = PathBuf::from(d.path.trim());
+        let job = self.engine.send(|job| engine::Request::Export { job, path, set: Box::new(set), options });
+        self.session.export_job = Some(job);
+    }
+}
+
+pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
+    if !app.session.show_settings {
+        return;
+    }
+    let mut open = true;
+    let s = &mut app.session.settings;
+    let mut browse = None;
+    egui::Window::new("Settings").open(&mut open).show(ctx, |ui| {
+        egui::Grid::new("settings_grid").num_columns(2).show(ui, |ui| {
+            let label = ui.label("RemoteReasoner model");
+            ui.horizontal(|ui| {
+                ui.add(
+                    egui::TextEdit::singleline(&mut s.model)
+                        .hint_text("directory or 1e12Leon/RemoteReasoner")
+                        .desired_width(260.0),
+                )
+                .labelled_by(label.id);
+                if ui.button("Browse…").clicked() {
+                    browse = Some(super::DialogPurpose::ModelDir);
+                }
+            });
+            ui.end_row();
+            let label = ui.label("SAM checkpoint");
+            ui.horizontal(|ui| {
+                ui.add(
+                    egui::TextEdit::singleline(&mut s.sam).hint_text("empty: watershed fallback").desired_width(260.0),
+                )
+                .labelled_by(label.id);
+                if ui.button("Browse…").clicked() {
+                    browse = Some(super::DialogPurpose::SamCheckpoint);
+                }
+            });
+            ui.end_row();
+            let label = ui.label("Device");
+            let mut device = s.device.to_string();
+            egui::ComboBox::from_id_salt("device")
+                .selected_text(&device)
+                .show_ui(ui, |ui| {
+                    for d in ["cpu", "cuda:0", "metal:0"] {
+                        ui.selectable_value(&mut device, d.to_owned(), d);
+                    }
+                })
+                .response
+                .labelled_by(label.id);
+            if let Ok(d) = device.parse() {
+                s.device = d;
+            }
+            ui.end_row();
+            let label = ui.label("Max pixels");
+            ui.add(egui::DragValue::new(&mut s.max_pixels).range(3136..=12_845_056).speed(1000.0))
+                .labelled_by(label.id);
+            ui.end_row();
+            let label = ui.label("Temperature");
+            ui.horizontal(|ui| {
+                let mut custom = s.temperature.is_some();
+                ui.checkbox(&mut custom, "override").labelled_by(label.id);
+                let mut t = s.temperature.unwrap_or(0.0);
+                ui.add_enabled(custom, egui::DragValue::new(&mut t).range(0.0..=2.0).speed(0.01));
+                s.temperature = custom.then_some(t);
+                ui.label(RichText::new("0 = greedy; off = the checkpoint's").weak());
+            });
+            ui.end_row();
+            let label = ui.label("Max new tokens");
+            ui.add(egui::DragValue::new(&mut s.max_new_tokens).range(16..=8192)).labelled_by(label.id);
+            ui.end_row();
+            let label = ui.label("Simplification");
+            ui.horizontal(|ui| {
+                ui.selectable_value(
+                    &mut s.simplify_method,
+                    SimplifyMethod::VisvalingamPreserve,
+                    "Visvalingam (topology-preserving)",
+                )
+                .labelled_by(label.id);
+                ui.selectable_value(&mut s.simplify_method, SimplifyMethod::DouglasPeucker, "Douglas–Peucker");
+            });
+            ui.end_row();
+        });
+        ui.label(
+            RichText::new("Download the model once with: remote-reasoner models pull 1e12Leon/RemoteReasoner").weak(),
+        );
+    });
+    if let Some(purpose) = browse {
+        app.pick_file(purpose, false, "");
+    }
+    if let Some(p) = app.take_picked(super::DialogPurpose::ModelDir) {
+        app.session.settings.model = p.display().to_string();
+    }
+    if let Some(p) = app.take_picked(super::DialogPurpose::SamCheckpoint) {
+        app.session.settings.sam = p.display().to_string();
+    }
+    app.session.show_settings = open;
+}
+
+/// Keyboard shortcuts, following QGIS where it has one.
+pub const SHORTCUTS: &[(&str, &str)] = &[
+    ("Ctrl+O", "Open a raster"),
+    ("Ctrl+S / Ctrl+Shift+S", "Save the project / save as"),
+    ("Ctrl+E", "Export features"),
+    ("Ctrl+Enter", "Run the question"),
+    ("Ctrl+Z", "Undo"),
+    ("Ctrl+Shift+Z, Ctrl+Y", "Redo"),
+    ("V", "Select / edit tool: click selects, drag vertices and box handles, drag elsewhere pans"),
+    ("B", "Draw a box to segment"),
+    ("A", "Draw the area the model sees"),
+    ("R", "Refine the selected mask: left click = object, right click = not object"),
+    ("Double-click an edge", "Insert a vertex"),
+    ("Del", "Delete the selected vertex, or the selected feature"),
+    ("Esc", "Back to the select tool, clear the selection"),
+    ("Ctrl+Shift+F", "Zoom to full extent"),
+    ("Ctrl+1", "1:1 (one raster pixel per screen pixel)"),
+    ("F1", "This help"),
+];
+
+pub fn help_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
+    let mut open = app.session.show_help;
+    egui::Window::new("Keyboard shortcuts").open(&mut open).show(ctx, |ui| {
+        egui::Grid::new("shortcuts").num_columns(2).striped(true).show(ui, |ui| {
+            for (k, v) in SHORTCUTS {
+                ui.label(RichText::new(*k).monospace());
+                ui.label(*v);
+                ui.end_row();
+            }
+        });
+    });
+    app.session.show_help = open;
+}
+
+pub fn recovery_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
+    let Some(path) = app.session.recovery_offer.clone() else { return };
+    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).map(humantime_like).unwrap_or_default();
+    egui::Window::new("Restore unsaved work?").collapsible(false).resizable(false).show(ctx, |ui| {
+        ui.label(format!("RemoteReasoner did not close normally. Unsaved work was kept {modified}."));
+        ui.horizontal(|ui| {
+            if ui.button("Restore").clicked() {
+                app.session.recovery_offer = None;
+                app.load_project(path.clone());
+            }
+            if ui.button("Discard").clicked() {
+                app.session.recovery_offer = None;
+                let _ = std::fs::remove_file(&path);
+            }
+        });
+    });
+}
+
+fn humantime_like(t: std::time::SystemTime) -> String {
+    match t.elapsed() {
+        Ok(d) if d.as_secs() < 120 => format!("{} s ago", d.as_secs()),
+        Ok(d) if d.as_secs() < 7200 => format!("{} min ago", d.as_secs() / 60),
+        Ok(d) => format!("{} h ago", d.as_secs() / 3600),
+        Err(_) => "just now".into(),
+    }
+}

@@ -1,0 +1,459 @@
+//! The analyst's session: settings, the question being asked, the features
+//! and the editing state. Plain state and the transitions the engine's events
+//! cause; the `*_ui` functions in `query`, `overlay` and `features` draw it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engine::contour::SimplifyMethod;
+use engine::edit::{FeatureStore, SegmentState, VertexRef, WorkFeature};
+use engine::features::Provenance;
+use engine::models::DeviceChoice;
+use engine::reasoner::Task;
+use engine::reasoner::parse::PixelBox;
+use engine::segment::Method;
+use engine::tiles::Window;
+use engine::worker::{AskOutcome, AskStage, ReasonerInfo, SegmentOutcome};
+use engine::{Engine, JobId, RasterId};
+use serde::{Deserialize, Serialize};
+
+/// What the analyst asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AskTask {
+    /// Boxes.
+    Region,
+    /// Boxes → masks.
+    Pixel,
+    /// Boxes → masks → polygons.
+    #[default]
+    Contour,
+    Vqa,
+    Caption,
+}
+
+impl AskTask {
+    pub const ALL: [Self; 5] = [Self::Region, Self::Pixel, Self::Contour, Self::Vqa, Self::Caption];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Region => "Region (boxes)",
+            Self::Pixel => "Pixel (masks)",
+            Self::Contour => "Contour (polygons)",
+            Self::Vqa => "Question (VQA)",
+            Self::Caption => "Caption",
+        }
+    }
+
+    pub fn model_task(self) -> Task {
+        match self {
+            Self::Region | Self::Pixel | Self::Contour => Task::Region,
+            Self::Vqa => Task::Vqa,
+            Self::Caption => Task::Caption,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Region => "region",
+            Self::Pixel => "pixel",
+            Self::Contour => "contour",
+            Self::Vqa => "vqa",
+            Self::Caption => "caption",
+        }
+    }
+}
+
+/// Which part of the raster the model sees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AreaMode {
+    /// The part of the raster on screen.
+    #[default]
+    View,
+    /// A rectangle drawn on the map.
+    Drawn,
+    /// All of it (downsampled to the model's pixel budget).
+    Whole,
+}
+
+/// Persisted settings (eframe storage).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Checkpoint directory or hub repository id.
+    pub model: String,
+    /// SAM checkpoint; empty: the watershed fallback.
+    pub sam: String,
+    pub device: DeviceChoice,
+    pub max_pixels: usize,
+    /// `None`: the checkpoint's own decoding settings.
+    pub temperature: Option<f64>,
+    pub max_new_tokens: usize,
+    pub simplify_method: SimplifyMethod,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            sam: String::new(),
+            device: DeviceChoice::Cpu,
+            max_pixels: engine::reasoner::processor::TRAINING_MAX_PIXELS,
+            temperature: None,
+            max_new_tokens: 1024,
+            simplify_method: SimplifyMethod::VisvalingamPreserve,
+        }
+    }
+}
+
+/// The stages a run goes through, as the stage line shows them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Stage {
+    LoadingModel,
+    Asking(AskStage),
+    LoadingSegmenter,
+    Segmenting,
+}
+
+impl Stage {
+    pub fn label(&self) -> String {
+        match self {
+            Self::LoadingModel => "Loading model…".into(),
+            Self::Asking(AskStage::Queued) => "Waiting for the model…".into(),
+            Self::Asking(AskStage::EncodingImage) => "Encoding image…".into(),
+            Self::Asking(AskStage::ReadingPrompt { tokens }) => format!("Reading prompt ({tokens} tokens)…"),
+            Self::Asking(AskStage::Reasoning) => "Reasoning…".into(),
+            Self::LoadingSegmenter => "Loading segmenter…".into(),
+            Self::Segmenting => "Segmenting and tracing…".into(),
+        }
+    }
+}
+
+/// One question in flight (or the last one finished).
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub task: AskTask,
+    pub query: String,
+    pub raster: RasterId,
+    pub window: Window,
+    pub started: Instant,
+    pub stage: Option<Stage>,
+    /// The job to cancel now (load, ask or segment).
+    pub job: Option<JobId>,
+    /// The streamed completion so far.
+    pub text: String,
+    pub outcome: Option<Box<AskOutcome>>,
+    pub finished: Option<Duration>,
+    pub error: Option<String>,
+}
+
+impl Run {
+    pub fn is_running(&self) -> bool {
+        self.finished.is_none()
+    }
+}
+
+/// Map tools.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Tool {
+    /// Select features, drag vertices and box handles; drag elsewhere pans.
+    #[default]
+    Select,
+    /// Drag a box; it is segmented into a feature.
+    DrawBox,
+    /// Drag the area the model will see.
+    DrawArea,
+    /// Click on the selected feature: left = object, right = not object.
+    Refine,
+}
+
+/// A vertex or box handle being dragged: the edited copy, committed on release.
+#[derive(Clone, Debug)]
+pub struct Drag {
+    pub feature: u64,
+    pub target: DragTarget,
+    pub preview: WorkFeature,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DragTarget {
+    Vertex(VertexRef),
+    /// Box corner: 0 = (x1,y1), 1 = (x2,y1), 2 = (x2,y2), 3 = (x1,y2).
+    BoxCorner(usize),
+    /// The whole box, from where it was grabbed.
+    BoxMove {
+        grab: [f64; 2],
+        start: [f64; 4],
+    },
+}
+
+/// Segmentation requests in flight: what each is for.
+#[derive(Clone, Debug)]
+pub enum SegmentPurpose {
+    /// The boxes of a question.
+    Ask { provenance: Arc<Provenance> },
+    /// A box drawn by hand.
+    Manual,
+}
+
+/// Everything the workbench knows about the analysis (beyond the raster view).
+#[derive(Debug)]
+pub struct Session {
+    pub settings: Settings,
+    pub task: AskTask,
+    pub query: String,
+    pub history: Vec<String>,
+    pub area_mode: AreaMode,
+    pub drawn_area: Option<Window>,
+    pub run: Option<Run>,
+    pub reasoner: Option<ReasonerInfo>,
+    /// The model settings the loaded reasoner was loaded with.
+    pub reasoner_key: Option<(String, DeviceChoice)>,
+    pub segmenter: Option<Method>,
+    pub segmenter_key: Option<String>,
+    /// A question waiting for its model to load.
+    pub pending_ask: bool,
+    /// Boxes waiting for the segmenter to load: (window, boxes, purpose).
+    pub pending_segment: Option<(Window, Vec<PixelBox>, SegmentPurpose)>,
+    pub segment_jobs: Vec<(JobId, SegmentPurpose)>,
+    /// Refinement clicks in flight: job, feature, all its clicks so far.
+    pub refine_jobs: Vec<(JobId, u64, Clicks)>,
+    pub features: FeatureStore,
+    pub selected: Option<u64>,
+    pub selected_vertex: Option<VertexRef>,
+    pub hovered: Option<u64>,
+    pub tool: Tool,
+    pub drag: Option<Drag>,
+    /// A box or area being drawn: start and current point (raster pixels).
+    pub drawing: Option<([f64; 2], [f64; 2])>,
+    pub project_path: Option<PathBuf>,
+    /// Revision of the features last saved to the project / the recovery file.
+    pub saved_revision: u64,
+    pub autosaved_revision: u64,
+    pub last_autosave: Instant,
+    /// Save in flight: job, path, recovery (autosave) or not, the revision it holds.
+    pub save_job: Option<(JobId, PathBuf, bool, u64)>,
+    pub load_job: Option<JobId>,
+    pub export_job: Option<JobId>,
+    pub show_settings: bool,
+    pub show_help: bool,
+    pub export_dialog: Option<crate::gui::dialogs::ExportDialog>,
+    /// A recovery file found at start, offered for restoring.
+    pub recovery_offer: Option<PathBuf>,
+    /// The last export's summary.
+    pub last_export: Option<String>,
+}
+
+impl Session {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            task: AskTask::default(),
+            query: String::new(),
+            history: Vec::new(),
+            area_mode: AreaMode::default(),
+            drawn_area: None,
+            run: None,
+            reasoner: None,
+            reasoner_key: None,
+            segmenter: None,
+            segmenter_key: None,
+            pending_ask: false,
+            pending_segment: None,
+            segment_jobs: Vec::new(),
+            refine_jobs: Vec::new(),
+            features: FeatureStore::new(),
+            selected: None,
+            selected_vertex: None,
+            hovered: None,
+            tool: Tool::default(),
+            drag: None,
+            drawing: None,
+            project_path: None,
+            saved_revision: 0,
+            autosaved_revision: 0,
+            last_autosave: Instant::now(),
+            save_job: None,
+            load_job: None,
+            export_job: None,
+            show_settings: false,
+            show_help: false,
+            export_dialog: None,
+            recovery_offer: None,
+            last_export: None,
+        }
+    }
+
+    /// Unsaved changes since the project was last saved.
+    pub fn is_dirty(&self) -> bool {
+        self.features.revision() != self.saved_revision
+    }
+
+    /// Whether a question or segmentation is in flight.
+    pub fn busy(&self) -> bool {
+        self.run.as_ref().is_some_and(Run::is_running) || !self.segment_jobs.is_empty()
+    }
+
+    /// Starts a question on `window` of `raster`: loads the model first when the
+    /// settings changed. Errors (no model configured) are returned for display.
+    pub fn start_ask(
+        &mut self,
+        engine: &Engine,
+        raster: RasterId,
+        window: Window,
+        params: engine::raster::RenderParams,
+    ) -> Result<(), String> {
+        if self.settings.model.trim().is_empty() {
+            return Err(NO_MODEL.into());
+        }
+        if self.task != AskTask::Caption && self.query.trim().is_empty() {
+            return Err("Type a question first.".into());
+        }
+        let query = self.query.trim().to_owned();
+        if !query.is_empty() {
+            self.history.retain(|q| q != &query);
+            self.history.insert(0, query.clone());
+            self.history.truncate(30);
+        }
+        let mut run = Run {
+            task: self.task,
+            query,
+            raster,
+            window,
+            started: Instant::now(),
+            stage: None,
+            job: None,
+            text: String::new(),
+            outcome: None,
+            finished: None,
+            error: None,
+        };
+        let key = (self.settings.model.trim().to_owned(), self.settings.device);
+        if self.reasoner_key.as_ref() != Some(&key) || self.reasoner.is_none() {
+            let dir = engine::hub::resolve_model(std::path::Path::new(&key.0), &engine::hub::default_cache_dir());
+            let options = engine::reasoner::LoadOptions { device: key.1, precision: None };
+            let job = engine.send(|job| engine::Request::LoadReasoner { job, dir, options });
+            run.stage = Some(Stage::LoadingModel);
+            run.job = Some(job);
+            self.reasoner = None;
+            self.reasoner_key = Some(key);
+            self.pending_ask = true;
+            self.run = Some(run);
+            let _ = params;
+            return Ok(());
+        }
+        self.run = Some(run);
+        self.send_ask(engine, params);
+        Ok(())
+    }
+
+    /// Sends the question of the current run (its model is loaded).
+    pub fn send_ask(&mut self, engine: &Engine, params: engine::raster::RenderParams) {
+        let Some(run) = self.run.as_mut() else { return };
+        let decoding = self.settings.temperature.map(|t| engine::reasoner::generate::Decoding {
+            temperature: (t > 0.0).then_some(t),
+            top_p: None,
+            top_k: None,
+            repetition_penalty: 1.0,
+            seed: 299_792_458,
+            max_new_tokens: self.settings.max_new_tokens,
+        });
+        let options = engine::reasoner::AskOptions {
+            max_pixels: Some(self.settings.max_pixels),
+            decoding,
+            max_new_tokens: Some(self.settings.max_new_tokens),
+        };
+        let (raster, window, task, query) = (run.raster, run.window, run.task.model_task(), run.query.clone());
+        let job = engine.send(|job| engine::Request::Ask { job, raster, window, params, task, query, options });
+        run.job = Some(job);
+        run.stage = Some(Stage::Asking(AskStage::Queued));
+        self.pending_ask = false;
+    }
+
+    /// Segments `boxes` (raster pixels) on `window`, loading the segmenter first when needed.
+    pub fn start_segment(
+        &mut self,
+        engine: &Engine,
+        raster: RasterId,
+        window: Window,
+        params: engine::raster::RenderParams,
+        boxes: Vec<PixelBox>,
+        purpose: SegmentPurpose,
+    ) {
+        let key = self.settings.sam.trim().to_owned();
+        if self.segmenter_key.as_ref() != Some(&key) || self.segmenter.is_none() {
+            let checkpoint = (!key.is_empty()).then(|| PathBuf::from(&key));
+            let job = engine.send(|job| engine::Request::LoadSegmenter { job, checkpoint });
+            if let Some(run) = self.run.as_mut().filter(|r| r.is_running()) {
+                run.stage = Some(Stage::LoadingSegmenter);
+                run.job = Some(job);
+            }
+            self.segmenter = None;
+            self.segmenter_key = Some(key);
+            self.pending_segment = Some((window, boxes, purpose));
+            return;
+        }
+        let job = engine.send(|job| engine::Request::Segment { job, raster, window, params, boxes });
+        if let Some(run) = self.run.as_mut().filter(|r| r.is_running()) {
+            run.stage = Some(Stage::Segmenting);
+            run.job = Some(job);
+        }
+        self.segment_jobs.push((job, purpose));
+    }
+
+    /// Ends the current run (done, failed or cancelled).
+    pub fn finish_run(&mut self, error: Option<String>) {
+        if let Some(run) = self.run.as_mut().filter(|r| r.is_running()) {
+            run.finished = Some(run.started.elapsed());
+            run.stage = None;
+            run.job = None;
+            run.error = error;
+        }
+        self.pending_ask = false;
+    }
+
+    /// Provenance of a finished question, for the features it makes.
+    pub fn provenance_for(&self, outcome: &AskOutcome, source: &std::path::Path, segmenter: &str) -> Arc<Provenance> {
+        let task = self.run.as_ref().map_or("region", |r| r.task.name());
+        let model = self.settings.model.trim().to_owned();
+        let weights_hash =
+            self.reasoner.as_ref().and_then(|r| engine::hub::weights_fingerprint(&r.dir).ok()).unwrap_or_default();
+        Arc::new(Provenance {
+            task: task.into(),
+            query: outcome.answer.query.clone(),
+            answer: outcome.answer.answer.clone(),
+            model,
+            weights_hash,
+            segmenter: segmenter.into(),
+            reasoning: outcome.answer.think.clone(),
+            source: source.display().to_string(),
+            window: Some(outcome.window),
+            created_at: Provenance::now(),
+        })
+    }
+
+    /// Features from a segmentation: one per box, polygons traced exactly.
+    pub fn features_from(outcome: &SegmentOutcome, provenance: &Arc<Provenance>) -> Vec<WorkFeature> {
+        outcome
+            .per_box
+            .iter()
+            .zip(&outcome.polygons)
+            .map(|((b, seg), polygons)| {
+                let mut f = WorkFeature::new(Some([b.x1, b.y1, b.x2, b.y2]), polygons.clone(), provenance.clone());
+                f.score = seg.iou.map(f64::from);
+                f.object_score = seg.object_score.map(f64::from);
+                f.segment =
+                    Some(Arc::new(SegmentState { window: outcome.window, segment: seg.clone(), clicks: vec![] }));
+                f
+            })
+            .collect()
+    }
+}
+
+/// Clicks on a mask, raster pixels; `true` = object.
+pub type Clicks = Vec<(f64, f64, bool)>;
+
+/// What the query panel says when no checkpoint is configured.
+pub const NO_MODEL: &str = "No RemoteReasoner checkpoint is configured. Set its directory in Settings, or download it \
+with `remote-reasoner models pull 1e12Leon/RemoteReasoner` and enter 1e12Leon/RemoteReasoner. Without it you can \
+still draw boxes (tool B): they are segmented, traced and exported.";

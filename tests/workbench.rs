@@ -1,0 +1,269 @@
+//! The analyst's whole loop in the GUI, headless (egui_kittest): ask the tiny
+//! trained checkpoint → the trace and the features appear → drag a vertex →
+//! undo → redo → export → the file read back has the edited geometry; a box
+//! drawn without any weights; project save → load; recovery after a crash;
+//! snapshots of the main views.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui::{Pos2, Vec2, vec2};
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use gdal::vector::LayerAccess;
+use rr_app::gui::WorkbenchApp;
+use rr_app::gui::session::Settings;
+
+const SIZE: Vec2 = vec2(1400.0, 900.0);
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn sample() -> PathBuf {
+    root().join("assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif")
+}
+
+fn harness(path: Option<PathBuf>, settings: Settings, recovery: PathBuf) -> Harness<'static, WorkbenchApp> {
+    Harness::builder().with_size(SIZE).build_eframe(move |cc| {
+        let mut app = WorkbenchApp::with_session(&cc.egui_ctx, path, settings, recovery);
+        app.autosave_every = Duration::from_millis(200);
+        app
+    })
+}
+
+/// Steps frames until `done` holds (60 s at most).
+fn step_until(h: &mut Harness<'static, WorkbenchApp>, what: &str, done: impl Fn(&WorkbenchApp) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(h.state()) {
+        h.step();
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.step();
+}
+
+fn idle(h: &mut Harness<'static, WorkbenchApp>) {
+    step_until(h, "the raster to load", |a| a.is_idle() && a.doc.is_some());
+}
+
+fn screen_of(h: &Harness<'static, WorkbenchApp>, p: [f64; 2]) -> Pos2 {
+    let rect = h.state().map_rect.unwrap();
+    h.state().doc.as_ref().unwrap().view.source_to_screen(rect, p)
+}
+
+/// A primary-button drag from `a` to `b` in small steps, released at `b`.
+fn drag(h: &mut Harness<'static, WorkbenchApp>, a: Pos2, b: Pos2) {
+    h.drag_at(a);
+    h.step();
+    for i in 1..=8 {
+        h.hover_at(a + (b - a) * (i as f32 / 8.0));
+        h.step();
+    }
+    h.event(egui::Event::PointerButton {
+        pos: b,
+        button: egui::PointerButton::Primary,
+        pressed: false,
+        modifiers: egui::Modifiers::NONE,
+    });
+    h.step();
+    h.step();
+}
+
+fn first_vertex(app: &WorkbenchApp, id: u64) -> [f64; 2] {
+    let c = app.session.features.get(id).unwrap().polygons.0[0].exterior().0[0];
+    [c.x, c.y]
+}
+
+#[test]
+fn ask_trace_features_drag_undo_redo_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        model: root().join("tests/fixtures/qwen2_5_vl_tiny_trained").display().to_string(),
+        ..Settings::default()
+    };
+    let mut h = harness(Some(sample()), settings, tmp.path().join("recovery.gpkg"));
+    idle(&mut h);
+    // Ask as a user does: type the question, press Run.
+    h.get_by_label("Question").click();
+    h.step();
+    h.get_by_label("Question").type_text("where are the ships?");
+    h.step();
+    h.get_by_label("Run").click();
+    h.step();
+    assert!(h.state().session.busy(), "the run started");
+    step_until(&mut h, "the answer and the masks", |a| !a.session.busy());
+    let run = h.state().session.run.clone().unwrap();
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert!(run.text.starts_with("<think>Ships are long hulls"), "{}", run.text);
+    // The trace is on screen, and the features: one per box, with polygons.
+    assert!(h.get_all_by_label_contains("Ships are long hulls moored").count() >= 1);
+    let s = &h.state().session;
+    assert_eq!(s.features.len(), 2);
+    let f = s.features.iter().next().unwrap();
+    assert!(f.bbox.is_some() && !f.polygons.0.is_empty());
+    assert_eq!(f.provenance.query, "where are the ships?");
+    assert_eq!(f.provenance.segmenter, "watershed fallback (no SAM checkpoint)");
+    assert_eq!(f.provenance.weights_hash.len(), 12);
+    let id = f.id;
+    assert_eq!(s.selected, Some(id), "the first new feature is selected");
+    assert!(h.get_all_by_label_contains("where are the ships?").count() >= 2, "in the table and the details");
+
+    // Drag the selected feature's first vertex by (+3, +2) raster pixels.
+    let v = first_vertex(h.state(), id);
+    let (a, b) = (screen_of(&h, v), screen_of(&h, [v[0] + 3.0, v[1] + 2.0]));
+    drag(&mut h, a, b);
+    let moved = first_vertex(h.state(), id);
+    assert!((moved[0] - v[0] - 3.0).abs() < 0.05 && (moved[1] - v[1] - 2.0).abs() < 0.05, "{v:?} → {moved:?}");
+    assert!(h.state().session.features.get(id).unwrap().edited);
+    // Undo, redo.
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Z);
+    h.step();
+    assert_eq!(first_vertex(h.state(), id), v);
+    assert!(!h.state().session.features.get(id).unwrap().edited);
+    h.key_press_modifiers(egui::Modifiers::COMMAND | egui::Modifiers::SHIFT, egui::Key::Z);
+    h.step();
+    assert_eq!(first_vertex(h.state(), id), moved);
+
+    // Export through the dialog.
+    let out = tmp.path().join("edited.gpkg");
+    h.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::E);
+    h.step();
+    h.get_by_label("Save to").click();
+    h.step();
+    h.get_by_label("Save to").type_text(out.to_str().unwrap());
+    h.step();
+    h.get_by_label("Export").click();
+    step_until(&mut h, "the export", |a| a.session.export_job.is_none() && a.session.last_export.is_some());
+    let last = h.state().session.last_export.clone().unwrap();
+    assert!(last.contains("2 polygons") && last.contains("2 boxes"), "{last}");
+    // Read back: feature `id` has the dragged vertex, in map coordinates, and is flagged edited.
+    let ds = gdal::Dataset::open(&out).unwrap();
+    let mut layer = ds.layer_by_name("polygons").unwrap();
+    let gt = gdal::Dataset::open(sample()).unwrap().geo_transform().unwrap();
+    let (x, y) = (gt[0] + moved[0] * gt[1] + moved[1] * gt[2], gt[3] + moved[0] * gt[4] + moved[1] * gt[5]);
+    let mut found = false;
+    for f in layer.features() {
+        if f.field_as_integer64(f.field_index("id").unwrap()).unwrap() != Some(id as i64) {
+            continue;
+        }
+        assert_eq!(f.field_as_integer(f.field_index("edited").unwrap()).unwrap(), Some(1));
+        let g = f.geometry().unwrap().to_geo().unwrap();
+        use geo::CoordsIter;
+        found = g.coords_iter().any(|c| (c.x - x).abs() < 1e-6 && (c.y - y).abs() < 1e-6);
+    }
+    assert!(found, "the exported polygon has the dragged vertex at ({x}, {y})");
+}
+
+/// Without any weights: the panel says what is missing; a box drawn by hand is
+/// segmented (watershed), traced, edited and saved; the project reopens as it was.
+#[test]
+fn manual_box_without_weights_then_project_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(Some(sample()), Settings::default(), tmp.path().join("recovery.gpkg"));
+    idle(&mut h);
+    h.get_by_label_contains("No RemoteReasoner checkpoint is configured");
+    h.key_press(egui::Key::B);
+    h.step();
+    let (a, b) = (screen_of(&h, [60.0, 70.0]), screen_of(&h, [100.0, 130.0]));
+    drag(&mut h, a, b);
+    step_until(&mut h, "the hand-drawn box's mask", |a| !a.session.features.is_empty());
+    let f = h.state().session.features.iter().next().unwrap().clone();
+    assert_eq!(f.provenance.task, "manual");
+    assert_eq!(f.bbox, Some([60.0, 70.0, 100.0, 130.0]));
+    assert!(!f.polygons.0.is_empty(), "traced");
+    // Delete one vertex (select it with a click, then Del) and simplify with the slider's state.
+    h.key_press(egui::Key::V);
+    h.step();
+    let v = first_vertex(h.state(), f.id);
+    h.hover_at(screen_of(&h, v));
+    h.step();
+    let p = screen_of(&h, v);
+    h.event(egui::Event::PointerButton {
+        pos: p,
+        button: egui::PointerButton::Primary,
+        pressed: true,
+        modifiers: egui::Modifiers::NONE,
+    });
+    h.event(egui::Event::PointerButton {
+        pos: p,
+        button: egui::PointerButton::Primary,
+        pressed: false,
+        modifiers: egui::Modifiers::NONE,
+    });
+    h.step();
+    assert!(h.state().session.selected_vertex.is_some(), "vertex selected");
+    let before = h.state().session.features.get(f.id).unwrap().vertex_count();
+    h.key_press(egui::Key::Delete);
+    h.step();
+    assert_eq!(h.state().session.features.get(f.id).unwrap().vertex_count(), before - 1);
+
+    // Save, then open the project in a fresh workbench.
+    let project = tmp.path().join("work.gpkg");
+    h.state_mut().save_project(project.clone(), false);
+    step_until(&mut h, "the save", |a| a.session.save_job.is_none());
+    assert!(!h.state().session.is_dirty());
+    let saved: Vec<_> = h.state().session.features.iter().cloned().collect();
+    let view = h.state().doc.as_ref().unwrap().view;
+    let mut h2 = harness(None, Settings::default(), tmp.path().join("recovery2.gpkg"));
+    h2.step();
+    h2.state_mut().load_project(project);
+    step_until(&mut h2, "the project and its raster", |a| a.doc.is_some() && a.session.features.len() == saved.len());
+    idle(&mut h2);
+    let loaded: Vec<_> = h2.state().session.features.iter().cloned().collect();
+    assert_eq!(loaded[0].id, saved[0].id);
+    assert_eq!(loaded[0].vertex_count(), saved[0].vertex_count());
+    assert!(loaded[0].edited);
+    use geo::Area;
+    assert!((loaded[0].polygons.unsigned_area() - saved[0].polygons.unsigned_area()).abs() < 1e-6);
+    let v2 = h2.state().doc.as_ref().unwrap().view;
+    assert!((v2.center[0] - view.center[0]).abs() < 1e-9 && (v2.zoom - view.zoom).abs() < 1e-9, "view restored");
+}
+
+#[test]
+fn unsaved_work_is_offered_back_after_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recovery = tmp.path().join("recovery.gpkg");
+    {
+        let mut h = harness(Some(sample()), Settings::default(), recovery.clone());
+        idle(&mut h);
+        h.key_press(egui::Key::B);
+        h.step();
+        let (a, b) = (screen_of(&h, [20.0, 20.0]), screen_of(&h, [50.0, 60.0]));
+        drag(&mut h, a, b);
+        step_until(&mut h, "a feature", |a| !a.session.features.is_empty());
+        step_until(&mut h, "the autosave", |a| a.session.autosaved_revision == a.session.features.revision());
+        // The process dies here: no exit handler runs.
+        std::mem::forget(h);
+    }
+    assert!(recovery.exists());
+    let mut h = harness(None, Settings::default(), recovery.clone());
+    h.step();
+    h.get_by_label_contains("did not close normally");
+    h.get_by_label("Restore").click();
+    step_until(&mut h, "the restored work", |a| a.doc.is_some() && a.session.features.len() == 1);
+    let f = h.state().session.features.iter().next().unwrap();
+    assert_eq!(f.bbox, Some([20.0, 20.0, 50.0, 60.0]));
+    assert!(h.state().session.is_dirty(), "restored work is unsaved work");
+}
+
+#[test]
+fn snapshots_of_the_main_views() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(Some(sample()), Settings::default(), tmp.path().join("recovery.gpkg"));
+    idle(&mut h);
+    h.key_press(egui::Key::B);
+    h.step();
+    let (a, b) = (screen_of(&h, [60.0, 70.0]), screen_of(&h, [100.0, 130.0]));
+    drag(&mut h, a, b);
+    step_until(&mut h, "a feature", |a| !a.session.features.is_empty());
+    idle(&mut h);
+    let options = egui_kittest::SnapshotOptions::new().output_path(root().join("tests/snapshots"));
+    h.snapshot_options("workbench_feature_selected", &options);
+    h.key_press(egui::Key::F1);
+    h.step();
+    h.step();
+    h.snapshot_options("workbench_help", &options);
+}
