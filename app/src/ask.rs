@@ -41,6 +41,10 @@ pub struct AskArgs {
     /// --task contour: the features (.gpkg, .shp, .geojson or .fgb; boxes and polygons).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// --task region, pixel or contour: also save the results as a workbench
+    /// project (GeoPackage) that `remote-reasoner PROJECT.gpkg` opens for editing.
+    #[arg(long, value_name = "PROJECT.gpkg")]
+    pub save_project: Option<PathBuf>,
     /// --task contour: also write the merged mask (.tif georeferenced like the raster, or .png).
     #[arg(long, value_name = "MASK")]
     pub mask_out: Option<PathBuf>,
@@ -228,6 +232,21 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    if let Some(path) = &args.save_project {
+        if !matches!(args.task, AskTask::Region | AskTask::Pixel | AskTask::Contour) {
+            bail!("--save-project keeps boxes and polygons: use --task region, pixel or contour");
+        }
+        let segmenter = pixel.as_ref().map(|p| p.0.method.to_string());
+        let provenance = result_provenance(args, &reasoner, &answer, window, segmenter);
+        let features = project_features(&boxes, pixel.as_ref().map(|p| &p.0), window, &img, &provenance);
+        let meta = engine::project::ProjectMeta {
+            raster: Some(std::path::absolute(&args.image).unwrap_or_else(|_| args.image.clone())),
+            geotransform: info.geotransform,
+            crs_wkt: info.crs_wkt.clone(),
+            ..Default::default()
+        };
+        engine::project::save(path, &meta, &features)?;
+    }
     let corners = |b: &engine::reasoner::parse::PixelBox, gt: &GeoTransform| {
         [(b.x1, b.y1), (b.x2, b.y1), (b.x2, b.y2), (b.x1, b.y2)].map(|(c, r)| gt.pixel_to_world(c, r))
     };
@@ -346,4 +365,55 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         writeln!(out, "  note: {r:?}")?;
     }
     Ok(())
+}
+
+/// Provenance of this run's features.
+fn result_provenance(
+    args: &AskArgs,
+    reasoner: &Reasoner,
+    answer: &engine::reasoner::Answer,
+    window: Window,
+    segmenter: Option<String>,
+) -> Arc<Provenance> {
+    Arc::new(Provenance {
+        task: format!("{:?}", args.task).to_lowercase(),
+        query: answer.query.clone(),
+        answer: answer.answer.clone(),
+        model: args.model.display().to_string(),
+        weights_hash: engine::hub::weights_fingerprint(&reasoner.dir).unwrap_or_default(),
+        segmenter: segmenter.unwrap_or_default(),
+        reasoning: answer.think.clone(),
+        source: args.image.display().to_string(),
+        window: Some(window),
+        created_at: Provenance::now(),
+    })
+}
+
+/// One workbench feature per box: the box, and its mask traced exactly when
+/// there is one (raster pixels).
+fn project_features(
+    boxes: &[engine::reasoner::parse::PixelBox],
+    pixel: Option<&engine::segment::PixelResult>,
+    window: Window,
+    img: &WindowImage,
+    provenance: &Arc<Provenance>,
+) -> Vec<engine::edit::WorkFeature> {
+    let frame = ImageFrame { window, image_size: (img.image.width, img.image.height) };
+    boxes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let polygons = pixel.and_then(|p| p.per_box.get(i)).map_or_else(
+                || geo::MultiPolygon::new(vec![]),
+                |(_, s)| engine::contour::trace_to_raster(&s.mask, &frame),
+            );
+            let mut f = engine::edit::WorkFeature::new(Some([b.x1, b.y1, b.x2, b.y2]), polygons, provenance.clone());
+            if let Some((_, s)) = pixel.and_then(|p| p.per_box.get(i)) {
+                f.score = s.iou.map(f64::from);
+                f.object_score = s.object_score.map(f64::from);
+            }
+            f.id = i as u64 + 1;
+            f
+        })
+        .collect()
 }

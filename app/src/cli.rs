@@ -16,7 +16,7 @@ use crate::gui::RendererChoice;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Raster to open in the workbench (GUI only).
+    /// Raster, or project (.gpkg saved by the workbench or `ask --save-project`), to open (GUI only).
     pub file: Option<PathBuf>,
     /// GPU backend of the window.
     #[arg(long, value_enum, default_value = "wgpu", env = "RR_RENDERER")]

@@ -85,6 +85,13 @@ pub fn save(path: &Path, meta: &ProjectMeta, features: &[WorkFeature]) -> Result
     export_with(path, &feature_set(features, &meta), &opts, &mut |_, _| true, &[(TABLE, &rows)])
 }
 
+/// Whether `path` is a GeoPackage holding a project table (cheap: reads the
+/// layer list only).
+pub fn is_project(path: &Path) -> bool {
+    crate::gdal_init();
+    gdal::Dataset::open(path).is_ok_and(|ds| ds.layer_by_name(TABLE).is_ok())
+}
+
 /// Loads a project saved by [`save`].
 pub fn load(path: &Path) -> Result<Project> {
     crate::gdal_init();

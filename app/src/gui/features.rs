@@ -30,32 +30,19 @@ pub fn features_panel_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
 
 fn table_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let s = &mut app.session;
-    let rows: Vec<(u64, String, String, String, usize, bool, bool)> = s
-        .features
-        .iter()
-        .map(|f| {
-            (
-                f.id,
-                f.provenance.task.clone(),
-                f.provenance.query.clone(),
-                f.score.map_or_else(String::new, |v| format!("{v:.3}")),
-                f.vertex_count(),
-                f.edited,
-                f.is_valid(),
-            )
-        })
-        .collect();
+    // Only the rows on screen are looked at (validity checks are not free).
+    let ids: Vec<u64> = s.features.iter().map(|f| f.id).collect();
     let mut clicked = None;
     TableBuilder::new(ui)
         .id_salt("features_table")
         .striped(true)
         .sense(egui::Sense::click())
-        .column(Column::exact(40.0))
-        .column(Column::exact(60.0))
-        .column(Column::remainder().at_least(80.0).clip(true))
-        .column(Column::exact(46.0))
-        .column(Column::exact(56.0))
-        .column(Column::exact(46.0))
+        .column(Column::exact(36.0))
+        .column(Column::exact(54.0))
+        .column(Column::remainder().at_least(40.0).clip(true))
+        .column(Column::exact(42.0))
+        .column(Column::exact(52.0))
+        .column(Column::exact(42.0))
         .header(18.0, |mut h| {
             for t in ["id", "task", "query", "score", "vertices", "edited"] {
                 h.col(|ui| {
@@ -64,39 +51,41 @@ fn table_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             }
         })
         .body(|body| {
-            body.rows(18.0, rows.len(), |mut row| {
-                let (id, task, query, score, vertices, edited, valid) = &rows[row.index()];
-                row.set_selected(s.selected == Some(*id));
+            body.rows(18.0, ids.len(), |mut row| {
+                let id = ids[row.index()];
+                let Some(f) = s.features.get(id) else { return };
+                row.set_selected(s.selected == Some(id));
                 row.col(|ui| {
                     // The feature's map colour beside its id (a painted swatch: no glyph needed).
                     ui.horizontal(|ui| {
                         let (swatch, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
-                        ui.painter().rect_filled(swatch, 2.0, feature_colour(*id));
+                        ui.painter().rect_filled(swatch, 2.0, feature_colour(id));
                         ui.label(id.to_string());
                     });
                 });
                 row.col(|ui| {
-                    ui.label(task);
+                    ui.label(&f.provenance.task);
                 });
                 row.col(|ui| {
-                    ui.label(query);
+                    ui.label(&f.provenance.query);
                 });
                 row.col(|ui| {
-                    ui.label(score);
+                    ui.label(f.score.map_or_else(String::new, |v| format!("{v:.3}")));
                 });
                 row.col(|ui| {
-                    let text = if *valid { vertices.to_string() } else { format!("{vertices} (invalid)") };
-                    ui.label(text).on_hover_text(if *valid {
+                    let (n, valid) = (f.vertex_count(), f.is_valid());
+                    let text = if valid { n.to_string() } else { format!("{n} (invalid)") };
+                    ui.label(text).on_hover_text(if valid {
                         "valid geometry"
                     } else {
                         "invalid geometry (self-intersection?)"
                     });
                 });
                 row.col(|ui| {
-                    ui.label(if *edited { "yes" } else { "" });
+                    ui.label(if f.edited { "yes" } else { "" });
                 });
                 if row.response().clicked() {
-                    clicked = Some(*id);
+                    clicked = Some(id);
                 }
             });
         });

@@ -194,9 +194,19 @@ impl WorkbenchApp {
             app.session.recovery_offer = Some(app.recovery_path.clone());
         }
         if let Some(p) = path {
-            app.open(p);
+            app.open_any(p);
         }
         app
+    }
+
+    /// Opens a project (a GeoPackage saved by the workbench) or else a raster.
+    pub fn open_any(&mut self, path: PathBuf) {
+        let gpkg = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gpkg"));
+        if gpkg && engine::project::is_project(&path) {
+            self.load_project(path);
+        } else {
+            self.open(path);
+        }
     }
 
     /// Asks the engine to open a raster; the current one stays until it succeeds.
@@ -268,7 +278,7 @@ impl WorkbenchApp {
             i.raw.dropped_files.iter().map(|f| f.path().to_owned()).filter(|p| !p.as_os_str().is_empty()).collect()
         });
         if let Some(p) = dropped.into_iter().next() {
-            self.open(p);
+            self.open_any(p);
         }
         // Informational notes fade; errors stay until dismissed.
         self.notifications.retain(|n| n.is_error || n.since.elapsed() < Duration::from_secs(6));
@@ -347,14 +357,17 @@ impl WorkbenchApp {
                 }
             }
             Event::ReasonerLoaded { job, info } => {
-                if self.run_job() == Some(job) {
+                // Loads run in order on the model thread: this is the one the settings asked for,
+                // even when the question that needed it was cancelled meanwhile.
+                if self.session.reasoner_key.is_some() {
                     self.session.reasoner = Some(info);
-                    if self.session.pending_ask
-                        && let Some(doc) = &self.doc
-                    {
-                        let params = doc.params;
-                        self.session.send_ask(&self.engine, params);
-                    }
+                }
+                if self.run_job() == Some(job)
+                    && self.session.pending_ask
+                    && let Some(doc) = &self.doc
+                {
+                    let params = doc.params;
+                    self.session.send_ask(&self.engine, params);
                 }
             }
             Event::AskStage { job, stage } => {
@@ -716,6 +729,7 @@ impl WorkbenchApp {
     /// of the current view has arrived (or failed).
     pub fn is_idle(&self) -> bool {
         self.opening.is_none()
+            && self.session.load_job.is_none()
             && self.doc.as_ref().is_none_or(|d| !d.fit_pending && d.tile_job.is_none() && !d.tiles.is_empty())
     }
 

@@ -26,14 +26,22 @@ pub fn feature_colour(id: u64) -> Color32 {
     c.into()
 }
 
-/// Triangulated fills, cached per feature until its geometry changes.
+/// Triangulated fills and bounds, cached per feature until its geometry changes.
 #[derive(Default)]
 pub struct FillCache {
     fills: HashMap<u64, Fill>,
+    /// The store revision the cache was last checked against: while it holds,
+    /// cached entries are used without re-hashing their geometry.
+    revision: Option<u64>,
 }
 
-/// A feature's triangulation: geometry key, vertices (raster pixels), triangle indices.
-type Fill = (u64, Vec<[f64; 2]>, Vec<u32>);
+/// A feature's geometry key, bounds, triangulation vertices (raster pixels) and triangle indices.
+struct Fill {
+    key: u64,
+    bounds: Option<[f64; 4]>,
+    vertices: Vec<[f64; 2]>,
+    indices: Vec<u32>,
+}
 
 impl std::fmt::Debug for FillCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,25 +65,49 @@ fn geometry_key(mp: &MultiPolygon<f64>) -> u64 {
 }
 
 impl FillCache {
-    fn get(&mut self, id: u64, mp: &MultiPolygon<f64>) -> (&[[f64; 2]], &[u32]) {
-        let key = geometry_key(mp);
-        let entry = self.fills.entry(id).or_insert_with(|| (!key, Vec::new(), Vec::new()));
-        if entry.0 != key {
-            let (mut verts, mut idx) = (Vec::new(), Vec::new());
-            for p in &mp.0 {
+    /// The fill of `f`; `trusted`: the store did not change since the entry was made.
+    fn get(&mut self, f: &WorkFeature, trusted: bool) -> &Fill {
+        use geo::BoundingRect;
+        let fresh = |key| {
+            let (mut vertices, mut indices) = (Vec::new(), Vec::new());
+            for p in &f.polygons.0 {
                 let raw = p.earcut_triangles_raw();
-                let base = verts.len() as u32;
-                verts.extend(raw.vertices);
-                idx.extend(raw.triangle_indices.iter().map(|&i| base + i as u32));
+                let base = vertices.len() as u32;
+                vertices.extend(raw.vertices);
+                indices.extend(raw.triangle_indices.iter().map(|&i| base + i as u32));
             }
-            *entry = (key, verts, idx);
+            let bounds = f
+                .polygons
+                .bounding_rect()
+                .map(|r| [r.min().x, r.min().y, r.max().x, r.max().y])
+                .into_iter()
+                .chain(f.bbox)
+                .reduce(|a, b| [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])]);
+            Fill { key, bounds, vertices, indices }
+        };
+        if trusted && self.fills.contains_key(&f.id) {
+            return &self.fills[&f.id];
         }
-        (&entry.1, &entry.2)
+        let key = geometry_key(&f.polygons)
+            ^ f.bbox.map_or(0, |b| b.iter().fold(0u64, |h, v| h.rotate_left(7) ^ v.to_bits()));
+        let entry = self.fills.entry(f.id).or_insert_with(|| Fill {
+            key: !key,
+            bounds: None,
+            vertices: vec![],
+            indices: vec![],
+        });
+        if entry.key != key {
+            *entry = fresh(key);
+        }
+        entry
     }
 
-    /// Forgets features that no longer exist.
-    pub fn retain(&mut self, store: &FeatureStore) {
-        self.fills.retain(|id, _| store.get(*id).is_some());
+    /// Forgets features that no longer exist; remembers the revision checked.
+    fn sync(&mut self, store: &FeatureStore) {
+        if self.revision != Some(store.revision()) {
+            self.fills.retain(|id, _| store.get(*id).is_some());
+        }
+        self.revision = Some(store.revision());
     }
 }
 
@@ -87,47 +119,53 @@ fn box_corners(b: [f64; 4]) -> [[f64; 2]; 4] {
     [[b[0], b[1]], [b[2], b[1]], [b[2], b[3]], [b[0], b[3]]]
 }
 
-fn bounds_visible(view: &ViewTransform, rect: Rect, f: &WorkFeature) -> bool {
-    use geo::BoundingRect;
-    let r = f
-        .polygons
-        .bounding_rect()
-        .map(|r| [r.min().x, r.min().y, r.max().x, r.max().y])
-        .into_iter()
-        .chain(f.bbox)
-        .reduce(|a, b| [a[0].min(b[0]), a[1].min(b[1]), a[2].max(b[2]), a[3].max(b[3])]);
-    let Some([x0, y0, x1, y1]) = r else { return false };
+fn bounds_visible(view: &ViewTransform, rect: Rect, bounds: Option<[f64; 4]>) -> bool {
+    let Some([x0, y0, x1, y1]) = bounds else { return false };
     let a = view.source_to_screen(rect, [x0, y0]);
     let b = view.source_to_screen(rect, [x1, y1]);
     Rect::from_two_pos(a, b).intersects(rect)
+}
+
+/// A ring on screen, without vertices closer than a pixel to the last one kept:
+/// zoomed out, a 100-vertex ring may span a few dozen pixels.
+fn screen_ring(view: &ViewTransform, rect: Rect, coords: &[Coord<f64>]) -> Vec<Pos2> {
+    let mut out: Vec<Pos2> = Vec::with_capacity(coords.len());
+    for c in coords {
+        let p = screen(view, rect, *c);
+        if out.last().is_none_or(|q| (p - *q).length_sq() >= 1.0) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Draws one feature: fill (the mask), ring outlines, box.
 fn paint_feature(
     shapes: &mut Vec<Shape>,
     mesh: &mut Mesh,
-    fills: &mut FillCache,
+    fill: &Fill,
     view: &ViewTransform,
     rect: Rect,
     f: &WorkFeature,
     emphasis: u8,
 ) {
     let colour = feature_colour(f.id);
-    let fill = colour.gamma_multiply(if emphasis > 0 { 0.45 } else { 0.3 });
-    let (verts, idx) = fills.get(f.id, &f.polygons);
+    let tint = colour.gamma_multiply(if emphasis > 0 { 0.45 } else { 0.3 });
     let base = mesh.vertices.len() as u32;
-    mesh.vertices.extend(verts.iter().map(|v| Vertex {
+    mesh.vertices.extend(fill.vertices.iter().map(|v| Vertex {
         pos: view.source_to_screen(rect, *v),
         uv: egui::epaint::WHITE_UV,
-        color: fill,
+        color: tint,
     }));
-    mesh.indices.extend(idx.iter().map(|i| base + i));
+    mesh.indices.extend(fill.indices.iter().map(|i| base + i));
     let width = [1.2, 2.0, 2.5][usize::from(emphasis.min(2))];
     for p in &f.polygons.0 {
         for r in std::iter::once(p.exterior()).chain(p.interiors()) {
             let n = r.0.len().saturating_sub(1);
-            let points: Vec<Pos2> = r.0[..n].iter().map(|c| screen(view, rect, *c)).collect();
-            shapes.push(Shape::Path(PathShape::closed_line(points, PathStroke::new(width, colour))));
+            let points = screen_ring(view, rect, &r.0[..n]);
+            if points.len() >= 2 {
+                shapes.push(Shape::Path(PathShape::closed_line(points, PathStroke::new(width, colour))));
+            }
         }
     }
     if let Some(b) = f.bbox {
@@ -196,8 +234,13 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
     let pointer = response.hover_pos();
     let mut consumed = false;
 
-    // Hover highlight (select tool).
-    s.hovered = pointer.and_then(|p| s.features.feature_at(to_source(p)));
+    // Hover highlight: looked up when the pointer moves, not during a drag.
+    let moved = response.ctx.input(|i| i.pointer.delta() != egui::Vec2::ZERO);
+    if pointer.is_none() {
+        s.hovered = None;
+    } else if moved && s.drag.is_none() && s.drawing.is_none() {
+        s.hovered = pointer.and_then(|p| s.features.feature_at(to_source(p)));
+    }
 
     match s.tool {
         Tool::Select => {
@@ -398,18 +441,20 @@ pub fn overlay_paint(app: &mut WorkbenchApp, ui: &egui::Ui, rect: Rect) {
         ));
     }
     let mut fills = std::mem::take(&mut app.fills);
+    let trusted = fills.revision == Some(s.features.revision());
     for f in s.features.iter() {
-        let shown = match &s.drag {
-            Some(d) if d.feature == f.id => &d.preview,
-            _ => f,
+        let (shown, is_preview) = match &s.drag {
+            Some(d) if d.feature == f.id => (&d.preview, true),
+            _ => (f, false),
         };
-        if !bounds_visible(&view, rect, shown) {
+        let fill = fills.get(shown, trusted && !is_preview);
+        if !bounds_visible(&view, rect, fill.bounds) {
             continue;
         }
         let emphasis = if s.selected == Some(f.id) { 2 } else { u8::from(s.hovered == Some(f.id)) };
-        paint_feature(&mut shapes, &mut mesh, &mut fills, &view, rect, shown, emphasis);
+        paint_feature(&mut shapes, &mut mesh, fill, &view, rect, shown, emphasis);
     }
-    fills.retain(&s.features);
+    fills.sync(&s.features);
     app.fills = fills;
     let s = &app.session;
     if let Some(f) = s.selected.and_then(|id| match &s.drag {
