@@ -16,6 +16,9 @@ use gdal::vector::LayerAccess;
 use rr_app::gui::WorkbenchApp;
 use rr_app::gui::session::Settings;
 
+#[path = "common/hub_server.rs"]
+mod hub_server;
+
 const SIZE: Vec2 = vec2(1400.0, 900.0);
 
 fn root() -> PathBuf {
@@ -27,7 +30,8 @@ fn sample() -> PathBuf {
 }
 
 fn harness(path: Option<PathBuf>, settings: Settings, recovery: PathBuf) -> Harness<'static, WorkbenchApp> {
-    Harness::builder().with_size(SIZE).build_eframe(move |cc| {
+    // Frames 1/30 s apart (kittest's default is 1/4 s), so that two clicks can be a double-click.
+    Harness::builder().with_size(SIZE).with_step_dt(1.0 / 30.0).build_eframe(move |cc| {
         let mut app = WorkbenchApp::with_session(&cc.egui_ctx, path, settings, recovery);
         app.autosave_every = Duration::from_millis(200);
         app
@@ -200,6 +204,20 @@ fn manual_box_without_weights_then_project_round_trip() {
     h.step();
     assert_eq!(h.state().session.features.get(f.id).unwrap().vertex_count(), before - 1);
 
+    // Double-click the middle of an edge: a vertex is inserted there.
+    let ring = h.state().session.features.get(f.id).unwrap().polygons.0[0].exterior().0.clone();
+    let mid = [(ring[1].x + ring[2].x) / 2.0, (ring[1].y + ring[2].y) / 2.0];
+    let p = screen_of(&h, mid);
+    h.hover_at(p);
+    h.step();
+    let button = egui::PointerButton::Primary;
+    for pressed in [true, false, true, false] {
+        h.event(egui::Event::PointerButton { pos: p, button, pressed, modifiers: egui::Modifiers::NONE });
+    }
+    h.step();
+    assert_eq!(h.state().session.features.get(f.id).unwrap().vertex_count(), before, "one deleted, one inserted");
+    assert_eq!(h.state().session.features.undo_label(), Some("insert vertex"));
+
     // Save, then open the project in a fresh workbench.
     let project = tmp.path().join("work.gpkg");
     h.state_mut().save_project(project.clone(), false);
@@ -266,4 +284,124 @@ fn snapshots_of_the_main_views() {
     h.step();
     h.step();
     h.snapshot_options("workbench_help", &options);
+}
+
+/// Settings → a hub repository → Download: progress shows while the files come
+/// in (verified), then the downloaded model answers by its repository id.
+#[test]
+fn download_from_settings_then_ask_by_repository_id() {
+    let hub = hub_server::serve("acme/tiny-reasoner", hub_server::checkpoint_files(), None);
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        model: "acme/tiny-reasoner".into(),
+        hub_endpoint: hub.url.clone(),
+        models_cache: tmp.path().join("models").display().to_string(),
+        ..Settings::default()
+    };
+    let mut h = harness(Some(sample()), settings, tmp.path().join("recovery.gpkg"));
+    idle(&mut h);
+    h.get_by_label("Settings…").click();
+    h.step();
+    h.step();
+    h.step();
+    h.get_by_label("Download model").click();
+    h.step();
+    assert!(h.state().session.pull.is_some(), "download started");
+    let mut seen = 0.0f32;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.state().session.pull.is_some() {
+        if let Some((_, f, _)) = &h.state().session.pull {
+            seen = seen.max(*f);
+        }
+        h.step();
+        assert!(Instant::now() < deadline, "download did not finish");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    h.step();
+    let note = h.state().notifications.last().unwrap().clone();
+    assert!(!note.is_error && note.text.contains("Downloaded and verified acme/tiny-reasoner"), "{}", note.text);
+    assert!(seen > 0.0, "progress was reported");
+    // Ask by repository id: resolved in the models cache.
+    h.state_mut().session.query = "where are the ships?".into();
+    h.state_mut().run_query();
+    step_until(&mut h, "the answer", |a| !a.session.busy());
+    let run = h.state().session.run.clone().unwrap();
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(h.state().session.features.len(), 2);
+}
+
+/// SAM (seeded tiny SAM 2.1 weights) for a hand-drawn box, then a refinement
+/// click; a box corner dragged; an edge double-clicked; a question cancelled
+/// while its model loads, and the next one answered.
+#[test]
+fn refine_resize_insert_and_cancel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sam = tmp.path().join("sam2.1_hiera_tiny_seeded.safetensors");
+    engine::models::sam2::synthetic::save_checkpoint(&root().join("tests/fixtures/sam2_tiny/weights.json"), &sam)
+        .unwrap();
+    let settings = Settings {
+        sam: sam.display().to_string(),
+        model: root().join("tests/fixtures/qwen2_5_vl_tiny_trained").display().to_string(),
+        ..Settings::default()
+    };
+    let mut h = harness(Some(sample()), settings, tmp.path().join("recovery.gpkg"));
+    idle(&mut h);
+    h.key_press(egui::Key::B);
+    h.step();
+    let (a, b) = (screen_of(&h, [60.0, 70.0]), screen_of(&h, [110.0, 130.0]));
+    drag(&mut h, a, b);
+    step_until(&mut h, "SAM's mask", |a| !a.session.features.is_empty());
+    let f = h.state().session.features.iter().next().unwrap().clone();
+    assert_eq!(f.provenance.segmenter, "sam2.1_hiera_tiny");
+    assert!(f.score.is_some() && f.segment.is_some());
+    // Refine: R, then a left click inside the box.
+    h.key_press(egui::Key::R);
+    h.step();
+    let p = screen_of(&h, [85.0, 100.0]);
+    h.hover_at(p);
+    h.step();
+    h.event(egui::Event::PointerButton {
+        pos: p,
+        button: egui::PointerButton::Primary,
+        pressed: true,
+        modifiers: egui::Modifiers::NONE,
+    });
+    h.event(egui::Event::PointerButton {
+        pos: p,
+        button: egui::PointerButton::Primary,
+        pressed: false,
+        modifiers: egui::Modifiers::NONE,
+    });
+    h.step();
+    step_until(&mut h, "the refined mask", |a| a.session.refine_jobs.is_empty());
+    let refined = h.state().session.features.get(f.id).unwrap().clone();
+    let clicks = &refined.segment.as_ref().unwrap().clicks;
+    assert_eq!(clicks.len(), 1);
+    assert!(clicks[0].2 && (clicks[0].0 - 85.0).abs() < 0.5 && (clicks[0].1 - 100.0).abs() < 0.5, "{clicks:?}");
+    assert!(refined.edited);
+    assert_eq!(h.state().session.features.undo_label(), Some("refine mask"));
+
+    // Select tool: drag the box's bottom-right corner.
+    h.key_press(egui::Key::V);
+    h.step();
+    let (a, b) = (screen_of(&h, [110.0, 130.0]), screen_of(&h, [120.0, 140.0]));
+    drag(&mut h, a, b);
+    let bb = h.state().session.features.get(f.id).unwrap().bbox.unwrap();
+    assert!((bb[2] - 120.0).abs() < 0.2 && (bb[3] - 140.0).abs() < 0.2 && bb[0] == 60.0 && bb[1] == 70.0, "{bb:?}");
+    assert_eq!(h.state().session.features.undo_label(), Some("resize box"));
+
+    // Cancel a question while its model loads; the next one is answered.
+    h.state_mut().session.query = "where are the ships?".into();
+    h.state_mut().run_query();
+    h.step();
+    assert!(h.state().session.busy());
+    h.get_by_label("Cancel").click();
+    h.step();
+    let run = h.state().session.run.clone().unwrap();
+    assert!(!run.is_running() && run.error.as_deref() == Some("Cancelled."), "{run:?}");
+    let n = h.state().session.features.len();
+    h.state_mut().run_query();
+    step_until(&mut h, "the second question", |a| !a.session.busy());
+    assert!(h.state().session.run.as_ref().unwrap().error.is_none());
+    assert_eq!(h.state().session.features.len(), n + 2, "answered after the cancelled one");
 }

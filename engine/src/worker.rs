@@ -88,6 +88,9 @@ pub enum Request {
     LoadProject { job: JobId, path: PathBuf },
     /// Export features on a file thread: [`Event::Exported`].
     Export { job: JobId, path: PathBuf, set: Box<FeatureSet>, options: ExportOptions },
+    /// Download a checkpoint from the hub on a thread of its own:
+    /// [`Event::Progress`] per chunk, then [`Event::ModelPulled`].
+    PullModel { job: JobId, request: crate::hub::PullRequest },
     /// Cancel a job (tile rendering, overview building, a question between tokens).
     Cancel { job: JobId },
 }
@@ -217,6 +220,11 @@ pub enum Event {
         job: JobId,
         report: ExportReport,
     },
+    /// A checkpoint is in the hub cache, verified: its snapshot directory.
+    ModelPulled {
+        job: JobId,
+        path: PathBuf,
+    },
     /// The job stopped early: cancelled, or superseded by a newer request.
     Cancelled {
         job: JobId,
@@ -246,6 +254,7 @@ impl Event {
             | Self::ProjectSaved { job, .. }
             | Self::ProjectLoaded { job, .. }
             | Self::Exported { job, .. }
+            | Self::ModelPulled { job, .. }
             | Self::Cancelled { job }
             | Self::Failed { job, .. } => *job,
         }
@@ -642,6 +651,24 @@ impl Worker {
                     w.model_thread()?
                         .send(ModelMsg::Refine { job, key, image, feature, bbox, previous, clicks })
                         .map_err(|_| EngineError::Internal("the model thread stopped".into()))
+                });
+            }
+            Msg::Request(Request::PullModel { job, request }) => {
+                let (events, waker) = (self.events.clone(), self.waker.clone());
+                self.file_job(job, move || {
+                    let mut last = -1.0f32;
+                    let path = crate::hub::pull(&request, |p| {
+                        // Whole files count as steps; the current one by its bytes.
+                        let part = if p.file_size > 0 { p.file_bytes as f32 / p.file_size as f32 } else { 0.0 };
+                        let fraction = (p.file_index as f32 + part) / p.files.max(1) as f32;
+                        if fraction - last >= 0.01 || part >= 1.0 {
+                            last = fraction;
+                            let message = format!("{} ({}/{})", p.file, p.file_index + 1, p.files);
+                            let _ = events.send(Event::Progress { job, fraction, message });
+                            waker();
+                        }
+                    })?;
+                    Ok(Event::ModelPulled { job, path })
                 });
             }
             Msg::Request(Request::SaveProject { job, path, meta, features }) => self.file_job(job, move || {

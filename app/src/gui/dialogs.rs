@@ -145,8 +145,11 @@ pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
         return;
     }
     let mut open = true;
+    let pull = app.session.pull.clone();
+    let is_repo = app.session.model_is_repo();
     let s = &mut app.session.settings;
     let mut browse = None;
+    let mut download = false;
     egui::Window::new("Settings").open(&mut open).show(ctx, |ui| {
         egui::Grid::new("settings_grid").num_columns(2).show(ui, |ui| {
             let label = ui.label("RemoteReasoner model");
@@ -216,11 +219,40 @@ pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
                 ui.selectable_value(&mut s.simplify_method, SimplifyMethod::DouglasPeucker, "Douglas–Peucker");
             });
             ui.end_row();
+            let label = ui.label("Hub server");
+            ui.add(
+                egui::TextEdit::singleline(&mut s.hub_endpoint)
+                    .hint_text("default: huggingface.co")
+                    .desired_width(260.0),
+            )
+            .labelled_by(label.id);
+            ui.end_row();
+            let label = ui.label("Models cache");
+            ui.add(
+                egui::TextEdit::singleline(&mut s.models_cache)
+                    .hint_text("default: the Hugging Face cache")
+                    .desired_width(260.0),
+            )
+            .labelled_by(label.id);
+            ui.end_row();
         });
-        ui.label(
-            RichText::new("Download the model once with: remote-reasoner models pull 1e12Leon/RemoteReasoner").weak(),
-        );
+        ui.horizontal(|ui| match &pull {
+            Some((_, fraction, what)) => {
+                ui.add(egui::ProgressBar::new(*fraction).show_percentage().desired_width(180.0));
+                ui.label(what);
+            }
+            None => {
+                download = ui
+                    .add_enabled(is_repo, egui::Button::new("Download model"))
+                    .on_hover_text("Fetches the repository's files into the models cache, each verified by its hash")
+                    .clicked();
+            }
+        });
+        ui.label(RichText::new("Enter a hub repository (e.g. 1e12Leon/RemoteReasoner) and download it once.").weak());
     });
+    if download {
+        app.session.start_pull(&app.engine);
+    }
     if let Some(purpose) = browse {
         app.pick_file(purpose, false, "");
     }

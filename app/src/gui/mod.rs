@@ -338,6 +338,19 @@ impl WorkbenchApp {
                     }
                 }
             }
+            Event::Progress { job, fraction, message } if self.session.pull.as_ref().is_some_and(|p| p.0 == job) => {
+                self.session.pull = Some((job, fraction, message));
+            }
+            Event::ModelPulled { job, path } => {
+                if self.session.pull.as_ref().is_some_and(|p| p.0 == job) {
+                    self.session.pull = None;
+                    self.notify_info(format!(
+                        "Downloaded and verified {} into {}",
+                        self.session.settings.model.trim(),
+                        path.display()
+                    ));
+                }
+            }
             Event::Progress { job, fraction, .. } => {
                 if let Some((_, f)) = self.doc.as_mut().and_then(|d| d.overview_job.as_mut()).filter(|(j, _)| *j == job)
                 {
@@ -468,6 +481,9 @@ impl WorkbenchApp {
                 }
                 if self.session.export_job == Some(job) {
                     self.session.export_job = None;
+                }
+                if self.session.pull.as_ref().is_some_and(|p| p.0 == job) {
+                    self.session.pull = None;
                 }
                 if self.opening.as_ref().is_some_and(|(j, _)| *j == job) {
                     self.opening = None;

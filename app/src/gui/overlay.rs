@@ -252,24 +252,20 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
                 && let Some(f) = s.features.get(id)
             {
                 let at = to_source(p);
-                let target = if let Some((v, _)) = nearest_vertex(&f.polygons, at, tol) {
+                // Box handles first (drawn larger), then the polygons' vertices, then the box's edges.
+                let corner =
+                    f.bbox.and_then(|b| box_corners(b).iter().position(|c| (c[0] - at.x).hypot(c[1] - at.y) <= tol));
+                let on_box_edge = f.bbox.filter(|b| {
+                    let inside = at.x >= b[0] - tol && at.x <= b[2] + tol && at.y >= b[1] - tol && at.y <= b[3] + tol;
+                    let near = [(at.x - b[0]).abs(), (at.x - b[2]).abs(), (at.y - b[1]).abs(), (at.y - b[3]).abs()];
+                    inside && near.iter().any(|&d| d <= tol)
+                });
+                let target = if let Some(i) = corner {
+                    Some(DragTarget::BoxCorner(i))
+                } else if let Some((v, _)) = nearest_vertex(&f.polygons, at, tol) {
                     Some(DragTarget::Vertex(v))
-                } else if let Some(b) = f.bbox {
-                    let corner = box_corners(b).iter().position(|c| (c[0] - at.x).hypot(c[1] - at.y) <= tol);
-                    match corner {
-                        Some(i) => Some(DragTarget::BoxCorner(i)),
-                        None => {
-                            let on_edge =
-                                (at.x >= b[0] - tol && at.x <= b[2] + tol && at.y >= b[1] - tol && at.y <= b[3] + tol)
-                                    && ((at.x - b[0]).abs() <= tol
-                                        || (at.x - b[2]).abs() <= tol
-                                        || (at.y - b[1]).abs() <= tol
-                                        || (at.y - b[3]).abs() <= tol);
-                            on_edge.then_some(DragTarget::BoxMove { grab: [at.x, at.y], start: b })
-                        }
-                    }
                 } else {
-                    None
+                    on_box_edge.map(|b| DragTarget::BoxMove { grab: [at.x, at.y], start: b })
                 };
                 if let Some(target) = target {
                     s.drag = Some(Drag { feature: id, target, preview: f.clone() });
@@ -312,7 +308,8 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
                     }
                 }
             }
-            if response.double_clicked()
+            // A click just before counts the pair as a triple-click: it is a double-click too.
+            if (response.double_clicked() || response.triple_clicked())
                 && let Some(p) = response.interact_pointer_pos()
                 && let Some(id) = s.selected
                 && let Some(f) = s.features.get(id)
@@ -326,10 +323,13 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
                 && let Some(p) = response.interact_pointer_pos()
             {
                 let at = to_source(p);
-                let vertex =
-                    s.selected.and_then(|id| s.features.get(id)).and_then(|f| nearest_vertex(&f.polygons, at, tol));
+                let selected = s.selected.and_then(|id| s.features.get(id));
+                let vertex = selected.and_then(|f| nearest_vertex(&f.polygons, at, tol));
+                let on_edge = selected.is_some_and(|f| nearest_edge(&f.polygons, at, tol).is_some());
                 match vertex {
                     Some((v, _)) => s.selected_vertex = Some(v),
+                    // On the selected feature's outline: keep it (a double-click there inserts a vertex).
+                    None if on_edge => s.selected_vertex = None,
                     None => {
                         s.selected = s.features.feature_at(at);
                         s.selected_vertex = None;

@@ -90,6 +90,10 @@ pub struct Settings {
     pub temperature: Option<f64>,
     pub max_new_tokens: usize,
     pub simplify_method: SimplifyMethod,
+    /// Hub server for downloads; empty: `HF_ENDPOINT`, else huggingface.co.
+    pub hub_endpoint: String,
+    /// Where downloads go; empty: `RR_MODELS`, else the Hugging Face cache.
+    pub models_cache: String,
 }
 
 impl Default for Settings {
@@ -102,6 +106,8 @@ impl Default for Settings {
             temperature: None,
             max_new_tokens: 1024,
             simplify_method: SimplifyMethod::VisvalingamPreserve,
+            hub_endpoint: String::new(),
+            models_cache: String::new(),
         }
     }
 }
@@ -242,6 +248,8 @@ pub struct Session {
     pub recovery_offer: Option<PathBuf>,
     /// The last export's summary.
     pub last_export: Option<String>,
+    /// A download in flight: job, fraction done, what it is fetching.
+    pub pull: Option<(JobId, f32, String)>,
 }
 
 impl Session {
@@ -281,6 +289,7 @@ impl Session {
             export_dialog: None,
             recovery_offer: None,
             last_export: None,
+            pull: None,
         }
     }
 
@@ -292,6 +301,32 @@ impl Session {
     /// Whether a question or segmentation is in flight.
     pub fn busy(&self) -> bool {
         self.run.as_ref().is_some_and(Run::is_running) || !self.segment_jobs.is_empty()
+    }
+
+    /// The hub cache downloads go to and models are looked up in.
+    pub fn models_cache(&self) -> PathBuf {
+        match self.settings.models_cache.trim() {
+            "" => engine::hub::default_cache_dir(),
+            dir => PathBuf::from(dir),
+        }
+    }
+
+    /// Whether the model setting names a hub repository (`owner/name`) rather than a directory.
+    pub fn model_is_repo(&self) -> bool {
+        let m = self.settings.model.trim();
+        m.split('/').count() == 2 && !m.starts_with(['/', '.', '~']) && !std::path::Path::new(m).is_dir()
+    }
+
+    /// Starts downloading the configured repository.
+    pub fn start_pull(&mut self, engine: &Engine) {
+        let request = engine::hub::PullRequest {
+            repo_id: self.settings.model.trim().to_owned(),
+            revision: "main".into(),
+            cache_dir: Some(self.models_cache()),
+            endpoint: Some(self.settings.hub_endpoint.trim().to_owned()).filter(|e| !e.is_empty()),
+        };
+        let job = engine.send(|job| engine::Request::PullModel { job, request });
+        self.pull = Some((job, 0.0, "starting".into()));
     }
 
     /// Starts a question on `window` of `raster`: loads the model first when the
@@ -330,7 +365,7 @@ impl Session {
         };
         let key = (self.settings.model.trim().to_owned(), self.settings.device);
         if self.reasoner_key.as_ref() != Some(&key) || self.reasoner.is_none() {
-            let dir = engine::hub::resolve_model(std::path::Path::new(&key.0), &engine::hub::default_cache_dir());
+            let dir = engine::hub::resolve_model(std::path::Path::new(&key.0), &self.models_cache());
             let options = engine::reasoner::LoadOptions { device: key.1, precision: None };
             let job = engine.send(|job| engine::Request::LoadReasoner { job, dir, options });
             run.stage = Some(Stage::LoadingModel);
