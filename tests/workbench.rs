@@ -257,6 +257,27 @@ fn unsaved_work_is_offered_back_after_a_crash() {
         std::mem::forget(h);
     }
     assert!(recovery.exists());
+    // Closing the window with unsaved work asks first; discarding it removes the recovery copy.
+    {
+        let other = tmp.path().join("recovery-close.gpkg");
+        let mut h = harness(Some(sample()), Settings::default(), other.clone());
+        idle(&mut h);
+        h.key_press(egui::Key::B);
+        h.step();
+        let (a, b) = (screen_of(&h, [20.0, 20.0]), screen_of(&h, [50.0, 60.0]));
+        drag(&mut h, a, b);
+        step_until(&mut h, "a feature", |a| !a.session.features.is_empty());
+        step_until(&mut h, "the autosave", |a| a.session.autosaved_revision == a.session.features.revision());
+        assert!(other.exists());
+        h.input_mut().viewports.entry(egui::ViewportId::ROOT).or_default().events.push(egui::ViewportEvent::Close);
+        h.step();
+        h.step();
+        assert!(h.state().session.confirm_close);
+        h.get_by_label("Close without saving").click();
+        h.step();
+        assert!(h.state().session.discard_on_close && !other.exists());
+    }
+    assert!(recovery.exists());
     let mut h = harness(None, Settings::default(), recovery.clone());
     h.step();
     h.get_by_label_contains("did not close normally");

@@ -325,3 +325,39 @@ fn humantime_like(t: std::time::SystemTime) -> String {
         Err(_) => "just now".into(),
     }
 }
+
+/// Closing with unsaved work: save it, discard it, or keep working.
+pub fn close_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
+    let wants_close = ctx.input(|i| i.viewport().close_requested());
+    let s = &app.session;
+    let unsaved = s.is_dirty() && !s.features.is_empty();
+    if wants_close && unsaved && !s.discard_on_close && !s.close_after_save {
+        ctx.send_viewport_cmd(egui::ViewportCommand::CancelClose);
+        app.session.confirm_close = true;
+    }
+    if !app.session.confirm_close {
+        return;
+    }
+    egui::Window::new("Unsaved changes").collapsible(false).resizable(false).show(ctx, |ui| {
+        ui.label(format!("{} feature(s) have changes that are not saved in a project.", app.session.features.len()));
+        ui.horizontal(|ui| {
+            if ui.button("Save…").clicked() {
+                app.session.confirm_close = false;
+                app.session.close_after_save = true;
+                match app.session.project_path.clone() {
+                    Some(p) => app.save_project(p, false),
+                    None => app.pick_file(super::DialogPurpose::SaveProject, true, "gpkg"),
+                }
+            }
+            if ui.button("Close without saving").clicked() {
+                app.session.confirm_close = false;
+                app.session.discard_on_close = true;
+                let _ = std::fs::remove_file(&app.recovery_path);
+                ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+            if ui.button("Cancel").clicked() {
+                app.session.confirm_close = false;
+            }
+        });
+    });
+}

@@ -262,6 +262,10 @@ impl WorkbenchApp {
                 Ok(picked) => {
                     let purpose = *purpose;
                     self.picker = None;
+                    if picked.is_none() && purpose == DialogPurpose::SaveProject {
+                        // No file chosen: closing waits for another answer.
+                        self.session.close_after_save = false;
+                    }
                     if let Some(p) = picked {
                         match purpose {
                             DialogPurpose::OpenProject => self.load_project(p),
@@ -432,6 +436,9 @@ impl WorkbenchApp {
                         // Saved for real: the recovery copy is not needed any more.
                         let _ = std::fs::remove_file(&self.recovery_path);
                         self.notify_info(format!("Saved {}", path.display()));
+                        if self.session.close_after_save {
+                            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+                        }
                     }
                 }
             }
@@ -886,6 +893,7 @@ impl eframe::App for WorkbenchApp {
         dialogs::settings_ui(self, &ctx);
         dialogs::help_ui(self, &ctx);
         dialogs::recovery_ui(self, &ctx);
+        dialogs::close_ui(self, &ctx);
         panels::notifications_ui(self, &ctx);
         self.autosave();
         self.screenshot_when_loaded(&ctx);
@@ -900,8 +908,9 @@ impl eframe::App for WorkbenchApp {
     }
 
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
-        // A normal exit: nothing to recover next time (unsaved work was asked about… or is in the project).
-        if !self.session.is_dirty() || self.session.features.is_empty() {
+        // A normal exit: the work was saved, discarded on request, or there was none.
+        // (A crash never gets here: the recovery file stays and is offered next time.)
+        if !self.session.is_dirty() || self.session.features.is_empty() || self.session.discard_on_close {
             let _ = std::fs::remove_file(&self.recovery_path);
         }
     }

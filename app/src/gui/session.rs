@@ -250,6 +250,12 @@ pub struct Session {
     pub last_export: Option<String>,
     /// A download in flight: job, fraction done, what it is fetching.
     pub pull: Option<(JobId, f32, String)>,
+    /// The window was asked to close with unsaved work: the question is shown.
+    pub confirm_close: bool,
+    /// Close once the save in flight is done.
+    pub close_after_save: bool,
+    /// The analyst chose to close without saving.
+    pub discard_on_close: bool,
 }
 
 impl Session {
@@ -290,6 +296,9 @@ impl Session {
             recovery_offer: None,
             last_export: None,
             pull: None,
+            confirm_close: false,
+            close_after_save: false,
+            discard_on_close: false,
         }
     }
 
