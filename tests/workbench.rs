@@ -349,6 +349,15 @@ fn download_from_settings_then_ask_by_repository_id() {
     let run = h.state().session.run.clone().unwrap();
     assert!(run.error.is_none(), "{:?}", run.error);
     assert_eq!(h.state().session.features.len(), 2);
+    // A question (VQA): the answer is shown with its trace, no features are made.
+    h.state_mut().session.task = rr_app::gui::session::AskTask::Vqa;
+    h.state_mut().session.query = "how many ships are there?".into();
+    h.state_mut().run_query();
+    step_until(&mut h, "the VQA answer", |a| !a.session.busy());
+    let run = h.state().session.run.clone().unwrap();
+    assert!(run.error.is_none() && run.text.contains("<answer>2</answer>"), "{}", run.text);
+    h.get_by_label_contains("I count the hulls along the quays.");
+    assert_eq!(h.state().session.features.len(), 2);
 }
 
 /// SAM (seeded tiny SAM 2.1 weights) for a hand-drawn box, then a refinement

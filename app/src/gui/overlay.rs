@@ -423,12 +423,14 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
 /// feature's vertices, handles and clicks, and what is being drawn.
 pub fn overlay_paint(app: &mut WorkbenchApp, ui: &egui::Ui, rect: Rect) {
     let Some(doc) = app.doc.as_ref() else { return };
-    let (view, rw, rh) = (doc.view, doc.info.width, doc.info.height);
+    let view = doc.view;
+    // The area the model will see, outlined before running (the view's is clipped to the raster).
+    let area = area_window(app);
     let s = &mut app.session;
     let painter = ui.painter_at(rect);
     let mut shapes = Vec::new();
     let mut mesh = Mesh::default();
-    if let Some(win) = area_window_of(s, &view, rect, rw, rh) {
+    if let Some(win) = area {
         let a = view.source_to_screen(rect, [win.x as f64, win.y as f64]);
         let b = view.source_to_screen(rect, [(win.x + win.width) as f64, (win.y + win.height) as f64]);
         let r = Rect::from_two_pos(a, b);
@@ -500,16 +502,6 @@ pub fn overlay_paint(app: &mut WorkbenchApp, ui: &egui::Ui, rect: Rect) {
     }
     painter.add(Shape::mesh(mesh));
     painter.extend(shapes);
-}
-
-/// The area outline to draw: the drawn or whole-raster area (the view needs none).
-fn area_window_of(s: &super::session::Session, _view: &ViewTransform, _rect: Rect, w: u64, h: u64) -> Option<Window> {
-    use super::session::AreaMode;
-    match s.area_mode {
-        AreaMode::View => None,
-        AreaMode::Drawn => s.drawn_area,
-        AreaMode::Whole => Some(Window::full(w, h)),
-    }
 }
 
 #[cfg(test)]

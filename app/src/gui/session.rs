@@ -501,3 +501,18 @@ pub type Clicks = Vec<(f64, f64, bool)>;
 pub const NO_MODEL: &str = "No RemoteReasoner checkpoint is configured. Set its directory in Settings, or download it \
 with `remote-reasoner models pull 1e12Leon/RemoteReasoner` and enter 1e12Leon/RemoteReasoner. Without it you can \
 still draw boxes (tool B): they are segmented, traced and exported.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_persist_and_tolerate_missing_fields() {
+        let s = Settings { model: "1e12Leon/RemoteReasoner".into(), temperature: Some(0.7), ..Settings::default() };
+        let text = serde_json::to_string(&s).unwrap_or_default();
+        assert_eq!(serde_json::from_str::<Settings>(&text).ok(), Some(s));
+        // Settings saved by an older version (fewer fields) still load.
+        let old: Settings = serde_json::from_str(r#"{"model":"/models/rr"}"#).unwrap_or_default();
+        assert_eq!((old.model.as_str(), old.max_pixels), ("/models/rr", Settings::default().max_pixels));
+    }
+}
