@@ -18,6 +18,8 @@ use rr_app::gui::session::Settings;
 
 #[path = "common/hub_server.rs"]
 mod hub_server;
+#[path = "common/served.rs"]
+mod served;
 
 const SIZE: Vec2 = vec2(1400.0, 900.0);
 
@@ -434,4 +436,27 @@ fn refine_resize_insert_and_cancel() {
     step_until(&mut h, "the second question", |a| !a.session.busy());
     assert!(h.state().session.run.as_ref().unwrap().error.is_none());
     assert_eq!(h.state().session.features.len(), n + 2, "answered after the cancelled one");
+}
+
+/// The workbench asking through an OpenAI-compatible endpoint (`serve` here):
+/// the reasoning streams in and the features appear, as with a local model.
+#[test]
+fn ask_through_an_endpoint() {
+    let server = served::start(&["--addr", "127.0.0.1:0"]).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = Settings { endpoint: server.url.clone(), ..Settings::default() };
+    let mut h = harness(Some(sample()), settings, tmp.path().join("recovery.gpkg"));
+    idle(&mut h);
+    h.state_mut().session.query = "where are the ships?".into();
+    h.state_mut().run_query();
+    step_until(&mut h, "the answer through the endpoint", |a| !a.session.busy());
+    let run = h.state().session.run.clone().unwrap();
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert!(run.text.starts_with("<think>Ships are long hulls"), "{run:?}");
+    let r = h.state().session.reasoner.clone().unwrap();
+    assert_eq!((r.device.as_str(), r.precision.as_str()), ("remote", "qwen2_5_vl_tiny_trained"));
+    assert_eq!(h.state().session.features.len(), 2);
+    let f = h.state().session.features.iter().next().unwrap();
+    assert!(f.provenance.model.starts_with("qwen2_5_vl_tiny_trained@http://127.0.0.1:"), "{}", f.provenance.model);
+    h.get_by_label_contains("(remote)");
 }

@@ -12,7 +12,8 @@ use engine::features::{FeatureSet, Provenance};
 use engine::geo::GeoTransform;
 use engine::raster::{Raster, RenderParams};
 use engine::reasoner::generate::Decoding;
-use engine::reasoner::{AskEvent, AskOptions, LoadOptions, Reasoner, Task, WindowImage};
+use engine::reasoner::remote::{RemoteBackend, RemoteOptions, api_key_from_env};
+use engine::reasoner::{AskEvent, AskOptions, Backend, LoadOptions, Reasoner, Task, WindowImage};
 use engine::segment::output::Georef;
 use engine::tiles::Window;
 use serde_json::json;
@@ -22,8 +23,16 @@ use std::sync::Arc;
 pub struct AskArgs {
     /// Checkpoint directory (config.json, tokenizer.json, safetensors, …), or the
     /// repository id of one pulled with `models pull`.
-    #[arg(long, env = "RR_MODEL")]
-    pub model: PathBuf,
+    #[arg(long, env = "RR_MODEL", required_unless_present = "endpoint", conflicts_with = "endpoint")]
+    pub model: Option<PathBuf>,
+    /// An OpenAI-compatible chat-completions server instead of a local checkpoint
+    /// (vLLM, SGLang, llama.cpp, `remote-reasoner serve`), e.g. http://gpu:8000.
+    /// Its API key comes from RR_API_KEY or OPENAI_API_KEY.
+    #[arg(long, env = "RR_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// The model name on the endpoint (default: the first it lists).
+    #[arg(long, requires = "endpoint")]
+    pub api_model: Option<String>,
     /// Raster (any GDAL format, PNG and JPEG included).
     #[arg(long)]
     pub image: PathBuf,
@@ -107,7 +116,7 @@ impl AskTask {
 
 impl AskArgs {
     /// The decoding settings the flags ask for, if any differ from the checkpoint's.
-    fn decoding(&self, reasoner: &Reasoner) -> Option<Decoding> {
+    fn decoding(&self, backend: &Backend) -> Option<Decoding> {
         let custom = self.greedy
             || self.temperature.is_some()
             || self.top_p.is_some()
@@ -116,7 +125,13 @@ impl AskArgs {
         if !custom {
             return None;
         }
-        let mut d = reasoner.decoding_for(&AskOptions { max_new_tokens: self.max_new_tokens, ..Default::default() });
+        let mut d = match backend {
+            Backend::Local(r) => {
+                r.decoding_for(&AskOptions { max_new_tokens: self.max_new_tokens, ..Default::default() })
+            }
+            // The server's defaults are not known here: greedy unless the flags say otherwise.
+            Backend::Remote(_) => Decoding::greedy(self.max_new_tokens.unwrap_or(1024)),
+        };
         if self.greedy {
             (d.temperature, d.top_p, d.top_k) = (None, None, None);
         }
@@ -146,8 +161,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         engine::reasoner::read_window(&raster, window, &RenderParams::default_for(&info), max_pixels)?;
     drop(raster);
 
-    let model = engine::hub::resolve_model(&args.model, &engine::hub::default_cache_dir());
-    let mut reasoner = Reasoner::load(&model, &LoadOptions { device: args.device, precision: args.precision.clone() })?;
+    let (mut reasoner, load_ms, precision) = open_backend(args)?;
     let opts = AskOptions {
         max_pixels: Some(max_pixels),
         decoding: args.decoding(&reasoner),
@@ -196,8 +210,8 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
                 task: "contour".into(),
                 query: answer.query.clone(),
                 answer: answer.answer.clone(),
-                model: args.model.display().to_string(),
-                weights_hash: engine::hub::weights_fingerprint(&reasoner.dir).unwrap_or_default(),
+                model: model_label(args),
+                weights_hash: reasoner.weights_hash(),
                 segmenter: result.method.to_string(),
                 reasoning: answer.think.clone(),
                 source: args.image.display().to_string(),
@@ -267,8 +281,8 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
         });
         let report = json!({
-            "model": reasoner.dir,
-            "precision": reasoner.precision.to_string(),
+            "model": reasoner.model_id(),
+            "precision": precision,
             "device": args.device.to_string(),
             "image": args.image,
             "window": [window.x, window.y, window.width, window.height],
@@ -307,7 +321,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
                 r
             }),
             "timings": {
-                "load_ms": reasoner.load_ms,
+                "load_ms": load_ms,
                 "preprocess_ms": answer.timings.preprocess_ms,
                 "vision_ms": answer.timings.vision_ms,
                 "prefill_ms": answer.timings.prefill_ms,
@@ -321,16 +335,20 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     writeln!(out)?;
+    let speed = if answer.generated_token_ids.is_empty() {
+        format!("reply streamed in {:.0} ms", answer.timings.prefill_ms + answer.timings.decode_ms)
+    } else {
+        format!(
+            "{} tokens in {:.0} ms ({:.1} ms/token)",
+            answer.generated_token_ids.len(),
+            answer.timings.decode_ms,
+            answer.timings.ms_per_token
+        )
+    };
     writeln!(
         out,
-        "\n— {} tokens in {:.0} ms ({:.1} ms/token); image {}×{} → {}×{}",
-        answer.generated_token_ids.len(),
-        answer.timings.decode_ms,
-        answer.timings.ms_per_token,
-        answer.original.0,
-        answer.original.1,
-        answer.resized.0,
-        answer.resized.1
+        "\n— {speed}; image {}×{} → {}×{}",
+        answer.original.0, answer.original.1, answer.resized.0, answer.resized.1
     )?;
     if matches!(args.task, AskTask::Region | AskTask::Pixel | AskTask::Contour) {
         writeln!(out, "{} box(es) in pixels of {}:", boxes.len(), args.image.display())?;
@@ -370,7 +388,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
 /// Provenance of this run's features.
 fn result_provenance(
     args: &AskArgs,
-    reasoner: &Reasoner,
+    reasoner: &Backend,
     answer: &engine::reasoner::Answer,
     window: Window,
     segmenter: Option<String>,
@@ -379,8 +397,8 @@ fn result_provenance(
         task: format!("{:?}", args.task).to_lowercase(),
         query: answer.query.clone(),
         answer: answer.answer.clone(),
-        model: args.model.display().to_string(),
-        weights_hash: engine::hub::weights_fingerprint(&reasoner.dir).unwrap_or_default(),
+        model: model_label(args),
+        weights_hash: reasoner.weights_hash(),
         segmenter: segmenter.unwrap_or_default(),
         reasoning: answer.think.clone(),
         source: args.image.display().to_string(),
@@ -416,4 +434,34 @@ fn project_features(
             f
         })
         .collect()
+}
+
+/// The model as the user named it: a directory, a repository id, or `name@endpoint`.
+fn model_label(args: &AskArgs) -> String {
+    match (&args.model, &args.endpoint) {
+        (Some(m), _) => m.display().to_string(),
+        (None, Some(e)) => format!("{}@{e}", args.api_model.clone().unwrap_or_default()),
+        (None, None) => String::new(),
+    }
+}
+
+/// The local checkpoint or the endpoint the flags name: the backend, its load
+/// time (ms) and how its weights are held.
+pub fn open_backend(args: &AskArgs) -> anyhow::Result<(Backend, f64, String)> {
+    if let Some(endpoint) = &args.endpoint {
+        let t = std::time::Instant::now();
+        let remote = RemoteBackend::new(RemoteOptions {
+            endpoint: endpoint.clone(),
+            model: args.api_model.clone().unwrap_or_default(),
+            api_key: api_key_from_env(),
+            ..Default::default()
+        })?;
+        let model = remote.options.model.clone();
+        return Ok((Backend::Remote(remote), t.elapsed().as_secs_f64() * 1e3, format!("remote ({model})")));
+    }
+    let model = args.model.as_ref().context("--model or --endpoint is needed")?;
+    let dir = engine::hub::resolve_model(model, &engine::hub::default_cache_dir());
+    let r = Reasoner::load(&dir, &LoadOptions { device: args.device, precision: args.precision.clone() })?;
+    let (load_ms, precision) = (r.load_ms, r.precision.to_string());
+    Ok((Backend::Local(Box::new(r)), load_ms, precision))
 }

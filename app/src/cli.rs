@@ -35,11 +35,13 @@ pub enum Command {
     /// Build external overviews (.ovr) for a raster.
     Overviews(OverviewArgs),
     /// Ask a RemoteReasoner checkpoint about a window of a raster (region, pixel, contour, vqa, caption).
-    Ask(crate::ask::AskArgs),
+    Ask(Box<crate::ask::AskArgs>),
     /// Masks for boxes (and clicks) on a raster window: SAM 2.1 (or SAM v1 / MobileSAM), or the watershed fallback.
     Segment(crate::segment::SegmentArgs),
     /// Trace a mask raster into georeferenced polygons with holes (GPKG, Shapefile, GeoJSON, FlatGeobuf).
     Polygonize(crate::contour::PolygonizeArgs),
+    /// Serve a checkpoint behind the OpenAI chat-completions API (/v1/models, /v1/chat/completions).
+    Serve(crate::serve::ServeArgs),
     /// Download (`pull`) and list (`list`) checkpoints.
     Models(crate::models::ModelsArgs),
     /// Run a benchmark (viewer: Markdown report; reasoner: JSON timings).

@@ -9,3 +9,4 @@ pub mod contour;
 pub mod gui;
 pub mod models;
 pub mod segment;
+pub mod serve;

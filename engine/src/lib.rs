@@ -18,6 +18,8 @@
 //!   through GDAL/OGR (GeoPackage, Shapefile, GeoJSON, FlatGeobuf).
 //! - [`edit`]: the analyst's working set of features with undoable edits and hit testing.
 //! - [`project`]: projects as GeoPackages (features + settings), recovery file.
+//! - [`openai`], [`server`], [`reasoner::remote`]: the OpenAI chat-completions dialect;
+//!   `serve` (our model behind it) and the remote backend (any server speaking it).
 //! - [`worker`]: the engine thread, its typed requests and events.
 
 pub mod cache;
@@ -29,11 +31,13 @@ pub mod features;
 pub mod geo;
 pub mod hub;
 pub mod models;
+pub mod openai;
 pub mod overviews;
 pub mod project;
 pub mod raster;
 pub mod reasoner;
 pub mod segment;
+pub mod server;
 pub mod synthetic;
 pub mod tiles;
 pub mod worker;

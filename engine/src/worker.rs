@@ -51,6 +51,9 @@ pub enum Request {
     /// Load a RemoteReasoner checkpoint (replacing any loaded one); answered by
     /// [`Event::ReasonerLoaded`]. Runs on the model thread.
     LoadReasoner { job: JobId, dir: PathBuf, options: LoadOptions },
+    /// Ask an OpenAI-compatible endpoint instead of a local checkpoint (replacing
+    /// any loaded one); answered by [`Event::ReasonerLoaded`] once the server answered.
+    UseEndpoint { job: JobId, options: crate::reasoner::remote::RemoteOptions },
     /// Ask the loaded checkpoint about `window` of a raster: [`Event::AskStage`]s,
     /// [`Event::AskText`] as the completion grows, then [`Event::AskDone`].
     Ask {
@@ -432,6 +435,10 @@ enum ModelMsg {
         dir: PathBuf,
         options: LoadOptions,
     },
+    UseEndpoint {
+        job: JobId,
+        options: crate::reasoner::remote::RemoteOptions,
+    },
     Ask {
         job: JobId,
         raster: RasterId,
@@ -609,6 +616,11 @@ impl Worker {
             Msg::Request(Request::BuildOverviews { job, raster }) => {
                 self.guarded(job, |w| w.start_overviews(job, raster));
             }
+            Msg::Request(Request::UseEndpoint { job, options }) => self.guarded(job, |w| {
+                w.model_thread()?
+                    .send(ModelMsg::UseEndpoint { job, options })
+                    .map_err(|_| EngineError::Internal("the model thread stopped".into()))
+            }),
             Msg::Request(Request::LoadReasoner { job, dir, options }) => self.guarded(job, |w| {
                 w.model_thread()?
                     .send(ModelMsg::Load { job, dir, options })
@@ -787,7 +799,7 @@ fn model_loop(
         let _ = events.send(event);
         waker();
     };
-    let mut reasoner: Option<Reasoner> = None;
+    let mut reasoner: Option<crate::reasoner::Backend> = None;
     // Without a checkpoint, the watershed fallback segments.
     let mut segmenter: Box<dyn Segmenter> = Box::new(crate::segment::WatershedSegmenter::default());
     for msg in rx {
@@ -803,11 +815,29 @@ fn model_loop(
                             parameters: r.config().parameter_count(),
                             load_ms: r.load_ms,
                         };
-                        reasoner = Some(r);
+                        reasoner = Some(crate::reasoner::Backend::Local(Box::new(r)));
                         emit(Event::ReasonerLoaded { job, info });
                     }
                     Ok(Err(e)) => emit(Event::Failed { job, error: e.to_string() }),
                     Err(p) => emit(Event::Failed { job, error: format!("internal error: {}", panic_message(&*p)) }),
+                }
+            }
+            ModelMsg::UseEndpoint { job, options } => {
+                reasoner = None;
+                let t = std::time::Instant::now();
+                match crate::reasoner::remote::RemoteBackend::new(options) {
+                    Ok(r) => {
+                        let info = ReasonerInfo {
+                            dir: PathBuf::from(&r.options.endpoint),
+                            device: "remote".into(),
+                            precision: r.options.model.clone(),
+                            parameters: 0,
+                            load_ms: t.elapsed().as_secs_f64() * 1e3,
+                        };
+                        reasoner = Some(crate::reasoner::Backend::Remote(r));
+                        emit(Event::ReasonerLoaded { job, info });
+                    }
+                    Err(e) => emit(Event::Failed { job, error: e.to_string() }),
                 }
             }
             ModelMsg::Ask { job, raster, image, task, query, options, cancel } => {

@@ -165,6 +165,22 @@ pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
                 }
             });
             ui.end_row();
+            let label = ui.label("Or an endpoint");
+            ui.add(
+                egui::TextEdit::singleline(&mut s.endpoint)
+                    .hint_text("OpenAI-compatible URL, e.g. http://gpu:8000")
+                    .desired_width(260.0),
+            )
+            .labelled_by(label.id);
+            ui.end_row();
+            let label = ui.label("Endpoint model");
+            ui.add(
+                egui::TextEdit::singleline(&mut s.api_model)
+                    .hint_text("default: the first it lists")
+                    .desired_width(260.0),
+            )
+            .labelled_by(label.id);
+            ui.end_row();
             let label = ui.label("SAM checkpoint");
             ui.horizontal(|ui| {
                 ui.add(

@@ -83,6 +83,10 @@ pub fn query_panel_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
 fn models_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     let s = &app.session;
     let model = match (&s.reasoner, s.settings.model.trim()) {
+        (Some(r), _) if r.device == "remote" => format!("Model: {} at {} (remote)", r.precision, r.dir.display()),
+        (None, _) if !s.settings.endpoint.trim().is_empty() => {
+            format!("Model: {} (connects on first question)", s.settings.endpoint.trim())
+        }
         (Some(r), _) => format!(
             "Model: {} ({}, {}, {:.1} B parameters)",
             short(&r.dir.display().to_string()),
@@ -100,7 +104,7 @@ fn models_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         (None, p) => format!("Segmenter: {} (loads when needed)", short(p)),
     };
     ui.label(seg);
-    if s.settings.model.trim().is_empty() {
+    if s.settings.model.trim().is_empty() && s.settings.endpoint.trim().is_empty() {
         ui.label(RichText::new(NO_MODEL).color(Color32::from_rgb(230, 180, 80)));
     }
     if ui.button("Settings…").clicked() {

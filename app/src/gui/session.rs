@@ -82,6 +82,11 @@ pub enum AreaMode {
 pub struct Settings {
     /// Checkpoint directory or hub repository id.
     pub model: String,
+    /// An OpenAI-compatible endpoint used instead of `model` when set (its key
+    /// comes from RR_API_KEY / OPENAI_API_KEY, never from here).
+    pub endpoint: String,
+    /// The model name on the endpoint; empty: the first it lists.
+    pub api_model: String,
     /// SAM checkpoint; empty: the watershed fallback.
     pub sam: String,
     pub device: DeviceChoice,
@@ -100,6 +105,8 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             model: String::new(),
+            endpoint: String::new(),
+            api_model: String::new(),
             sam: String::new(),
             device: DeviceChoice::Cpu,
             max_pixels: engine::reasoner::processor::TRAINING_MAX_PIXELS,
@@ -213,7 +220,7 @@ pub struct Session {
     pub drawn_area: Option<Window>,
     pub run: Option<Run>,
     pub reasoner: Option<ReasonerInfo>,
-    /// The model settings the loaded reasoner was loaded with.
+    /// The model settings the loaded reasoner was loaded with (model or endpoint, device).
     pub reasoner_key: Option<(String, DeviceChoice)>,
     pub segmenter: Option<Method>,
     pub segmenter_key: Option<String>,
@@ -347,7 +354,8 @@ impl Session {
         window: Window,
         params: engine::raster::RenderParams,
     ) -> Result<(), String> {
-        if self.settings.model.trim().is_empty() {
+        let endpoint = self.settings.endpoint.trim().to_owned();
+        if self.settings.model.trim().is_empty() && endpoint.is_empty() {
             return Err(NO_MODEL.into());
         }
         if self.task != AskTask::Caption && self.query.trim().is_empty() {
@@ -372,11 +380,25 @@ impl Session {
             finished: None,
             error: None,
         };
-        let key = (self.settings.model.trim().to_owned(), self.settings.device);
+        let key = if endpoint.is_empty() {
+            (self.settings.model.trim().to_owned(), self.settings.device)
+        } else {
+            (format!("{}@{endpoint}", self.settings.api_model.trim()), self.settings.device)
+        };
         if self.reasoner_key.as_ref() != Some(&key) || self.reasoner.is_none() {
-            let dir = engine::hub::resolve_model(std::path::Path::new(&key.0), &self.models_cache());
-            let options = engine::reasoner::LoadOptions { device: key.1, precision: None };
-            let job = engine.send(|job| engine::Request::LoadReasoner { job, dir, options });
+            let job = if endpoint.is_empty() {
+                let dir = engine::hub::resolve_model(std::path::Path::new(&key.0), &self.models_cache());
+                let options = engine::reasoner::LoadOptions { device: key.1, precision: None };
+                engine.send(|job| engine::Request::LoadReasoner { job, dir, options })
+            } else {
+                let options = engine::reasoner::remote::RemoteOptions {
+                    endpoint: endpoint.clone(),
+                    model: self.settings.api_model.trim().to_owned(),
+                    api_key: engine::reasoner::remote::api_key_from_env(),
+                    ..Default::default()
+                };
+                engine.send(|job| engine::Request::UseEndpoint { job, options })
+            };
             run.stage = Some(Stage::LoadingModel);
             run.job = Some(job);
             self.reasoner = None;
@@ -459,9 +481,18 @@ impl Session {
     /// Provenance of a finished question, for the features it makes.
     pub fn provenance_for(&self, outcome: &AskOutcome, source: &std::path::Path, segmenter: &str) -> Arc<Provenance> {
         let task = self.run.as_ref().map_or("region", |r| r.task.name());
-        let model = self.settings.model.trim().to_owned();
-        let weights_hash =
-            self.reasoner.as_ref().and_then(|r| engine::hub::weights_fingerprint(&r.dir).ok()).unwrap_or_default();
+        let remote = self.reasoner.as_ref().is_some_and(|r| r.device == "remote");
+        let model = match (remote, &self.reasoner) {
+            (true, Some(r)) => format!("{}@{}", r.precision, r.dir.display()),
+            _ => self.settings.model.trim().to_owned(),
+        };
+        // A remote server's weights cannot be fingerprinted from here.
+        let weights_hash = self
+            .reasoner
+            .as_ref()
+            .filter(|_| !remote)
+            .and_then(|r| engine::hub::weights_fingerprint(&r.dir).ok())
+            .unwrap_or_default();
         Arc::new(Provenance {
             task: task.into(),
             query: outcome.answer.query.clone(),

@@ -5,6 +5,7 @@ pub mod generate;
 pub mod parse;
 pub mod processor;
 pub mod prompt;
+pub mod remote;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,21 @@ pub struct Timings {
 pub enum StopReason {
     Eos,
     MaxNewTokens,
+}
+
+impl StopReason {
+    /// From an OpenAI `finish_reason` ("length" = the token cap).
+    pub fn from_finish_reason(reason: &str) -> Self {
+        if reason == "length" { Self::MaxNewTokens } else { Self::Eos }
+    }
+
+    /// As an OpenAI `finish_reason`.
+    pub fn finish_reason(self) -> &'static str {
+        match self {
+            Self::Eos => "stop",
+            Self::MaxNewTokens => "length",
+        }
+    }
 }
 
 /// Everything one question produced.
@@ -245,16 +261,29 @@ impl Reasoner {
         task: Task,
         query: &str,
         opts: &AskOptions,
-        mut on_event: impl FnMut(AskEvent) -> ControlFlow<()>,
+        on_event: impl FnMut(AskEvent) -> ControlFlow<()>,
     ) -> Result<Answer> {
+        let chat = prompt::chat(&self.system_prompt, task, query);
+        let c = self.complete(image, &chat, opts, on_event)?;
+        Ok(Answer::from_completion(task, query, chat, c))
+    }
+
+    /// Generates the assistant's reply to a ChatML conversation `chat` whose one
+    /// image placeholder stands for `image` (what `ask` and the server share).
+    pub fn complete(
+        &mut self,
+        image: &RgbImage,
+        chat: &str,
+        opts: &AskOptions,
+        mut on_event: impl FnMut(AskEvent) -> ControlFlow<()>,
+    ) -> Result<RawCompletion> {
         let cancelled = |flow: ControlFlow<()>| if flow.is_break() { Err(EngineError::Cancelled) } else { Ok(()) };
         let mut timings = Timings::default();
         let t = Instant::now();
         let pre = self.preprocessor_for(opts);
         let processed: ProcessedImage = processor::preprocess(image, &pre)?;
         let merge = pre.merge_size;
-        let chat = prompt::chat(&self.system_prompt, task, query);
-        let ids = self.prompt_ids(&chat, processed.num_tokens(merge))?;
+        let ids = self.prompt_ids(chat, processed.num_tokens(merge))?;
         timings.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
 
         let t = Instant::now();
@@ -296,36 +325,105 @@ impl Reasoner {
         }
         timings.decode_ms = t.elapsed().as_secs_f64() * 1e3;
         timings.ms_per_token = if generated.is_empty() { 0.0 } else { timings.decode_ms / generated.len() as f64 };
-
         let raw_text = stream.text(&self.tokenizer).map_err(EngineError::Internal)?;
-        let Completion { think, answer, format_ok, mut repairs } = parse::split(&raw_text);
+        Ok(RawCompletion {
+            raw_text,
+            prompt_tokens: ids.len(),
+            generated_token_ids: generated,
+            resized: processed.resized,
+            original: processed.original,
+            stop,
+            timings,
+        })
+    }
+}
+
+/// Who answers: a checkpoint loaded here, or an OpenAI-compatible endpoint.
+#[derive(Debug)]
+pub enum Backend {
+    Local(Box<Reasoner>),
+    Remote(remote::RemoteBackend),
+}
+
+impl Backend {
+    /// One question; the same events and answer either way.
+    pub fn ask(
+        &mut self,
+        image: &RgbImage,
+        task: Task,
+        query: &str,
+        opts: &AskOptions,
+        on_event: impl FnMut(AskEvent) -> ControlFlow<()>,
+    ) -> Result<Answer> {
+        match self {
+            Self::Local(r) => r.ask(image, task, query, opts, on_event),
+            Self::Remote(r) => r.ask(image, task, query, opts, on_event),
+        }
+    }
+
+    /// For provenance: the checkpoint directory, or `model@endpoint`.
+    pub fn model_id(&self) -> String {
+        match self {
+            Self::Local(r) => r.dir.display().to_string(),
+            Self::Remote(r) => format!("{}@{}", r.options.model, r.options.endpoint),
+        }
+    }
+
+    /// For provenance: the weights' fingerprint (a remote server's is unknown here).
+    pub fn weights_hash(&self) -> String {
+        match self {
+            Self::Local(r) => crate::hub::weights_fingerprint(&r.dir).unwrap_or_default(),
+            Self::Remote(_) => String::new(),
+        }
+    }
+}
+
+/// A generated reply before parsing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawCompletion {
+    pub raw_text: String,
+    pub prompt_tokens: usize,
+    pub generated_token_ids: Vec<u32>,
+    /// (width, height) the model saw.
+    pub resized: (usize, usize),
+    /// (width, height) of the image given.
+    pub original: (usize, usize),
+    pub stop: StopReason,
+    pub timings: Timings,
+}
+
+impl Answer {
+    /// Parses a reply to the `task` prompt: think/answer, and for the region
+    /// task the boxes, mapped from the resized frame to the image given.
+    pub fn from_completion(task: Task, query: &str, prompt: String, c: RawCompletion) -> Self {
+        let Completion { think, answer, format_ok, mut repairs } = parse::split(&c.raw_text);
         let (boxes_resized, boxes) = if task == Task::Region {
             let (raw, r) = parse::parse_boxes(&answer);
             repairs.extend(r);
-            let (mapped, r) = parse::to_source(&raw, processed.resized, processed.original);
+            let (mapped, r) = parse::to_source(&raw, c.resized, c.original);
             repairs.extend(r);
             (raw, mapped)
         } else {
             (Vec::new(), Vec::new())
         };
-        Ok(Answer {
+        Self {
             task,
             query: query.to_owned(),
-            prompt: chat,
-            prompt_tokens: ids.len(),
-            generated_token_ids: generated,
-            raw_text,
+            prompt,
+            prompt_tokens: c.prompt_tokens,
+            generated_token_ids: c.generated_token_ids,
+            raw_text: c.raw_text,
             think,
             answer,
             format_ok,
             boxes_resized,
             boxes,
             repairs,
-            resized: processed.resized,
-            original: processed.original,
-            stop,
-            timings,
-        })
+            resized: c.resized,
+            original: c.original,
+            stop: c.stop,
+            timings: c.timings,
+        }
     }
 }
 

@@ -69,6 +69,9 @@ impl Default for PreprocessorConfig {
 /// The pixel budget RemoteReasoner was trained with (≤ 1024 visual tokens).
 pub const TRAINING_MAX_PIXELS: usize = 802_816;
 
+/// Qwen2.5-VL's lower pixel budget (56²).
+pub const MIN_PIXELS: usize = 3136;
+
 impl PreprocessorConfig {
     /// Side length that resized images are multiples of (28 for Qwen2.5-VL).
     pub fn factor(&self) -> usize {

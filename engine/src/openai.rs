@@ -1,0 +1,241 @@
+//! The OpenAI chat-completions wire format, as far as a vision reasoner needs
+//! it: requests with text and `image_url` parts (data URLs), replies whole or
+//! streamed as server-sent events. Shared by the remote backend (client) and
+//! `serve` (server), so both speak exactly the same dialect.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::reasoner::processor::RgbImage;
+use crate::reasoner::prompt::IMAGE_PLACEHOLDER;
+
+/// `POST /v1/chat/completions` body.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    #[serde(default)]
+    pub model: String,
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: Content,
+}
+
+/// A message's content: plain text, or parts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Part {
+    Text { text: String },
+    ImageUrl { image_url: ImageUrl },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageUrl {
+    pub url: String,
+}
+
+/// A whole reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub index: usize,
+    pub message: ReplyMessage,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplyMessage {
+    pub role: String,
+    pub content: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// One server-sent event of a streamed reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunk {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChunkChoice>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    pub index: usize,
+    pub delta: Delta,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// `GET /v1/models` body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+}
+
+/// Seconds since the epoch, for `created`.
+pub fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A PNG data URL of `image`.
+pub fn data_url(image: &RgbImage) -> Result<String> {
+    let mut png = Vec::new();
+    image::write_buffer_with_format(
+        &mut std::io::Cursor::new(&mut png),
+        &image.data,
+        image.width as u32,
+        image.height as u32,
+        image::ExtendedColorType::Rgb8,
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| EngineError::Internal(format!("cannot encode the image: {e}")))?;
+    Ok(format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png)))
+}
+
+/// Decodes a `data:image/...;base64,` URL (PNG or JPEG).
+pub fn decode_data_url(url: &str) -> Result<RgbImage> {
+    let bad = |why: &str| EngineError::InvalidRequest(format!("image_url: {why}"));
+    let rest = url.strip_prefix("data:").ok_or_else(|| bad("only data: URLs are accepted (no remote fetching)"))?;
+    let (meta, payload) = rest.split_once(',').ok_or_else(|| bad("malformed data URL"))?;
+    if !meta.ends_with(";base64") {
+        return Err(bad("the data URL must be base64"));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(payload.trim()).map_err(|e| bad(&e.to_string()))?;
+    let img = image::load_from_memory(&bytes).map_err(|e| bad(&format!("not a PNG or JPEG image ({e})")))?.to_rgb8();
+    RgbImage::new(img.width() as usize, img.height() as usize, img.into_raw())
+}
+
+/// The ChatML text of a conversation and its one image: `system` applies when
+/// the messages have none; the image goes where its part stands.
+pub fn to_chatml(messages: &[Message], default_system: &str) -> Result<(String, RgbImage)> {
+    let mut system = default_system.to_owned();
+    let mut turns = String::new();
+    let mut image = None;
+    for m in messages {
+        let mut text = String::new();
+        match &m.content {
+            Content::Text(t) => text.push_str(t),
+            Content::Parts(parts) => {
+                for p in parts {
+                    match p {
+                        Part::Text { text: t } => text.push_str(t),
+                        Part::ImageUrl { image_url } => {
+                            if image.is_some() {
+                                return Err(EngineError::InvalidRequest(
+                                    "one image per conversation is supported".into(),
+                                ));
+                            }
+                            image = Some(decode_data_url(&image_url.url)?);
+                            text.push_str(IMAGE_PLACEHOLDER);
+                        }
+                    }
+                }
+            }
+        }
+        match m.role.as_str() {
+            "system" | "developer" => system = text,
+            "user" | "assistant" => {
+                turns.push_str(&format!("<|im_start|>{}\n{text}<|im_end|>\n", m.role));
+            }
+            other => return Err(EngineError::InvalidRequest(format!("unknown role {other:?}"))),
+        }
+    }
+    let image = image.ok_or_else(|| EngineError::InvalidRequest("the conversation has no image_url part".into()))?;
+    Ok((format!("<|im_start|>system\n{system}<|im_end|>\n{turns}<|im_start|>assistant\n"), image))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reasoner::prompt::{Task, chat, user_content};
+
+    /// The parts a client sends for a task: the prompt text around the image, in order.
+    fn parts(task: Task, query: &str, url: &str) -> Vec<Part> {
+        let content = user_content(task, query);
+        let (before, after) = content.split_once("<image>").unwrap_or((&content, ""));
+        let mut out = Vec::new();
+        if !before.is_empty() {
+            out.push(Part::Text { text: before.into() });
+        }
+        out.push(Part::ImageUrl { image_url: ImageUrl { url: url.into() } });
+        if !after.is_empty() {
+            out.push(Part::Text { text: after.into() });
+        }
+        out
+    }
+
+    #[test]
+    fn chatml_of_a_request_is_the_trained_prompt() {
+        let img = RgbImage::new(2, 1, vec![255, 0, 0, 0, 255, 0]).unwrap();
+        let url = data_url(&img).unwrap();
+        assert_eq!(decode_data_url(&url).unwrap(), img);
+        for task in [Task::Region, Task::Vqa, Task::Caption] {
+            let msgs = vec![Message { role: "user".into(), content: Content::Parts(parts(task, "where?", &url)) }];
+            let (text, back) = to_chatml(&msgs, "SYS").unwrap();
+            assert_eq!(text, chat("SYS", task, "where?"), "{task:?}");
+            assert_eq!(back, img);
+        }
+        let json = r#"{"model":"m","messages":[{"role":"system","content":"S"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"URL"}}]}],"stream":true}"#;
+        let req: ChatRequest = serde_json::from_str(&json.replace("URL", &url)).unwrap();
+        let (text, _) = to_chatml(&req.messages, "unused").unwrap();
+        assert!(text.starts_with("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\na<|vision_start|>"));
+        assert!(to_chatml(&[Message { role: "user".into(), content: Content::Text("hi".into()) }], "S").is_err());
+        assert!(decode_data_url("https://example.com/x.png").is_err());
+    }
+}
