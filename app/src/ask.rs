@@ -21,18 +21,8 @@ use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct AskArgs {
-    /// Checkpoint directory (config.json, tokenizer.json, safetensors, …), or the
-    /// repository id of one pulled with `models pull`.
-    #[arg(long, env = "RR_MODEL", required_unless_present = "endpoint", conflicts_with = "endpoint")]
-    pub model: Option<PathBuf>,
-    /// An OpenAI-compatible chat-completions server instead of a local checkpoint
-    /// (vLLM, SGLang, llama.cpp, `remote-reasoner serve`), e.g. http://gpu:8000.
-    /// Its API key comes from RR_API_KEY or OPENAI_API_KEY.
-    #[arg(long, env = "RR_ENDPOINT")]
-    pub endpoint: Option<String>,
-    /// The model name on the endpoint (default: the first it lists).
-    #[arg(long, requires = "endpoint")]
-    pub api_model: Option<String>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Raster (any GDAL format, PNG and JPEG included).
     #[arg(long)]
     pub image: PathBuf,
@@ -79,19 +69,37 @@ pub struct AskArgs {
     pub repetition_penalty: Option<f32>,
     #[arg(long, default_value_t = 299_792_458)]
     pub seed: u64,
-    /// cpu, cuda[:N] or metal[:N].
-    #[arg(long, default_value = "cpu")]
-    pub device: engine::models::DeviceChoice,
-    /// f32, bf16, f16, q8_0 or q4k (the language model's projections quantized).
-    /// Default: f32 on CPU when it fits in memory, else q8_0; bf16 on GPUs.
-    #[arg(long)]
-    pub precision: Option<String>,
     /// Print one JSON object instead of streaming the reasoning.
     #[arg(long)]
     pub json: bool,
     /// What to ask (ignored by --task caption).
     #[arg(default_value = "")]
     pub query: String,
+}
+
+/// Who answers: a local checkpoint or an OpenAI-compatible endpoint (shared by
+/// `ask`, `eval` and `sweep`).
+#[derive(Clone, Debug, Args)]
+pub struct BackendArgs {
+    /// Checkpoint directory (config.json, tokenizer.json, safetensors, …), or the
+    /// repository id of one pulled with `models pull`.
+    #[arg(long, env = "RR_MODEL", required_unless_present = "endpoint", conflicts_with = "endpoint")]
+    pub model: Option<PathBuf>,
+    /// An OpenAI-compatible chat-completions server instead of a local checkpoint
+    /// (vLLM, SGLang, llama.cpp, `remote-reasoner serve`), e.g. http://gpu:8000.
+    /// Its API key comes from RR_API_KEY or OPENAI_API_KEY.
+    #[arg(long, env = "RR_ENDPOINT")]
+    pub endpoint: Option<String>,
+    /// The model name on the endpoint (default: the first it lists).
+    #[arg(long, requires = "endpoint")]
+    pub api_model: Option<String>,
+    /// cpu, cuda[:N] or metal[:N] (for a local checkpoint and SAM).
+    #[arg(long, default_value = "cpu")]
+    pub device: engine::models::DeviceChoice,
+    /// f32, bf16, f16, q8_0 or q4k (the language model's projections quantized).
+    /// Default: f32 on CPU when it fits in memory, else q8_0; bf16 on GPUs.
+    #[arg(long)]
+    pub precision: Option<String>,
 }
 
 /// What `ask` does: the model's tasks, plus `pixel` = region then segmentation.
@@ -161,7 +169,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         engine::reasoner::read_window(&raster, window, &RenderParams::default_for(&info), max_pixels)?;
     drop(raster);
 
-    let (mut reasoner, load_ms, precision) = open_backend(args)?;
+    let (mut reasoner, load_ms, precision) = open_backend(&args.backend)?;
     let opts = AskOptions {
         max_pixels: Some(max_pixels),
         decoding: args.decoding(&reasoner),
@@ -190,7 +198,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
     // Pixel level: each box to a mask, on the same image the model saw.
     let pixel = if matches!(args.task, AskTask::Pixel | AskTask::Contour) {
         let t = std::time::Instant::now();
-        let mut seg = engine::segment::load_segmenter(args.sam.as_deref(), &args.device.open()?)?;
+        let mut seg = engine::segment::load_segmenter(args.sam.as_deref(), &args.backend.device.open()?)?;
         let result = engine::segment::pixel_task(seg.as_mut(), None, &img.image, &answer.boxes)?;
         let ms = t.elapsed().as_secs_f64() * 1e3;
         let georeferenced = match &args.out {
@@ -210,7 +218,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
                 task: "contour".into(),
                 query: answer.query.clone(),
                 answer: answer.answer.clone(),
-                model: model_label(args),
+                model: model_label(&args.backend),
                 weights_hash: reasoner.weights_hash(),
                 segmenter: result.method.to_string(),
                 reasoning: answer.think.clone(),
@@ -283,7 +291,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         let report = json!({
             "model": reasoner.model_id(),
             "precision": precision,
-            "device": args.device.to_string(),
+            "device": args.backend.device.to_string(),
             "image": args.image,
             "window": [window.x, window.y, window.width, window.height],
             "task": answer.task,
@@ -397,7 +405,7 @@ fn result_provenance(
         task: format!("{:?}", args.task).to_lowercase(),
         query: answer.query.clone(),
         answer: answer.answer.clone(),
-        model: model_label(args),
+        model: model_label(&args.backend),
         weights_hash: reasoner.weights_hash(),
         segmenter: segmenter.unwrap_or_default(),
         reasoning: answer.think.clone(),
@@ -437,7 +445,7 @@ fn project_features(
 }
 
 /// The model as the user named it: a directory, a repository id, or `name@endpoint`.
-fn model_label(args: &AskArgs) -> String {
+pub fn model_label(args: &BackendArgs) -> String {
     match (&args.model, &args.endpoint) {
         (Some(m), _) => m.display().to_string(),
         (None, Some(e)) => format!("{}@{e}", args.api_model.clone().unwrap_or_default()),
@@ -447,7 +455,7 @@ fn model_label(args: &AskArgs) -> String {
 
 /// The local checkpoint or the endpoint the flags name: the backend, its load
 /// time (ms) and how its weights are held.
-pub fn open_backend(args: &AskArgs) -> anyhow::Result<(Backend, f64, String)> {
+pub fn open_backend(args: &BackendArgs) -> anyhow::Result<(Backend, f64, String)> {
     if let Some(endpoint) = &args.endpoint {
         let t = std::time::Instant::now();
         let remote = RemoteBackend::new(RemoteOptions {

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_contours;
 pub mod cli;
 pub mod contour;
+pub mod eval;
 pub mod gui;
 pub mod models;
 pub mod segment;

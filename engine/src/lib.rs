@@ -20,12 +20,14 @@
 //! - [`project`]: projects as GeoPackages (features + settings), recovery file.
 //! - [`openai`], [`server`], [`reasoner::remote`]: the OpenAI chat-completions dialect;
 //!   `serve` (our model behind it) and the remote backend (any server speaking it).
+//! - [`eval`]: EarthReason samples and the field's metrics (gIoU, cIoU, Pr@τ, Acc@0.5).
 //! - [`worker`]: the engine thread, its typed requests and events.
 
 pub mod cache;
 pub mod contour;
 pub mod edit;
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod features;
 pub mod geo;
