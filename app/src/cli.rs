@@ -42,6 +42,8 @@ pub enum Command {
     Polygonize(crate::contour::PolygonizeArgs),
     /// Serve a checkpoint behind the OpenAI chat-completions API (/v1/models, /v1/chat/completions).
     Serve(crate::serve::ServeArgs),
+    /// Ask about a whole scene tile by tile, merged across seams, resumable.
+    Sweep(Box<crate::sweep::SweepArgs>),
     /// Evaluate on an EarthReason-layout dataset (gIoU, cIoU, Pr@τ, Acc@0.5); resumable.
     Eval(Box<crate::eval::EvalArgs>),
     /// Download (`pull`) and list (`list`) checkpoints.

@@ -11,3 +11,4 @@ pub mod gui;
 pub mod models;
 pub mod segment;
 pub mod serve;
+pub mod sweep;

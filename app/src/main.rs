@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Some(Command::Ask(args)) => rr_app::ask::run(&args),
         Some(Command::Segment(args)) => rr_app::segment::run(&args),
         Some(Command::Polygonize(args)) => rr_app::contour::polygonize(&args),
+        Some(Command::Sweep(args)) => rr_app::sweep::run(&args),
         Some(Command::Eval(args)) => rr_app::eval::run(&args),
         Some(Command::Serve(args)) => rr_app::serve::run(&args),
         Some(Command::Models(args)) => rr_app::models::run(&args),

@@ -21,6 +21,7 @@
 //! - [`openai`], [`server`], [`reasoner::remote`]: the OpenAI chat-completions dialect;
 //!   `serve` (our model behind it) and the remote backend (any server speaking it).
 //! - [`eval`]: EarthReason samples and the field's metrics (gIoU, cIoU, Pr@τ, Acc@0.5).
+//! - [`sweep`]: a question over a whole scene, tile by tile, merged across seams, resumable.
 //! - [`worker`]: the engine thread, its typed requests and events.
 
 pub mod cache;
@@ -40,6 +41,7 @@ pub mod raster;
 pub mod reasoner;
 pub mod segment;
 pub mod server;
+pub mod sweep;
 pub mod synthetic;
 pub mod tiles;
 pub mod worker;

@@ -1,0 +1,186 @@
+//! `remote-reasoner sweep`: a question over a whole scene, tile by tile, with
+//! bounded parallel requests, merged across seams, resumable; written to GIS.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use engine::export::{ExportOptions, export};
+use engine::features::{Feature, FeatureSet, Geometry, Provenance};
+use engine::geo::GeoTransform;
+use engine::raster::{Raster, RenderParams};
+use engine::reasoner::Backend;
+use engine::sweep::{SweepOptions, SweepTask, sweep};
+use serde_json::json;
+
+use crate::ask::{BackendArgs, open_backend};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SweepTaskArg {
+    Region,
+    Pixel,
+    Contour,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The scene (any GDAL raster).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// What to look for.
+    #[arg(long)]
+    pub query: String,
+    #[arg(long, value_enum, default_value = "contour")]
+    pub task: SweepTaskArg,
+    /// Tile side in pixels of the level read.
+    #[arg(long, default_value_t = 1024)]
+    pub tile: u64,
+    /// Overlap between tiles in pixels of the level read (objects on a seam are seen whole by one tile).
+    #[arg(long, default_value_t = 128)]
+    pub overlap: u64,
+    /// Overview level: 0 = full resolution, L = 1/2^L (tiles then cover 2^L × more ground).
+    #[arg(long, default_value_t = 0)]
+    pub level: u32,
+    /// Only this full-resolution window: x,y,width,height.
+    #[arg(long)]
+    pub aoi: Option<String>,
+    /// Requests at a time (an endpoint serves several; a local checkpoint answers one).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// SAM checkpoint for --task pixel/contour (default: the watershed fallback).
+    #[arg(long, env = "RR_SAM")]
+    pub sam: Option<PathBuf>,
+    /// Pixel budget of the model's image per tile (default 802816, as in training).
+    #[arg(long)]
+    pub max_pixels: Option<usize>,
+    /// Output: .gpkg, .shp, .geojson or .fgb (boxes and polygons). Progress is kept
+    /// beside it in OUT.sweep.jsonl: rerunning the same sweep resumes.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
+    let raster = Raster::open(&args.image)?;
+    let info = raster.info().clone();
+    drop(raster);
+    let opts = SweepOptions {
+        query: args.query.clone(),
+        task: match args.task {
+            SweepTaskArg::Region => SweepTask::Region,
+            SweepTaskArg::Pixel => SweepTask::Pixel,
+            SweepTaskArg::Contour => SweepTask::Contour,
+        },
+        tile: args.tile,
+        overlap: args.overlap,
+        level: args.level,
+        aoi: args.aoi.as_deref().map(crate::cli::parse_window).transpose()?,
+        max_pixels: args.max_pixels.unwrap_or(engine::reasoner::processor::TRAINING_MAX_PIXELS),
+    };
+    let (first, _, _) = open_backend(&args.backend)?;
+    let backends: Vec<Backend> = match first {
+        Backend::Remote(r) => (0..args.concurrency.max(1)).map(|_| Backend::Remote(r.clone())).collect(),
+        local => {
+            if args.concurrency > 1 {
+                eprintln!("note: a local checkpoint answers one tile at a time (--concurrency applies to --endpoint)");
+            }
+            vec![local]
+        }
+    };
+    let device = args.backend.device.open()?;
+    let sam = args.sam.clone();
+    let segmenter_name = std::sync::Mutex::new(String::new());
+    let make_segmenter = || -> engine::Result<Box<dyn engine::segment::Segmenter>> {
+        let s = engine::segment::load_segmenter(sam.as_deref(), &device)?;
+        if let Ok(mut n) = segmenter_name.lock() {
+            *n = s.method().to_string();
+        }
+        Ok(s)
+    };
+    let params = RenderParams::default_for(&info);
+    let mut last = 0;
+    let mut progress = |done: usize, total: usize, eta: f64| {
+        let pct = done * 100 / total.max(1);
+        if pct >= last + 5 || done == total {
+            last = pct;
+            eprintln!("{done}/{total} tiles, ETA {eta:.0} s");
+        }
+    };
+    let result = sweep(&args.image, &params, &opts, backends, &make_segmenter, &args.out, &mut progress)?;
+    let provenance = Arc::new(Provenance {
+        task: format!("sweep:{:?}", args.task).to_lowercase(),
+        query: args.query.clone(),
+        model: crate::ask::model_label(&args.backend),
+        segmenter: segmenter_name.into_inner().unwrap_or_default(),
+        source: args.image.display().to_string(),
+        window: opts.aoi,
+        created_at: Provenance::now(),
+        ..Default::default()
+    });
+    let boxes: Vec<Feature> = result
+        .boxes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| Feature::new(i as i64 + 1, Geometry::Box(*b), provenance.clone()))
+        .collect();
+    let polygons: Vec<Feature> = result
+        .polygons
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Feature::new(i as i64 + 1, Geometry::Polygons(geo::MultiPolygon::new(vec![p.clone()])), provenance.clone())
+        })
+        .collect();
+    let set = FeatureSet {
+        geotransform: info.geotransform.map(GeoTransform),
+        crs_wkt: info.crs_wkt.clone(),
+        boxes,
+        polygons,
+    };
+    let written = export(
+        &args.out,
+        &set,
+        &ExportOptions { boxes: true, polygons: opts.task != SweepTask::Region, ..Default::default() },
+        &mut |_, _| true,
+    )
+    .with_context(|| format!("{}: cannot write the result", args.out.display()))?;
+    let raw_boxes: usize = result.tiles.iter().map(|t| t.boxes.len()).sum();
+    let raw_polygons: usize = result.tiles.iter().map(|t| t.polygons.len()).sum();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "tiles": result.tiles.len(),
+                "processed": result.processed,
+                "resumed": result.tiles.len() - result.processed,
+                "boxes_raw": raw_boxes,
+                "boxes": result.boxes.len(),
+                "polygons_raw": raw_polygons,
+                "polygons": result.polygons.len(),
+                "layers": written.layers,
+                "files": written.files,
+                "progress": engine::sweep::progress_path(&args.out),
+            }))?
+        );
+    } else {
+        println!(
+            "{} tiles ({} this run, {} from the progress file): {} boxes → {} after merging seams; {} polygon parts → {}",
+            result.tiles.len(),
+            result.processed,
+            result.tiles.len() - result.processed,
+            raw_boxes,
+            result.boxes.len(),
+            raw_polygons,
+            result.polygons.len()
+        );
+        for f in &written.files {
+            println!("  wrote {}", f.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! Whole-scene sweeps: the question asked tile by tile over a raster (or an
+//! area of it), region → pixel → contour per tile with bounded parallel
+//! requests, then merged across seams: boxes by non-maximum suppression
+//! (IoU in raster pixels, the same as in map coordinates for a north-up or
+//! rotated grid), polygons by uniting the parts that overlap or touch.
+//!
+//! Resumable: every finished tile is appended to a progress file beside the
+//! output (`RESULT.gpkg.sweep.jsonl`); a rerun with the same settings skips them.
+
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use geo::{Coord, LineString, MultiPolygon, Polygon};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::eval::box_iou;
+use crate::raster::{Raster, RenderParams};
+use crate::reasoner::{AskOptions, Backend, Task};
+use crate::segment::Segmenter;
+use crate::tiles::Window;
+
+/// How far each tile goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SweepTask {
+    Region,
+    Pixel,
+    #[default]
+    Contour,
+}
+
+/// The sweep's settings (a rerun must use the same ones to resume).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepOptions {
+    pub query: String,
+    pub task: SweepTask,
+    /// Tile side in pixels of the level read.
+    pub tile: u64,
+    /// Overlap between neighbouring tiles, in pixels of the level read.
+    pub overlap: u64,
+    /// Overview level: tiles are read at 1/2^level of full resolution.
+    pub level: u32,
+    /// Full-resolution window to sweep (default: the whole raster).
+    pub aoi: Option<Window>,
+    /// Pixel budget of the model's image.
+    pub max_pixels: usize,
+}
+
+/// The tiles of a sweep, in full-resolution pixels, row by row.
+pub fn tiles(width: u64, height: u64, opts: &SweepOptions) -> Result<Vec<Window>> {
+    let scale = 1u64 << opts.level.min(20);
+    let (side, overlap) = (opts.tile * scale, opts.overlap * scale);
+    if opts.tile == 0 || overlap >= side {
+        return Err(EngineError::InvalidRequest(format!(
+            "the overlap ({}) must be smaller than the tile ({})",
+            opts.overlap, opts.tile
+        )));
+    }
+    let aoi = opts.aoi.unwrap_or(Window::full(width, height));
+    if aoi.width == 0 || aoi.height == 0 || aoi.x + aoi.width > width || aoi.y + aoi.height > height {
+        return Err(EngineError::InvalidRequest(format!("the area {aoi:?} is not inside the {width}×{height} raster")));
+    }
+    let stride = side - overlap;
+    let starts = |from: u64, len: u64| {
+        let mut v = vec![from];
+        while v[v.len() - 1] + side < from + len {
+            v.push(v[v.len() - 1] + stride);
+        }
+        v
+    };
+    let mut out = Vec::new();
+    for y in starts(aoi.y, aoi.height) {
+        for x in starts(aoi.x, aoi.width) {
+            let w = (aoi.x + aoi.width).min(x + side) - x;
+            let h = (aoi.y + aoi.height).min(y + side) - y;
+            out.push(Window { x, y, width: w, height: h });
+        }
+    }
+    Ok(out)
+}
+
+/// Polygon rings as plain coordinates (for the progress file).
+type Rings = Vec<Vec<[f64; 2]>>;
+
+fn to_rings(p: &Polygon<f64>) -> Rings {
+    std::iter::once(p.exterior()).chain(p.interiors()).map(|r| r.0.iter().map(|c| [c.x, c.y]).collect()).collect()
+}
+
+fn from_rings(r: &Rings) -> Option<Polygon<f64>> {
+    let ls = |v: &Vec<[f64; 2]>| LineString::new(v.iter().map(|&[x, y]| Coord { x, y }).collect());
+    let (ext, holes) = r.split_first()?;
+    Some(Polygon::new(ls(ext), holes.iter().map(ls).collect()))
+}
+
+/// One finished tile, as a line of the progress file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TileResult {
+    pub index: usize,
+    pub window: Window,
+    /// Boxes in full-resolution raster pixels.
+    pub boxes: Vec<[f64; 4]>,
+    /// Polygons (raster pixels) of the tile's masks.
+    pub polygons: Vec<Rings>,
+    pub think: String,
+    pub answer: String,
+}
+
+/// The first line of a progress file: what the sweep was.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Header {
+    raster: PathBuf,
+    options: SweepOptions,
+    tiles: usize,
+}
+
+/// The progress file beside an output.
+pub fn progress_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".sweep.jsonl");
+    out.with_file_name(name)
+}
+
+/// What a sweep produced, merged.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SweepResult {
+    pub tiles: Vec<TileResult>,
+    /// Boxes kept by non-maximum suppression (raster pixels).
+    pub boxes: Vec<[f64; 4]>,
+    /// Polygons united across seams (raster pixels).
+    pub polygons: Vec<Polygon<f64>>,
+    /// Tiles done by this run (the rest came from the progress file).
+    pub processed: usize,
+}
+
+/// Progress of a sweep: tiles done, tiles in all, seconds left (estimated).
+pub type Progress<'a> = dyn FnMut(usize, usize, f64) + Send + 'a;
+
+/// Boxes of all tiles, duplicates across seams removed. A box touching an
+/// inner tile edge (not the swept area's) is the cut-off view of its object,
+/// so whole boxes win; among those, the larger.
+pub fn merge_boxes(tiles: &[TileResult], area: Window, iou_threshold: f64) -> Vec<[f64; 4]> {
+    let (ax1, ay1) = (area.x as f64, area.y as f64);
+    let (ax2, ay2) = (ax1 + area.width as f64, ay1 + area.height as f64);
+    let mut all: Vec<([f64; 4], bool, f64)> = tiles
+        .iter()
+        .flat_map(|t| {
+            let (x1, y1) = (t.window.x as f64, t.window.y as f64);
+            let (x2, y2) = (x1 + t.window.width as f64, y1 + t.window.height as f64);
+            t.boxes.iter().map(move |b| {
+                let near = |v: f64, edge: f64, outer: f64| (v - edge).abs() <= 1.0 && (edge - outer).abs() > 0.5;
+                let cut = near(b[0], x1, ax1) || near(b[1], y1, ay1) || near(b[2], x2, ax2) || near(b[3], y2, ay2);
+                (*b, cut, (b[2] - b[0]) * (b[3] - b[1]))
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| a.1.cmp(&b.1).then(b.2.total_cmp(&a.2)));
+    let mut kept: Vec<[f64; 4]> = Vec::new();
+    for (b, _, _) in all {
+        if kept.iter().all(|k| box_iou(*k, b) <= iou_threshold) {
+            kept.push(b);
+        }
+    }
+    kept
+}
+
+/// Polygons of all tiles, the parts that overlap or touch united.
+pub fn merge_polygons(tiles: &[TileResult]) -> Vec<Polygon<f64>> {
+    let polys: Vec<Polygon<f64>> = tiles.iter().flat_map(|t| t.polygons.iter().filter_map(from_rings)).collect();
+    if polys.is_empty() {
+        return Vec::new();
+    }
+    geo::unary_union(&polys).0
+}
+
+/// Sweeps `raster` with one worker per backend (at most `backends.len()`
+/// requests at a time); `segmenter` makes each worker's segmenter.
+pub fn sweep(
+    raster_path: &Path,
+    params: &RenderParams,
+    opts: &SweepOptions,
+    backends: Vec<Backend>,
+    segmenter: &(dyn Fn() -> Result<Box<dyn Segmenter>> + Sync),
+    out: &Path,
+    progress: &mut Progress<'_>,
+) -> Result<SweepResult> {
+    let raster = Raster::open(raster_path)?;
+    let (w, h) = (raster.info().width, raster.info().height);
+    drop(raster);
+    let windows = tiles(w, h, opts)?;
+    let header = Header {
+        raster: std::path::absolute(raster_path).unwrap_or_else(|_| raster_path.to_owned()),
+        options: opts.clone(),
+        tiles: windows.len(),
+    };
+    let path = progress_path(out);
+    let err = |reason: String| EngineError::Write { path: path.clone(), reason };
+    let mut done: Vec<TileResult> = Vec::new();
+    if path.exists() {
+        let file = std::fs::File::open(&path).map_err(|e| err(e.to_string()))?;
+        let mut lines = std::io::BufReader::new(file).lines();
+        let first = lines.next().transpose().map_err(|e| err(e.to_string()))?.unwrap_or_default();
+        let old: Header = serde_json::from_str(&first).map_err(|e| err(format!("not a sweep progress file: {e}")))?;
+        if old != header {
+            return Err(err("holds a sweep with other settings; remove it or choose another output".into()));
+        }
+        // A line cut by an interruption is simply redone.
+        done.extend(lines.map_while(|l| l.ok()).filter_map(|l| serde_json::from_str::<TileResult>(&l).ok()));
+    } else {
+        let first = serde_json::to_string(&header).map_err(|e| err(e.to_string()))?;
+        std::fs::write(&path, format!("{first}\n")).map_err(|e| err(e.to_string()))?;
+    }
+    let finished: HashSet<usize> = done.iter().map(|t| t.index).collect();
+    let todo: Vec<usize> = (0..windows.len()).filter(|i| !finished.contains(i)).collect();
+    let total = windows.len();
+    let writer = Mutex::new(std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| err(e.to_string()))?);
+    let queue = Mutex::new(todo.into_iter());
+    let results = Mutex::new(done);
+    let started = Instant::now();
+    let processed = std::sync::atomic::AtomicUsize::new(0);
+    let failure: Mutex<Option<EngineError>> = Mutex::new(None);
+    let progress = Mutex::new(progress);
+    std::thread::scope(|scope| {
+        for mut backend in backends {
+            let (queue, results, writer, failure, progress, processed, windows) =
+                (&queue, &results, &writer, &failure, &progress, &processed, &windows);
+            scope.spawn(move || {
+                let mut work = || -> Result<()> {
+                    let raster = Raster::open(raster_path)?;
+                    let mut seg = if opts.task == SweepTask::Region { None } else { Some(segmenter()?) };
+                    loop {
+                        if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                            return Ok(());
+                        }
+                        let Some(index) = queue.lock().ok().and_then(|mut q| q.next()) else { return Ok(()) };
+                        let t = run_tile(&raster, params, opts, &mut backend, &mut seg, index, windows[index])?;
+                        let line = serde_json::to_string(&t).map_err(|e| EngineError::Internal(e.to_string()))?;
+                        if let Ok(mut w) = writer.lock() {
+                            writeln!(w, "{line}")
+                                .and_then(|()| w.flush())
+                                .map_err(|e| EngineError::Internal(e.to_string()))?;
+                        }
+                        let n = processed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        let all_done = results.lock().map(|mut r| {
+                            r.push(t);
+                            r.len()
+                        });
+                        let left = total - all_done.unwrap_or(total);
+                        let eta = started.elapsed().as_secs_f64() / n as f64 * left as f64;
+                        if let Ok(mut p) = progress.lock() {
+                            (*p)(total - left, total, eta);
+                        }
+                    }
+                };
+                if let Err(e) = work()
+                    && let Ok(mut f) = failure.lock()
+                {
+                    f.get_or_insert(e);
+                }
+            });
+        }
+    });
+    if let Some(e) = failure.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut tiles_done = results.into_inner().map_err(|_| EngineError::Internal("poisoned".into()))?;
+    tiles_done.sort_by_key(|t| t.index);
+    let boxes = merge_boxes(&tiles_done, opts.aoi.unwrap_or(Window::full(w, h)), 0.5);
+    let polygons = merge_polygons(&tiles_done);
+    Ok(SweepResult { tiles: tiles_done, boxes, polygons, processed: processed.into_inner() })
+}
+
+fn run_tile(
+    raster: &Raster,
+    params: &RenderParams,
+    opts: &SweepOptions,
+    backend: &mut Backend,
+    segmenter: &mut Option<Box<dyn Segmenter>>,
+    index: usize,
+    window: Window,
+) -> Result<TileResult> {
+    let scale = 1u64 << opts.level.min(20);
+    // Read at the level asked for (GDAL uses overviews), so the model sees tile² pixels at most.
+    let budget = ((window.width / scale).max(1) * (window.height / scale).max(1)) as usize;
+    let image = crate::reasoner::read_window(raster, window, params, budget.max(3136) / 4 + 1)?;
+    let ask = AskOptions { max_pixels: Some(opts.max_pixels), ..Default::default() };
+    let answer = backend.ask(&image.image, Task::Region, &opts.query, &ask, |_| std::ops::ControlFlow::Continue(()))?;
+    let boxes: Vec<[f64; 4]> =
+        answer.boxes.iter().map(|b| image.to_raster(b)).map(|b| [b.x1, b.y1, b.x2, b.y2]).collect();
+    let mut polygons = Vec::new();
+    if let Some(seg) = segmenter.as_mut()
+        && !answer.boxes.is_empty()
+    {
+        let r = crate::segment::pixel_task(seg.as_mut(), None, &image.image, &answer.boxes)?;
+        let frame = crate::contour::ImageFrame { window, image_size: (image.image.width, image.image.height) };
+        for (_, s) in &r.per_box {
+            let mp: MultiPolygon<f64> = crate::contour::trace_to_raster(&s.mask, &frame);
+            polygons.extend(mp.0.iter().map(to_rings));
+        }
+    }
+    Ok(TileResult { index, window, boxes, polygons, think: answer.think, answer: answer.answer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(tile: u64, overlap: u64, level: u32) -> SweepOptions {
+        SweepOptions {
+            query: "q".into(),
+            task: SweepTask::Region,
+            tile,
+            overlap,
+            level,
+            aoi: None,
+            max_pixels: 802_816,
+        }
+    }
+
+    #[test]
+    fn tiles_cover_the_area_with_overlap() {
+        let t = tiles(2500, 1000, &opts(1024, 128, 0)).unwrap();
+        // x starts 0, 896, 1792 (1792 + 1024 ≥ 2500); y starts 0 (1024 ≥ 1000).
+        assert_eq!(t.len(), 3);
+        assert_eq!((t[1].x, t[1].width), (896, 1024));
+        assert_eq!((t[2].x, t[2].width, t[2].height), (1792, 708, 1000));
+        // Level 2: tiles of 1024 px read at 1/4 cover 4096 source px.
+        let t = tiles(8192, 8192, &opts(1024, 128, 2)).unwrap();
+        assert_eq!(t.len(), 9);
+        assert_eq!(t[1].x, 4096 - 512);
+        assert!(tiles(100, 100, &opts(64, 64, 0)).is_err());
+        let mut o = opts(64, 8, 0);
+        o.aoi = Some(Window { x: 90, y: 0, width: 20, height: 10 });
+        assert!(tiles(100, 100, &o).is_err(), "area outside the raster");
+    }
+
+    fn tile(index: usize, window: Window, boxes: Vec<[f64; 4]>, polys: &[Polygon<f64>]) -> TileResult {
+        TileResult {
+            index,
+            window,
+            boxes,
+            polygons: polys.iter().map(to_rings).collect(),
+            think: String::new(),
+            answer: String::new(),
+        }
+    }
+
+    fn rect(x1: f64, y1: f64, x2: f64, y2: f64) -> Polygon<f64> {
+        Polygon::new(vec![(x1, y1), (x2, y1), (x2, y2), (x1, y2), (x1, y1)].into(), vec![])
+    }
+
+    #[test]
+    fn seams_merge_duplicates_and_split_objects() {
+        // Two tiles overlapping on x ∈ [90, 100]; an object at x 80–110 seen by both,
+        // cut by the first tile's edge (80–100) and whole in the second (80–110).
+        let a = Window { x: 0, y: 0, width: 100, height: 100 };
+        let b = Window { x: 90, y: 0, width: 100, height: 100 };
+        let t = [
+            tile(0, a, vec![[80.0, 40.0, 100.0, 60.0], [10.0, 10.0, 20.0, 20.0]], &[rect(80.0, 40.0, 100.0, 60.0)]),
+            tile(1, b, vec![[80.0, 40.0, 110.0, 60.0]], &[rect(90.0, 40.0, 110.0, 60.0)]),
+        ];
+        let boxes = merge_boxes(&t, Window { x: 0, y: 0, width: 190, height: 100 }, 0.5);
+        assert_eq!(boxes.len(), 2);
+        assert!(
+            boxes.contains(&[80.0, 40.0, 110.0, 60.0]),
+            "the whole view wins over the one cut by the tile edge: {boxes:?}"
+        );
+        let polys = merge_polygons(&t);
+        assert_eq!(polys.len(), 1, "the two parts of the object are one polygon");
+        use geo::Area;
+        assert_eq!(polys[0].unsigned_area(), 30.0 * 20.0);
+    }
+}
