@@ -460,3 +460,37 @@ fn ask_through_an_endpoint() {
     assert!(f.provenance.model.starts_with("qwen2_5_vl_tiny_trained@http://127.0.0.1:"), "{}", f.provenance.model);
     h.get_by_label_contains("(remote)");
 }
+
+/// The whole raster swept from the panel: features arrive as one undoable step;
+/// a second sweep of the same question resumes from the saved tiles.
+#[test]
+fn sweep_from_the_panel_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        model: root().join("tests/fixtures/qwen2_5_vl_tiny_trained").display().to_string(),
+        ..Settings::default()
+    };
+    let mut h = harness(Some(sample()), settings, tmp.path().join("state/recovery.gpkg"));
+    idle(&mut h);
+    h.state_mut().session.query = "where are the ships?".into();
+    h.step();
+    h.get_by_label("Sweep whole raster").click();
+    h.step();
+    assert!(h.state().session.sweep.is_some());
+    step_until(&mut h, "the sweep", |a| a.session.sweep.is_none());
+    let note = h.state().notifications.last().unwrap().text.clone();
+    assert!(note.starts_with("Sweep done: 1 tiles (0 resumed)"), "{note}");
+    let n = h.state().session.features.len();
+    assert!(n >= 1, "{note}");
+    assert!(h.state().session.features.iter().all(|f| f.provenance.task == "sweep:contour" && !f.polygons.0.is_empty()));
+    assert_eq!(h.state().session.features.undo_label(), Some("sweep"));
+    // The progress file lives beside the recovery file; the same sweep again resumes.
+    assert!(std::fs::read_dir(tmp.path().join("state/sweeps")).unwrap().count() >= 1);
+    h.get_by_label("Sweep whole raster").click();
+    h.step();
+    assert!(h.state().session.sweep.is_some());
+    step_until(&mut h, "the resumed sweep", |a| a.session.sweep.is_none());
+    let note = h.state().notifications.last().unwrap().text.clone();
+    assert!(note.starts_with("Sweep done: 1 tiles (1 resumed)"), "{note}");
+    assert_eq!(h.state().session.features.len(), 2 * n);
+}

@@ -83,7 +83,7 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
         max_pixels: args.max_pixels.unwrap_or(engine::reasoner::processor::TRAINING_MAX_PIXELS),
     };
     let (first, _, _) = open_backend(&args.backend)?;
-    let backends: Vec<Backend> = match first {
+    let mut backends: Vec<Backend> = match first {
         Backend::Remote(r) => (0..args.concurrency.max(1)).map(|_| Backend::Remote(r.clone())).collect(),
         local => {
             if args.concurrency > 1 {
@@ -111,7 +111,8 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
             eprintln!("{done}/{total} tiles, ETA {eta:.0} s");
         }
     };
-    let result = sweep(&args.image, &params, &opts, backends, &make_segmenter, &args.out, &mut progress)?;
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let result = sweep(&args.image, &params, &opts, &mut backends, &make_segmenter, &args.out, &cancel, &mut progress)?;
     let provenance = Arc::new(Provenance {
         task: format!("sweep:{:?}", args.task).to_lowercase(),
         query: args.query.clone(),

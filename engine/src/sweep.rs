@@ -178,13 +178,15 @@ pub fn merge_polygons(tiles: &[TileResult]) -> Vec<Polygon<f64>> {
 
 /// Sweeps `raster` with one worker per backend (at most `backends.len()`
 /// requests at a time); `segmenter` makes each worker's segmenter.
+#[allow(clippy::too_many_arguments)] // one call site per front end; a struct would only rename them
 pub fn sweep(
     raster_path: &Path,
     params: &RenderParams,
     opts: &SweepOptions,
-    backends: Vec<Backend>,
+    backends: &mut [Backend],
     segmenter: &(dyn Fn() -> Result<Box<dyn Segmenter>> + Sync),
     out: &Path,
+    cancel: &std::sync::atomic::AtomicBool,
     progress: &mut Progress<'_>,
 ) -> Result<SweepResult> {
     let raster = Raster::open(raster_path)?;
@@ -224,7 +226,7 @@ pub fn sweep(
     let failure: Mutex<Option<EngineError>> = Mutex::new(None);
     let progress = Mutex::new(progress);
     std::thread::scope(|scope| {
-        for mut backend in backends {
+        for backend in backends.iter_mut() {
             let (queue, results, writer, failure, progress, processed, windows) =
                 (&queue, &results, &writer, &failure, &progress, &processed, &windows);
             scope.spawn(move || {
@@ -235,8 +237,11 @@ pub fn sweep(
                         if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                             return Ok(());
                         }
+                        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Err(EngineError::Cancelled);
+                        }
                         let Some(index) = queue.lock().ok().and_then(|mut q| q.next()) else { return Ok(()) };
-                        let t = run_tile(&raster, params, opts, &mut backend, &mut seg, index, windows[index])?;
+                        let t = run_tile(&raster, params, opts, backend, &mut seg, index, windows[index])?;
                         let line = serde_json::to_string(&t).map_err(|e| EngineError::Internal(e.to_string()))?;
                         if let Ok(mut w) = writer.lock() {
                             writeln!(w, "{line}")

@@ -91,6 +91,20 @@ pub enum Request {
     LoadProject { job: JobId, path: PathBuf },
     /// Export features on a file thread: [`Event::Exported`].
     Export { job: JobId, path: PathBuf, set: Box<FeatureSet>, options: ExportOptions },
+    /// Sweep a whole raster with the loaded reasoner (on the model thread; an
+    /// endpoint gets `concurrency` parallel requests): [`Event::Progress`] per
+    /// tile, then [`Event::SweepDone`]. Resumable through `progress_file`'s stem.
+    Sweep {
+        job: JobId,
+        raster: RasterId,
+        params: RenderParams,
+        options: crate::sweep::SweepOptions,
+        /// SAM checkpoint for the pixel/contour tasks (None: watershed fallback).
+        sam: Option<PathBuf>,
+        concurrency: usize,
+        /// Where progress is kept (`<this>.sweep.jsonl`).
+        progress_file: PathBuf,
+    },
     /// Download a checkpoint from the hub on a thread of its own:
     /// [`Event::Progress`] per chunk, then [`Event::ModelPulled`].
     PullModel { job: JobId, request: crate::hub::PullRequest },
@@ -223,6 +237,13 @@ pub enum Event {
         job: JobId,
         report: ExportReport,
     },
+    /// A sweep finished: merged boxes and polygons (raster pixels).
+    SweepDone {
+        job: JobId,
+        raster: RasterId,
+        result: Box<crate::sweep::SweepResult>,
+        segmenter: String,
+    },
     /// A checkpoint is in the hub cache, verified: its snapshot directory.
     ModelPulled {
         job: JobId,
@@ -258,6 +279,7 @@ impl Event {
             | Self::ProjectLoaded { job, .. }
             | Self::Exported { job, .. }
             | Self::ModelPulled { job, .. }
+            | Self::SweepDone { job, .. }
             | Self::Cancelled { job }
             | Self::Failed { job, .. } => *job,
         }
@@ -439,6 +461,17 @@ enum ModelMsg {
         job: JobId,
         options: crate::reasoner::remote::RemoteOptions,
     },
+    Sweep {
+        job: JobId,
+        raster: RasterId,
+        path: PathBuf,
+        params: RenderParams,
+        options: crate::sweep::SweepOptions,
+        sam: Option<PathBuf>,
+        concurrency: usize,
+        progress_file: PathBuf,
+        cancel: Arc<AtomicBool>,
+    },
     Ask {
         job: JobId,
         raster: RasterId,
@@ -615,6 +648,26 @@ impl Worker {
             }),
             Msg::Request(Request::BuildOverviews { job, raster }) => {
                 self.guarded(job, |w| w.start_overviews(job, raster));
+            }
+            Msg::Request(Request::Sweep { job, raster, params, options, sam, concurrency, progress_file }) => {
+                self.guarded(job, |w| {
+                    let path = w.rasters.get(&raster).ok_or(EngineError::UnknownRaster(raster))?.path().to_owned();
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    w.cancels.insert(job, cancel.clone());
+                    w.model_thread()?
+                        .send(ModelMsg::Sweep {
+                            job,
+                            raster,
+                            path,
+                            params,
+                            options,
+                            sam,
+                            concurrency,
+                            progress_file,
+                            cancel,
+                        })
+                        .map_err(|_| EngineError::Internal("the model thread stopped".into()))
+                });
             }
             Msg::Request(Request::UseEndpoint { job, options }) => self.guarded(job, |w| {
                 w.model_thread()?
@@ -821,6 +874,55 @@ fn model_loop(
                     Ok(Err(e)) => emit(Event::Failed { job, error: e.to_string() }),
                     Err(p) => emit(Event::Failed { job, error: format!("internal error: {}", panic_message(&*p)) }),
                 }
+            }
+            ModelMsg::Sweep { job, raster, path, params, options, sam, concurrency, progress_file, cancel } => {
+                let result = match reasoner.take() {
+                    None => Err(EngineError::InvalidRequest(
+                        "no RemoteReasoner checkpoint or endpoint is loaded for the sweep".into(),
+                    )),
+                    Some(backend) => {
+                        let mut backends = match backend {
+                            crate::reasoner::Backend::Remote(r) => {
+                                (0..concurrency.max(1)).map(|_| crate::reasoner::Backend::Remote(r.clone())).collect()
+                            }
+                            local => vec![local],
+                        };
+                        let name = std::sync::Mutex::new(String::new());
+                        let make = || -> Result<Box<dyn Segmenter>, EngineError> {
+                            let s = crate::segment::load_segmenter(sam.as_deref(), &candle_core::Device::Cpu)?;
+                            if let Ok(mut n) = name.lock() {
+                                *n = s.method().to_string();
+                            }
+                            Ok(s)
+                        };
+                        let mut progress = |done: usize, total: usize, eta: f64| {
+                            let message = format!("{done}/{total} tiles, about {eta:.0} s left");
+                            emit(Event::Progress { job, fraction: done as f32 / total.max(1) as f32, message });
+                        };
+                        let r = catch_unwind(AssertUnwindSafe(|| {
+                            crate::sweep::sweep(
+                                &path,
+                                &params,
+                                &options,
+                                &mut backends,
+                                &make,
+                                &progress_file,
+                                &cancel,
+                                &mut progress,
+                            )
+                        }))
+                        .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p))));
+                        // The loaded reasoner stays loaded.
+                        reasoner = backends.into_iter().next();
+                        r.map(|res| (res, name.into_inner().unwrap_or_default()))
+                    }
+                };
+                match result {
+                    Ok((res, segmenter)) => emit(Event::SweepDone { job, raster, result: Box::new(res), segmenter }),
+                    Err(EngineError::Cancelled) => emit(Event::Cancelled { job }),
+                    Err(e) => emit(Event::Failed { job, error: e.to_string() }),
+                }
+                let _ = done.send(Msg::ModelJobDone { job });
             }
             ModelMsg::UseEndpoint { job, options } => {
                 reasoner = None;

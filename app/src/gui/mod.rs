@@ -323,6 +323,10 @@ impl WorkbenchApp {
                 }
             }
             Event::TilesDone { job } | Event::Cancelled { job } => {
+                if self.session.sweep.as_ref().is_some_and(|sw| sw.job == job) {
+                    self.session.sweep = None;
+                    self.notify_info("Sweep cancelled; the tiles done are kept and a new sweep resumes from them.");
+                }
                 if self.run_job() == Some(job) {
                     self.session.finish_run(Some("Cancelled.".into()));
                 }
@@ -344,6 +348,66 @@ impl WorkbenchApp {
             }
             Event::Progress { job, fraction, message } if self.session.pull.as_ref().is_some_and(|p| p.0 == job) => {
                 self.session.pull = Some((job, fraction, message));
+            }
+            Event::Progress { job, fraction, message }
+                if self.session.sweep.as_ref().is_some_and(|sw| sw.job == job) =>
+            {
+                if let Some(sw) = self.session.sweep.as_mut() {
+                    sw.fraction = fraction;
+                    sw.message = message;
+                }
+            }
+            Event::SweepDone { job, raster, result, segmenter } => {
+                let Some(sw) = self.session.sweep.take().filter(|sw| sw.job == job) else { return };
+                let source =
+                    self.doc.as_ref().filter(|d| d.raster == raster).map(|d| d.info.path.display().to_string());
+                let model = self.session.reasoner.as_ref().map(|r| {
+                    if r.device == "remote" {
+                        format!("{}@{}", r.precision, r.dir.display())
+                    } else {
+                        r.dir.display().to_string()
+                    }
+                });
+                let provenance = Arc::new(engine::features::Provenance {
+                    task: format!("sweep:{}", sw.task.name()),
+                    query: sw.query.clone(),
+                    model: model.unwrap_or_default(),
+                    segmenter,
+                    source: source.unwrap_or_default(),
+                    created_at: engine::features::Provenance::now(),
+                    ..Default::default()
+                });
+                let features: Vec<_> = if sw.task == session::AskTask::Region {
+                    result
+                        .boxes
+                        .iter()
+                        .map(|b| {
+                            engine::edit::WorkFeature::new(Some(*b), geo::MultiPolygon::new(vec![]), provenance.clone())
+                        })
+                        .collect()
+                } else {
+                    result
+                        .polygons
+                        .iter()
+                        .map(|p| {
+                            engine::edit::WorkFeature::new(
+                                None,
+                                geo::MultiPolygon::new(vec![p.clone()]),
+                                provenance.clone(),
+                            )
+                        })
+                        .collect()
+                };
+                let n = features.len();
+                if n > 0 {
+                    self.session.features.add("sweep", features);
+                }
+                self.notify_info(format!(
+                    "Sweep done: {} tiles ({} resumed), {n} feature(s) in {:.0} s",
+                    result.tiles.len(),
+                    result.tiles.len() - result.processed,
+                    sw.started.elapsed().as_secs_f64()
+                ));
             }
             Event::ModelPulled { job, path } => {
                 if self.session.pull.as_ref().is_some_and(|p| p.0 == job) {
@@ -385,6 +449,24 @@ impl WorkbenchApp {
                 {
                     let params = doc.params;
                     self.session.send_ask(&self.engine, params);
+                }
+                // A sweep was waiting for this model.
+                if let Some(sw) = self.session.sweep.as_mut().filter(|sw| sw.loading && sw.job == job)
+                    && let Some(engine::Request::Sweep {
+                        raster, params, options, sam, concurrency, progress_file, ..
+                    }) = self.session.pending_sweep.take()
+                {
+                    sw.job = self.engine.send(|job| engine::Request::Sweep {
+                        job,
+                        raster,
+                        params,
+                        options,
+                        sam,
+                        concurrency,
+                        progress_file,
+                    });
+                    sw.loading = false;
+                    sw.message = "starting".into();
                 }
             }
             Event::AskStage { job, stage } => {
@@ -492,6 +574,10 @@ impl WorkbenchApp {
                 if self.session.pull.as_ref().is_some_and(|p| p.0 == job) {
                     self.session.pull = None;
                 }
+                if self.session.sweep.as_ref().is_some_and(|sw| sw.job == job) {
+                    self.session.sweep = None;
+                    self.session.pending_sweep = None;
+                }
                 if self.opening.as_ref().is_some_and(|(j, _)| *j == job) {
                     self.opening = None;
                 }
@@ -526,6 +612,19 @@ impl WorkbenchApp {
         };
         let (raster, params) = (doc.raster, doc.params);
         if let Err(e) = self.session.start_ask(&self.engine, raster, window, params) {
+            self.notify_error(e);
+        }
+    }
+
+    /// Sweeps the whole raster with the question in the panel.
+    pub fn run_sweep(&mut self) {
+        let Some(doc) = &self.doc else {
+            self.notify_error("Open a raster first.");
+            return;
+        };
+        let (raster, params, path) = (doc.raster, doc.params, doc.info.path.clone());
+        let dir = self.recovery_path.parent().map_or_else(std::env::temp_dir, |p| p.join("sweeps"));
+        if let Err(e) = self.session.start_sweep(&self.engine, raster, &path, params, &dir) {
             self.notify_error(e);
         }
     }

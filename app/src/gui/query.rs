@@ -74,6 +74,7 @@ pub fn query_panel_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 ui.label(RichText::new("Drag the area on the map.").weak());
             }
             run_buttons_ui(app, ui, enter);
+            sweep_ui(app, ui);
             ui.separator();
             trace_ui(app, ui);
         });
@@ -140,6 +141,32 @@ fn run_buttons_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, enter: bool) {
             }
         }
     });
+}
+
+/// Sweeping the whole raster tile by tile, with progress and Cancel.
+fn sweep_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
+    match app.session.sweep.clone() {
+        Some(sw) => {
+            ui.horizontal(|ui| {
+                ui.add(egui::ProgressBar::new(sw.fraction).show_percentage().desired_width(120.0));
+                ui.label(&sw.message);
+                if ui.button("Cancel sweep").clicked() {
+                    app.engine.cancel(sw.job);
+                }
+            });
+            ui.ctx().request_repaint_after(std::time::Duration::from_millis(200));
+        }
+        None => {
+            let idle = app.doc.is_some() && !app.session.busy();
+            if ui
+                .add_enabled(idle, egui::Button::new("Sweep whole raster"))
+                .on_hover_text("Ask about every 1024-px tile (128 px overlap) and merge across the seams; resumable")
+                .clicked()
+            {
+                app.run_sweep();
+            }
+        }
+    }
 }
 
 fn trace_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {

@@ -53,7 +53,7 @@ impl AskTask {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Region => "region",
             Self::Pixel => "pixel",
@@ -263,6 +263,22 @@ pub struct Session {
     pub close_after_save: bool,
     /// The analyst chose to close without saving.
     pub discard_on_close: bool,
+    /// A whole-raster sweep in flight.
+    pub sweep: Option<SweepState>,
+    /// A sweep waiting for its model to load: the request to send.
+    pub pending_sweep: Option<engine::Request>,
+}
+
+/// A sweep in flight: its job (loading the model first, then sweeping), progress.
+#[derive(Clone, Debug)]
+pub struct SweepState {
+    pub job: JobId,
+    pub loading: bool,
+    pub fraction: f32,
+    pub message: String,
+    pub started: Instant,
+    pub task: AskTask,
+    pub query: String,
 }
 
 impl Session {
@@ -306,6 +322,8 @@ impl Session {
             confirm_close: false,
             close_after_save: false,
             discard_on_close: false,
+            sweep: None,
+            pending_sweep: None,
         }
     }
 
@@ -316,7 +334,7 @@ impl Session {
 
     /// Whether a question or segmentation is in flight.
     pub fn busy(&self) -> bool {
-        self.run.as_ref().is_some_and(Run::is_running) || !self.segment_jobs.is_empty()
+        self.run.as_ref().is_some_and(Run::is_running) || !self.segment_jobs.is_empty() || self.sweep.is_some()
     }
 
     /// The hub cache downloads go to and models are looked up in.
@@ -380,29 +398,9 @@ impl Session {
             finished: None,
             error: None,
         };
-        let key = if endpoint.is_empty() {
-            (self.settings.model.trim().to_owned(), self.settings.device)
-        } else {
-            (format!("{}@{endpoint}", self.settings.api_model.trim()), self.settings.device)
-        };
-        if self.reasoner_key.as_ref() != Some(&key) || self.reasoner.is_none() {
-            let job = if endpoint.is_empty() {
-                let dir = engine::hub::resolve_model(std::path::Path::new(&key.0), &self.models_cache());
-                let options = engine::reasoner::LoadOptions { device: key.1, precision: None };
-                engine.send(|job| engine::Request::LoadReasoner { job, dir, options })
-            } else {
-                let options = engine::reasoner::remote::RemoteOptions {
-                    endpoint: endpoint.clone(),
-                    model: self.settings.api_model.trim().to_owned(),
-                    api_key: engine::reasoner::remote::api_key_from_env(),
-                    ..Default::default()
-                };
-                engine.send(|job| engine::Request::UseEndpoint { job, options })
-            };
+        if let Some(job) = self.ensure_backend(engine) {
             run.stage = Some(Stage::LoadingModel);
             run.job = Some(job);
-            self.reasoner = None;
-            self.reasoner_key = Some(key);
             self.pending_ask = true;
             self.run = Some(run);
             let _ = params;
@@ -410,6 +408,100 @@ impl Session {
         }
         self.run = Some(run);
         self.send_ask(engine, params);
+        Ok(())
+    }
+
+    /// Loads the configured checkpoint or connects to the endpoint unless that
+    /// is what is loaded; returns the load job when one was started.
+    pub fn ensure_backend(&mut self, engine: &Engine) -> Option<JobId> {
+        let endpoint = self.settings.endpoint.trim().to_owned();
+        let key = if endpoint.is_empty() {
+            (self.settings.model.trim().to_owned(), self.settings.device)
+        } else {
+            (format!("{}@{endpoint}", self.settings.api_model.trim()), self.settings.device)
+        };
+        if self.reasoner_key.as_ref() == Some(&key) && self.reasoner.is_some() {
+            return None;
+        }
+        let job = if endpoint.is_empty() {
+            let dir = engine::hub::resolve_model(std::path::Path::new(&key.0), &self.models_cache());
+            let options = engine::reasoner::LoadOptions { device: key.1, precision: None };
+            engine.send(|job| engine::Request::LoadReasoner { job, dir, options })
+        } else {
+            let options = engine::reasoner::remote::RemoteOptions {
+                endpoint: endpoint.clone(),
+                model: self.settings.api_model.trim().to_owned(),
+                api_key: engine::reasoner::remote::api_key_from_env(),
+                ..Default::default()
+            };
+            engine.send(|job| engine::Request::UseEndpoint { job, options })
+        };
+        self.reasoner = None;
+        self.reasoner_key = Some(key);
+        Some(job)
+    }
+
+    /// Sweeps the whole raster with the question (tiles of 1024 px with 128 px
+    /// of overlap; progress kept under `state_dir`, so a sweep resumes).
+    pub fn start_sweep(
+        &mut self,
+        engine: &Engine,
+        raster: RasterId,
+        raster_path: &std::path::Path,
+        params: engine::raster::RenderParams,
+        state_dir: &std::path::Path,
+    ) -> Result<(), String> {
+        if self.settings.model.trim().is_empty() && self.settings.endpoint.trim().is_empty() {
+            return Err(NO_MODEL.into());
+        }
+        let query = self.query.trim().to_owned();
+        if query.is_empty() || matches!(self.task, AskTask::Vqa | AskTask::Caption) {
+            return Err(
+                "A sweep looks for objects: pick the region, pixel or contour task and type what to find.".into()
+            );
+        }
+        let task = match self.task {
+            AskTask::Region => engine::sweep::SweepTask::Region,
+            AskTask::Pixel => engine::sweep::SweepTask::Pixel,
+            _ => engine::sweep::SweepTask::Contour,
+        };
+        let options = engine::sweep::SweepOptions {
+            query: query.clone(),
+            task,
+            tile: 1024,
+            overlap: 128,
+            level: 0,
+            aoi: None,
+            max_pixels: self.settings.max_pixels,
+        };
+        // One progress file per (raster, question, task): rerunning resumes.
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (raster_path, &query, self.task.name(), self.settings.max_pixels).hash(&mut h);
+        let _ = std::fs::create_dir_all(state_dir);
+        let progress_file = state_dir.join(format!("sweep-{:016x}", h.finish()));
+        let sam = Some(PathBuf::from(self.settings.sam.trim())).filter(|p| !p.as_os_str().is_empty());
+        let concurrency = if self.settings.endpoint.trim().is_empty() { 1 } else { 4 };
+        let load = self.ensure_backend(engine);
+        let request =
+            move |job| engine::Request::Sweep { job, raster, params, options, sam, concurrency, progress_file };
+        let (job, loading) = match load {
+            Some(job) => {
+                // Sent once the model is there; the job id is the load's until then.
+                self.pending_sweep = Some(request(0));
+                (job, true)
+            }
+            None => (engine.send(request), false),
+        };
+        self.sweep = Some(SweepState {
+            job,
+            loading,
+            fraction: 0.0,
+            message: if loading { "loading the model".into() } else { "starting".into() },
+            started: Instant::now(),
+            task: self.task,
+            query,
+        });
         Ok(())
     }
 
