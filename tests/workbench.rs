@@ -482,7 +482,9 @@ fn sweep_from_the_panel_and_resume() {
     assert!(note.starts_with("Sweep done: 1 tiles (0 resumed)"), "{note}");
     let n = h.state().session.features.len();
     assert!(n >= 1, "{note}");
-    assert!(h.state().session.features.iter().all(|f| f.provenance.task == "sweep:contour" && !f.polygons.0.is_empty()));
+    assert!(
+        h.state().session.features.iter().all(|f| f.provenance.task == "sweep:contour" && !f.polygons.0.is_empty())
+    );
     assert_eq!(h.state().session.features.undo_label(), Some("sweep"));
     // The progress file lives beside the recovery file; the same sweep again resumes.
     assert!(std::fs::read_dir(tmp.path().join("state/sweeps")).unwrap().count() >= 1);
