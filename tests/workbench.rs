@@ -78,6 +78,31 @@ fn drag(h: &mut Harness<'static, WorkbenchApp>, a: Pos2, b: Pos2) {
     h.step();
 }
 
+/// A primary click at `p` (hovered first, as a real pointer would be).
+fn click(h: &mut Harness<'static, WorkbenchApp>, p: Pos2) {
+    h.hover_at(p);
+    h.step();
+    for pressed in [true, false] {
+        h.event(egui::Event::PointerButton {
+            pos: p,
+            button: egui::PointerButton::Primary,
+            pressed,
+            modifiers: egui::Modifiers::NONE,
+        });
+    }
+    h.step();
+}
+
+/// Box tool, a box dragged from `a` to `b` (raster pixels), its feature awaited.
+fn draw_box(h: &mut Harness<'static, WorkbenchApp>, a: [f64; 2], b: [f64; 2]) {
+    let before = h.state().session.features.len();
+    h.key_press(egui::Key::B);
+    h.step();
+    let (p, q) = (screen_of(h, a), screen_of(h, b));
+    drag(h, p, q);
+    step_until(h, "the drawn box's feature", move |app| app.session.features.len() > before);
+}
+
 fn first_vertex(app: &WorkbenchApp, id: u64) -> [f64; 2] {
     let c = app.session.features.get(id).unwrap().polygons.0[0].exterior().0[0];
     [c.x, c.y]
@@ -171,11 +196,7 @@ fn manual_box_without_weights_then_project_round_trip() {
     let mut h = harness(Some(sample()), Settings::default(), tmp.path().join("recovery.gpkg"));
     idle(&mut h);
     h.get_by_label_contains("No RemoteReasoner checkpoint is configured");
-    h.key_press(egui::Key::B);
-    h.step();
-    let (a, b) = (screen_of(&h, [60.0, 70.0]), screen_of(&h, [100.0, 130.0]));
-    drag(&mut h, a, b);
-    step_until(&mut h, "the hand-drawn box's mask", |a| !a.session.features.is_empty());
+    draw_box(&mut h, [60.0, 70.0], [100.0, 130.0]);
     let f = h.state().session.features.iter().next().unwrap().clone();
     assert_eq!(f.provenance.task, "manual");
     assert_eq!(f.bbox, Some([60.0, 70.0, 100.0, 130.0]));
@@ -184,22 +205,8 @@ fn manual_box_without_weights_then_project_round_trip() {
     h.key_press(egui::Key::V);
     h.step();
     let v = first_vertex(h.state(), f.id);
-    h.hover_at(screen_of(&h, v));
-    h.step();
     let p = screen_of(&h, v);
-    h.event(egui::Event::PointerButton {
-        pos: p,
-        button: egui::PointerButton::Primary,
-        pressed: true,
-        modifiers: egui::Modifiers::NONE,
-    });
-    h.event(egui::Event::PointerButton {
-        pos: p,
-        button: egui::PointerButton::Primary,
-        pressed: false,
-        modifiers: egui::Modifiers::NONE,
-    });
-    h.step();
+    click(&mut h, p);
     assert!(h.state().session.selected_vertex.is_some(), "vertex selected");
     let before = h.state().session.features.get(f.id).unwrap().vertex_count();
     h.key_press(egui::Key::Delete);
@@ -249,11 +256,7 @@ fn unsaved_work_is_offered_back_after_a_crash() {
     {
         let mut h = harness(Some(sample()), Settings::default(), recovery.clone());
         idle(&mut h);
-        h.key_press(egui::Key::B);
-        h.step();
-        let (a, b) = (screen_of(&h, [20.0, 20.0]), screen_of(&h, [50.0, 60.0]));
-        drag(&mut h, a, b);
-        step_until(&mut h, "a feature", |a| !a.session.features.is_empty());
+        draw_box(&mut h, [20.0, 20.0], [50.0, 60.0]);
         step_until(&mut h, "the autosave", |a| a.session.autosaved_revision == a.session.features.revision());
         // The process dies here: no exit handler runs.
         std::mem::forget(h);
@@ -264,11 +267,7 @@ fn unsaved_work_is_offered_back_after_a_crash() {
         let other = tmp.path().join("recovery-close.gpkg");
         let mut h = harness(Some(sample()), Settings::default(), other.clone());
         idle(&mut h);
-        h.key_press(egui::Key::B);
-        h.step();
-        let (a, b) = (screen_of(&h, [20.0, 20.0]), screen_of(&h, [50.0, 60.0]));
-        drag(&mut h, a, b);
-        step_until(&mut h, "a feature", |a| !a.session.features.is_empty());
+        draw_box(&mut h, [20.0, 20.0], [50.0, 60.0]);
         step_until(&mut h, "the autosave", |a| a.session.autosaved_revision == a.session.features.revision());
         assert!(other.exists());
         h.input_mut().viewports.entry(egui::ViewportId::ROOT).or_default().events.push(egui::ViewportEvent::Close);
@@ -295,11 +294,7 @@ fn snapshots_of_the_main_views() {
     let tmp = tempfile::tempdir().unwrap();
     let mut h = harness(Some(sample()), Settings::default(), tmp.path().join("recovery.gpkg"));
     idle(&mut h);
-    h.key_press(egui::Key::B);
-    h.step();
-    let (a, b) = (screen_of(&h, [60.0, 70.0]), screen_of(&h, [100.0, 130.0]));
-    drag(&mut h, a, b);
-    step_until(&mut h, "a feature", |a| !a.session.features.is_empty());
+    draw_box(&mut h, [60.0, 70.0], [100.0, 130.0]);
     idle(&mut h);
     let options = egui_kittest::SnapshotOptions::new().output_path(root().join("tests/snapshots"));
     h.snapshot_options("workbench_feature_selected", &options);
@@ -378,11 +373,7 @@ fn refine_resize_insert_and_cancel() {
     };
     let mut h = harness(Some(sample()), settings, tmp.path().join("recovery.gpkg"));
     idle(&mut h);
-    h.key_press(egui::Key::B);
-    h.step();
-    let (a, b) = (screen_of(&h, [60.0, 70.0]), screen_of(&h, [110.0, 130.0]));
-    drag(&mut h, a, b);
-    step_until(&mut h, "SAM's mask", |a| !a.session.features.is_empty());
+    draw_box(&mut h, [60.0, 70.0], [110.0, 130.0]);
     let f = h.state().session.features.iter().next().unwrap().clone();
     assert_eq!(f.provenance.segmenter, "sam2.1_hiera_tiny");
     assert!(f.score.is_some() && f.segment.is_some());
@@ -390,21 +381,7 @@ fn refine_resize_insert_and_cancel() {
     h.key_press(egui::Key::R);
     h.step();
     let p = screen_of(&h, [85.0, 100.0]);
-    h.hover_at(p);
-    h.step();
-    h.event(egui::Event::PointerButton {
-        pos: p,
-        button: egui::PointerButton::Primary,
-        pressed: true,
-        modifiers: egui::Modifiers::NONE,
-    });
-    h.event(egui::Event::PointerButton {
-        pos: p,
-        button: egui::PointerButton::Primary,
-        pressed: false,
-        modifiers: egui::Modifiers::NONE,
-    });
-    h.step();
+    click(&mut h, p);
     step_until(&mut h, "the refined mask", |a| a.session.refine_jobs.is_empty());
     let refined = h.state().session.features.get(f.id).unwrap().clone();
     let clicks = &refined.segment.as_ref().unwrap().clicks;

@@ -384,26 +384,36 @@ impl FeatureStore {
 
     /// Everything as an export sees it.
     pub fn to_feature_set(&self, geotransform: Option<GeoTransform>, crs_wkt: Option<String>) -> FeatureSet {
-        let mut set = FeatureSet { geotransform, crs_wkt, ..Default::default() };
-        for f in &self.features {
-            let base = |geometry| Feature {
-                id: f.id as i64,
-                geometry,
-                provenance: f.provenance.clone(),
-                score: f.score,
-                object_score: f.object_score,
-                edited: f.edited,
-                simplify: f.simplify,
-            };
-            if let Some(b) = f.bbox {
-                set.boxes.push(base(Geometry::Box(b)));
-            }
-            if !f.polygons.0.is_empty() {
-                set.polygons.push(base(Geometry::Polygons(f.polygons.clone())));
-            }
-        }
-        set
+        feature_set(&self.features, geotransform, crs_wkt)
     }
+}
+
+/// Features as an export sees them: a box feature and a polygon feature per
+/// work feature that has them, sharing its id.
+pub fn feature_set(
+    features: &[WorkFeature],
+    geotransform: Option<GeoTransform>,
+    crs_wkt: Option<String>,
+) -> FeatureSet {
+    let mut set = FeatureSet { geotransform, crs_wkt, ..Default::default() };
+    for f in features {
+        let base = |geometry| Feature {
+            id: f.id as i64,
+            geometry,
+            provenance: f.provenance.clone(),
+            score: f.score,
+            object_score: f.object_score,
+            edited: f.edited,
+            simplify: f.simplify,
+        };
+        if let Some(b) = f.bbox {
+            set.boxes.push(base(Geometry::Box(b)));
+        }
+        if !f.polygons.0.is_empty() {
+            set.polygons.push(base(Geometry::Polygons(f.polygons.clone())));
+        }
+    }
+    set
 }
 
 /// The vertex of `mp` nearest to `p` within `tolerance`, and its distance.

@@ -16,7 +16,7 @@ use crate::contour::SimplifyMethod;
 use crate::edit::WorkFeature;
 use crate::error::{EngineError, Result};
 use crate::export::{ExportOptions, ExportReport, Format, export_with};
-use crate::features::{Feature, FeatureSet, Geometry, Provenance};
+use crate::features::{FeatureSet, Provenance};
 use crate::geo::GeoTransform;
 use crate::raster::gdal_reason;
 use crate::tiles::Window;
@@ -46,29 +46,7 @@ pub struct Project {
 }
 
 fn feature_set(features: &[WorkFeature], meta: &ProjectMeta) -> FeatureSet {
-    let mut set = FeatureSet {
-        geotransform: meta.geotransform.map(GeoTransform),
-        crs_wkt: meta.crs_wkt.clone(),
-        ..Default::default()
-    };
-    for f in features {
-        let base = |geometry| Feature {
-            id: f.id as i64,
-            geometry,
-            provenance: f.provenance.clone(),
-            score: f.score,
-            object_score: f.object_score,
-            edited: f.edited,
-            simplify: f.simplify,
-        };
-        if let Some(b) = f.bbox {
-            set.boxes.push(base(Geometry::Box(b)));
-        }
-        if !f.polygons.0.is_empty() {
-            set.polygons.push(base(Geometry::Polygons(f.polygons.clone())));
-        }
-    }
-    set
+    crate::edit::feature_set(features, meta.geotransform.map(GeoTransform), meta.crs_wkt.clone())
 }
 
 /// Saves `features` and `meta` to the GeoPackage `path` (replaced atomically).
