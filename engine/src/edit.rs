@@ -188,13 +188,15 @@ impl WorkFeature {
         Self { bbox: Some([x1.min(x2), y1.min(y2), x1.max(x2), y1.max(y2)]), edited: true, ..self.clone() }
     }
 
-    /// Re-simplifies from the exact polygons (`None`: back to them).
+    /// Re-simplifies from the exact polygons (`None`: back to them). A result
+    /// that would vanish or make the parts overlap keeps the exact polygons.
     pub fn with_simplify(&self, simplify: Option<(SimplifyMethod, f64)>) -> Self {
         let polygons = match simplify {
             None => self.exact.clone(),
             Some((method, t)) => {
                 let opts = crate::contour::Cleanup { simplify: Some((method, t)), ..Default::default() };
-                MultiPolygon::new(crate::contour::clean(self.exact.0.clone(), &opts, 1.0).0)
+                let s = MultiPolygon::new(crate::contour::clean(self.exact.0.clone(), &opts, 1.0).0);
+                if s.0.is_empty() || !s.is_valid() { self.exact.clone() } else { s }
             }
         };
         Self { polygons, simplify, ..self.clone() }

@@ -418,7 +418,7 @@ pub(crate) fn export_with(
         report.files.push(dst);
     }
     if format == Format::Shapefile {
-        remove_stale_sidecars(path, &report.files);
+        remove_stale_sidecars(&report.files);
     }
     Ok(report)
 }
@@ -441,11 +441,14 @@ fn write_table(ds: &mut gdal::Dataset, name: &str, rows: &[(String, String)]) ->
 
 /// A Shapefile replaced by one without a `.prj` (or `.cpg`, index …) must not
 /// keep the old one: a stale `.prj` would put the new shapes in the wrong place.
-fn remove_stale_sidecars(path: &Path, written: &[PathBuf]) {
-    for ext in ["prj", "cpg", "qix", "sbn", "sbx", "shp.xml"] {
-        let p = path.with_extension(ext);
-        if !written.contains(&p) && p.exists() {
-            let _ = std::fs::remove_file(p);
+fn remove_stale_sidecars(written: &[PathBuf]) {
+    // For every shapefile written now (polygons and `<stem>_boxes`), the sidecars it did not get.
+    for shp in written.iter().filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("shp"))) {
+        for ext in ["prj", "cpg", "qix", "sbn", "sbx", "shp.xml"] {
+            let p = shp.with_extension(ext);
+            if !written.contains(&p) && p.exists() {
+                let _ = std::fs::remove_file(p);
+            }
         }
     }
 }

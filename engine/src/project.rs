@@ -160,6 +160,12 @@ pub fn load(path: &Path) -> Result<Project> {
             }
         }
     }
+    // Exact geometry of a feature whose shown polygons were empty (simplified away).
+    for (id, mp) in exact {
+        if let Some(f) = features.get_mut(&id) {
+            f.exact = mp;
+        }
+    }
     let mut features: Vec<WorkFeature> = features.into_values().collect();
     features.sort_by_key(|f| f.id);
     Ok(Project { meta, features })

@@ -9,7 +9,7 @@
 //!   model thread (503 when the queue is full), they are never dropped midway.
 //! - A client that goes away stops its generation at the next token.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -286,6 +286,11 @@ fn handle(ctx: &Context, request: tiny_http::Request) {
 }
 
 fn chat(ctx: &Context, mut request: tiny_http::Request) {
+    // Refuse early when the queue is full: no body read, no work queued.
+    if ctx.queued.load(Ordering::SeqCst) >= ctx.max_queue {
+        let _ = request.respond(error(503, "overloaded", "too many requests are waiting; try again later"));
+        return;
+    }
     if request.body_length().is_some_and(|n| n > ctx.max_body) {
         let _ =
             request.respond(error(413, "invalid_request_error", &format!("the body is over {} bytes", ctx.max_body)));
@@ -339,12 +344,29 @@ fn chat(ctx: &Context, mut request: tiny_http::Request) {
     let id = format!("chatcmpl-{:x}", now() ^ (std::ptr::from_ref(&pieces) as usize as u64));
     let model = if req.model.is_empty() { ctx.model_id.clone() } else { req.model.clone() };
     if req.stream.unwrap_or(false) {
-        let stream = SseStream { pieces, id, model, started: false, buffer: Vec::new(), pos: 0, finished: false };
-        let header =
-            tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/event-stream"[..]).expect("static header");
-        let response = tiny_http::Response::new(tiny_http::StatusCode(200), vec![header], stream, None, None);
-        let _ = request.respond(response);
-        return;
+        // Written by hand (chunked, flushed per event): tiny_http's own chunked
+        // writer holds 8 KiB back, which would deliver the "stream" in one piece.
+        let mut stream = SseStream { pieces, id, model, started: false, finished: false };
+        let mut out = request.into_writer();
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n";
+        if out.write_all(head.as_bytes()).and_then(|()| out.flush()).is_err() {
+            return;
+        }
+        loop {
+            let event = stream.refill();
+            let chunk = if event.is_empty() {
+                b"0\r\n\r\n".to_vec()
+            } else {
+                let mut c = format!("{:x}\r\n", event.len()).into_bytes();
+                c.extend(&event);
+                c.extend(b"\r\n");
+                c
+            };
+            // A failed write means the client is gone: dropping `stream` stops the generation.
+            if out.write_all(&chunk).and_then(|()| out.flush()).is_err() || event.is_empty() {
+                return;
+            }
+        }
     }
     let mut text = String::new();
     for piece in pieces {
@@ -380,15 +402,13 @@ fn chat(ctx: &Context, mut request: tiny_http::Request) {
     let _ = request.respond(error(500, "server_error", "the model stopped without an answer"));
 }
 
-/// The streamed reply as a byte stream: one SSE event per piece of text, a last
-/// one with the finish reason, then `data: [DONE]`.
+/// The streamed reply's events: one per piece of text, a last one with the
+/// finish reason, then `data: [DONE]`.
 struct SseStream {
     pieces: mpsc::Receiver<Piece>,
     id: String,
     model: String,
     started: bool,
-    buffer: Vec<u8>,
-    pos: usize,
     finished: bool,
 }
 
@@ -430,21 +450,5 @@ impl SseStream {
             Err(_) => self.finished = true,
         }
         out
-    }
-}
-
-impl Read for SseStream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos >= self.buffer.len() {
-            self.buffer = self.refill();
-            self.pos = 0;
-            if self.buffer.is_empty() {
-                return Ok(0);
-            }
-        }
-        let n = buf.len().min(self.buffer.len() - self.pos);
-        buf[..n].copy_from_slice(&self.buffer[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }

@@ -8,7 +8,7 @@
 //! output (`RESULT.gpkg.sweep.jsonl`); a rerun with the same settings skips them.
 
 use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -114,6 +114,8 @@ pub struct TileResult {
 struct Header {
     raster: PathBuf,
     options: SweepOptions,
+    /// How the tiles were rendered for the model (band mapping, stretch).
+    render: u64,
     tiles: usize,
 }
 
@@ -140,9 +142,10 @@ pub struct SweepResult {
 pub type Progress<'a> = dyn FnMut(usize, usize, f64) + Send + 'a;
 
 /// Boxes of all tiles, duplicates across seams removed. A box touching an
-/// inner tile edge (not the swept area's) is the cut-off view of its object,
-/// so whole boxes win; among those, the larger.
-pub fn merge_boxes(tiles: &[TileResult], area: Window, iou_threshold: f64) -> Vec<[f64; 4]> {
+/// inner tile edge (not the swept area's; within `edge` pixels) is the cut-off
+/// view of its object, so whole boxes win, the larger first; a cut box mostly
+/// inside a kept one goes even when their IoU is small.
+pub fn merge_boxes(tiles: &[TileResult], area: Window, edge: f64, iou_threshold: f64) -> Vec<[f64; 4]> {
     let (ax1, ay1) = (area.x as f64, area.y as f64);
     let (ax2, ay2) = (ax1 + area.width as f64, ay1 + area.height as f64);
     let mut all: Vec<([f64; 4], bool, f64)> = tiles
@@ -151,16 +154,24 @@ pub fn merge_boxes(tiles: &[TileResult], area: Window, iou_threshold: f64) -> Ve
             let (x1, y1) = (t.window.x as f64, t.window.y as f64);
             let (x2, y2) = (x1 + t.window.width as f64, y1 + t.window.height as f64);
             t.boxes.iter().map(move |b| {
-                let near = |v: f64, edge: f64, outer: f64| (v - edge).abs() <= 1.0 && (edge - outer).abs() > 0.5;
+                let near =
+                    |v: f64, edge_at: f64, outer: f64| (v - edge_at).abs() <= edge && (edge_at - outer).abs() > 0.5;
                 let cut = near(b[0], x1, ax1) || near(b[1], y1, ay1) || near(b[2], x2, ax2) || near(b[3], y2, ay2);
                 (*b, cut, (b[2] - b[0]) * (b[3] - b[1]))
             })
         })
         .collect();
     all.sort_by(|a, b| a.1.cmp(&b.1).then(b.2.total_cmp(&a.2)));
+    let inside_share = |b: [f64; 4], k: [f64; 4]| {
+        let iw = (b[2].min(k[2]) - b[0].max(k[0])).max(0.0);
+        let ih = (b[3].min(k[3]) - b[1].max(k[1])).max(0.0);
+        let area = (b[2] - b[0]) * (b[3] - b[1]);
+        if area > 0.0 { iw * ih / area } else { 1.0 }
+    };
     let mut kept: Vec<[f64; 4]> = Vec::new();
-    for (b, _, _) in all {
-        if kept.iter().all(|k| box_iou(*k, b) <= iou_threshold) {
+    for (b, cut, _) in all {
+        let duplicate = kept.iter().any(|&k| box_iou(k, b) > iou_threshold || (cut && inside_share(b, k) > 0.5));
+        if !duplicate {
             kept.push(b);
         }
     }
@@ -196,21 +207,33 @@ pub fn sweep(
     let header = Header {
         raster: std::path::absolute(raster_path).unwrap_or_else(|_| raster_path.to_owned()),
         options: opts.clone(),
+        render: params.cache_hash(),
         tiles: windows.len(),
     };
     let path = progress_path(out);
     let err = |reason: String| EngineError::Write { path: path.clone(), reason };
     let mut done: Vec<TileResult> = Vec::new();
     if path.exists() {
-        let file = std::fs::File::open(&path).map_err(|e| err(e.to_string()))?;
-        let mut lines = std::io::BufReader::new(file).lines();
-        let first = lines.next().transpose().map_err(|e| err(e.to_string()))?.unwrap_or_default();
-        let old: Header = serde_json::from_str(&first).map_err(|e| err(format!("not a sweep progress file: {e}")))?;
+        let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
+        // An interrupted run may have left half a line: cut it off, it is redone.
+        let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if whole < bytes.len() {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(|e| err(e.to_string()))?;
+            f.set_len(whole as u64).map_err(|e| err(e.to_string()))?;
+        }
+        let text = String::from_utf8_lossy(&bytes[..whole]);
+        let mut lines = text.lines();
+        let old: Header = serde_json::from_str(lines.next().unwrap_or_default())
+            .map_err(|e| err(format!("not a sweep progress file: {e}")))?;
         if old != header {
             return Err(err("holds a sweep with other settings; remove it or choose another output".into()));
         }
-        // A line cut by an interruption is simply redone.
-        done.extend(lines.map_while(|l| l.ok()).filter_map(|l| serde_json::from_str::<TileResult>(&l).ok()));
+        let mut seen = HashSet::new();
+        done.extend(
+            lines
+                .filter_map(|l| serde_json::from_str::<TileResult>(l).ok())
+                .filter(|t| t.index < windows.len() && seen.insert(t.index)),
+        );
     } else {
         let first = serde_json::to_string(&header).map_err(|e| err(e.to_string()))?;
         std::fs::write(&path, format!("{first}\n")).map_err(|e| err(e.to_string()))?;
@@ -242,9 +265,11 @@ pub fn sweep(
                         }
                         let Some(index) = queue.lock().ok().and_then(|mut q| q.next()) else { return Ok(()) };
                         let t = run_tile(&raster, params, opts, backend, &mut seg, index, windows[index])?;
-                        let line = serde_json::to_string(&t).map_err(|e| EngineError::Internal(e.to_string()))?;
+                        let mut line = serde_json::to_string(&t).map_err(|e| EngineError::Internal(e.to_string()))?;
+                        line.push('\n');
                         if let Ok(mut w) = writer.lock() {
-                            writeln!(w, "{line}")
+                            // One write per line: an interruption cuts at most the last line.
+                            w.write_all(line.as_bytes())
                                 .and_then(|()| w.flush())
                                 .map_err(|e| EngineError::Internal(e.to_string()))?;
                         }
@@ -253,7 +278,7 @@ pub fn sweep(
                             r.push(t);
                             r.len()
                         });
-                        let left = total - all_done.unwrap_or(total);
+                        let left = total.saturating_sub(all_done.unwrap_or(total));
                         let eta = started.elapsed().as_secs_f64() / n as f64 * left as f64;
                         if let Ok(mut p) = progress.lock() {
                             (*p)(total - left, total, eta);
@@ -273,7 +298,8 @@ pub fn sweep(
     }
     let mut tiles_done = results.into_inner().map_err(|_| EngineError::Internal("poisoned".into()))?;
     tiles_done.sort_by_key(|t| t.index);
-    let boxes = merge_boxes(&tiles_done, opts.aoi.unwrap_or(Window::full(w, h)), 0.5);
+    let edge = f64::from(1u32 << opts.level.min(20));
+    let boxes = merge_boxes(&tiles_done, opts.aoi.unwrap_or(Window::full(w, h)), edge, 0.5);
     let polygons = merge_polygons(&tiles_done);
     Ok(SweepResult { tiles: tiles_done, boxes, polygons, processed: processed.into_inner() })
 }
@@ -367,11 +393,20 @@ mod tests {
             tile(0, a, vec![[80.0, 40.0, 100.0, 60.0], [10.0, 10.0, 20.0, 20.0]], &[rect(80.0, 40.0, 100.0, 60.0)]),
             tile(1, b, vec![[80.0, 40.0, 110.0, 60.0]], &[rect(90.0, 40.0, 110.0, 60.0)]),
         ];
-        let boxes = merge_boxes(&t, Window { x: 0, y: 0, width: 190, height: 100 }, 0.5);
+        let boxes = merge_boxes(&t, Window { x: 0, y: 0, width: 190, height: 100 }, 1.0, 0.5);
         assert_eq!(boxes.len(), 2);
         assert!(
             boxes.contains(&[80.0, 40.0, 110.0, 60.0]),
             "the whole view wins over the one cut by the tile edge: {boxes:?}"
+        );
+        // A long object (x 80–200) cut at the first tile's edge (100): IoU 20/120, still one box.
+        let long = [
+            tile(0, a, vec![[80.0, 40.0, 100.0, 60.0]], &[]),
+            tile(1, Window { x: 90, y: 0, width: 200, height: 100 }, vec![[80.0, 40.0, 200.0, 60.0]], &[]),
+        ];
+        assert_eq!(
+            merge_boxes(&long, Window { x: 0, y: 0, width: 290, height: 100 }, 1.0, 0.5),
+            vec![[80.0, 40.0, 200.0, 60.0]]
         );
         let polys = merge_polygons(&t);
         assert_eq!(polys.len(), 1, "the two parts of the object are one polygon");

@@ -298,11 +298,21 @@ pub fn contour_task(
             score: seg.iou.map(f64::from),
             object_score: seg.object_score.map(f64::from),
             edited: false,
-            simplify: cleanup.simplify.map(|(m, _)| (m, cleanup.tolerance_px(image_pixel).unwrap_or_default())),
+            // Stored in raster pixels (what the feature's coordinates are in), not mask pixels.
+            simplify: cleanup
+                .simplify
+                .map(|(m, _)| (m, cleanup.tolerance_px(image_pixel).unwrap_or_default() * (sx * sy).sqrt())),
         };
         out.boxes.push(feature(Geometry::Box([x1, y1, x2, y2])));
         let traced = polygonize_bool(seg.mask.width, seg.mask.height, &seg.mask.data);
-        let (polygons, r) = clean(traced.polygons, cleanup, image_pixel);
+        let (mut polygons, mut r) = clean(traced.polygons.clone(), cleanup, image_pixel);
+        // Parts of one mask may touch at corners: simplified, they must not overlap.
+        if cleanup.simplify.is_some() && !MultiPolygon::new(polygons.clone()).is_valid() {
+            let exact = Cleanup { simplify: None, ..*cleanup };
+            let (p, r2) = clean(traced.polygons, &exact, image_pixel);
+            r = CleanupReport { kept_exact: r2.polygons_after, ..r2 };
+            polygons = p;
+        }
         accumulate(&mut out.report, &r);
         if polygons.is_empty() {
             continue;

@@ -182,11 +182,14 @@ impl RemoteBackend {
         let mut raw_text = String::new();
         let mut stop = StopReason::Eos;
         let mut first = true;
+        // A reply that ends without `[DONE]` or a finish reason was cut off (proxy timeout, server crash).
+        let mut complete = false;
         let reader = std::io::BufReader::new(response.into_reader());
         for line in reader.lines() {
             let line = line.map_err(|e| remote_err(&self.options.endpoint, format!("reply cut off: {e}")))?;
             let Some(data) = line.strip_prefix("data:").map(str::trim) else { continue };
             if data == "[DONE]" {
+                complete = true;
                 break;
             }
             let chunk: ChatChunk = serde_json::from_str(data)
@@ -207,8 +210,12 @@ impl RemoteBackend {
                 }
                 if let Some(reason) = c.finish_reason {
                     stop = StopReason::from_finish_reason(&reason);
+                    complete = true;
                 }
             }
+        }
+        if !complete {
+            return Err(remote_err(&self.options.endpoint, "the reply stream ended before it was complete"));
         }
         timings.decode_ms = t1.elapsed().as_secs_f64() * 1e3 - timings.prefill_ms;
         let completion = RawCompletion {
