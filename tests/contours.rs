@@ -375,3 +375,20 @@ fn line_map_matches_opencv() {
     let differ = ours.data.iter().zip(&reference.data).filter(|&(&o, &r)| o != (r == 0)).count();
     assert_eq!(differ, 0, "{differ} of {} pixels differ from OpenCV", ours.data.len());
 }
+
+/// Found by the property test: Douglas–Peucker moved a shell edge onto two
+/// corners of a hole (interior disconnected). geo's own validity check passes
+/// it; GEOS does not, and neither may our output.
+#[test]
+fn simplification_never_disconnects_an_interior() {
+    use engine::contour::{Cleanup, SimplifyMethod, clean};
+    let rows = ["....", ".###", ".#.#", ".##.", "..#."];
+    let data: Vec<bool> = rows.iter().flat_map(|r| r.bytes().map(|b| b == b'#')).collect();
+    let t = polygonize_bool(4, 5, &data);
+    let opts = Cleanup { simplify: Some((SimplifyMethod::DouglasPeucker, 3.7230375215712965)), ..Default::default() };
+    let (out, _) = clean(t.polygons, &opts, 1.0);
+    for p in to_map(&out, &GeoTransform([0.0, 1.0, 0.0, 0.0, 0.0, -1.0])).0 {
+        let g = p.to_gdal().unwrap();
+        assert!(g.is_valid(), "{}", g.wkt().unwrap());
+    }
+}

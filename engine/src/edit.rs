@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use geo::{Contains, Coord, LineString, MultiPolygon, Point, Polygon, Validation};
+use geo::{Contains, Coord, LineString, MultiPolygon, Point, Polygon};
 
 use crate::contour::SimplifyMethod;
 use crate::features::{Feature, FeatureSet, Geometry, Provenance};
@@ -61,9 +61,9 @@ impl WorkFeature {
         }
     }
 
-    /// Valid OGC geometry (empty counts as valid).
+    /// Valid OGC geometry, as GEOS judges it (empty counts as valid).
     pub fn is_valid(&self) -> bool {
-        self.polygons.is_valid()
+        self.polygons.0.is_empty() || crate::contour::is_valid_ogc(&self.polygons)
     }
 
     pub fn vertex_count(&self) -> usize {
@@ -196,7 +196,7 @@ impl WorkFeature {
             Some((method, t)) => {
                 let opts = crate::contour::Cleanup { simplify: Some((method, t)), ..Default::default() };
                 let s = MultiPolygon::new(crate::contour::clean(self.exact.0.clone(), &opts, 1.0).0);
-                if s.0.is_empty() || !s.is_valid() { self.exact.clone() } else { s }
+                if s.0.is_empty() || !crate::contour::is_valid_ogc(&s) { self.exact.clone() } else { s }
             }
         };
         Self { polygons, simplify, ..self.clone() }

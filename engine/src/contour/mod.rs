@@ -140,7 +140,15 @@ fn simplified(p: &Polygon<f64>, method: SimplifyMethod, t: f64) -> Simplified {
     let holes: Vec<_> = holes.into_iter().filter(ring_alive).collect();
     let collapsed = before - holes.len();
     let s = Polygon::new(ext, holes);
-    if s.is_valid() { Simplified::Valid(s, collapsed) } else { Simplified::Invalid }
+    if is_valid_ogc(&s) { Simplified::Valid(s, collapsed) } else { Simplified::Invalid }
+}
+
+/// OGC validity as GEOS (and so QGIS, PostGIS, GDAL) judges it. geo's own check
+/// is tried first (cheap) but misses some cases, e.g. a hole touching its shell
+/// at two points, which disconnects the interior.
+pub fn is_valid_ogc<G: Validation + gdal::vector::ToGdal>(g: &G) -> bool {
+    crate::gdal_init();
+    g.is_valid() && g.to_gdal().is_ok_and(|o| o.is_valid())
 }
 
 /// Vertices of a polygon, closing points not counted.
@@ -307,7 +315,7 @@ pub fn contour_task(
         let traced = polygonize_bool(seg.mask.width, seg.mask.height, &seg.mask.data);
         let (mut polygons, mut r) = clean(traced.polygons.clone(), cleanup, image_pixel);
         // Parts of one mask may touch at corners: simplified, they must not overlap.
-        if cleanup.simplify.is_some() && !MultiPolygon::new(polygons.clone()).is_valid() {
+        if cleanup.simplify.is_some() && !is_valid_ogc(&MultiPolygon::new(polygons.clone())) {
             let exact = Cleanup { simplify: None, ..*cleanup };
             let (p, r2) = clean(traced.polygons, &exact, image_pixel);
             r = CleanupReport { kept_exact: r2.polygons_after, ..r2 };
