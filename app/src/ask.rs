@@ -210,25 +210,18 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         None
     };
     let gt = info.geotransform.map(GeoTransform);
+    // Provenance of the features, made once (fingerprinting local weights reads them) and only when kept.
+    let provenance = (args.task == AskTask::Contour || args.save_project.is_some()).then(|| {
+        let segmenter = pixel.as_ref().map(|p| p.0.method.to_string());
+        result_provenance(args, &reasoner, &answer, window, segmenter)
+    });
     // Contour level: each box's mask traced into polygons, exported with provenance.
-    let contour = match (&pixel, args.task) {
-        (Some((result, _, _)), AskTask::Contour) => {
+    let contour = match (&pixel, args.task, &provenance) {
+        (Some((result, _, _)), AskTask::Contour, Some(provenance)) => {
             let t = std::time::Instant::now();
-            let provenance = Arc::new(Provenance {
-                task: "contour".into(),
-                query: answer.query.clone(),
-                answer: answer.answer.clone(),
-                model: model_label(&args.backend),
-                weights_hash: reasoner.weights_hash(),
-                segmenter: result.method.to_string(),
-                reasoning: answer.think.clone(),
-                source: args.image.display().to_string(),
-                window: Some(window),
-                created_at: Provenance::now(),
-            });
             let frame = ImageFrame { window, image_size: (img.image.width, img.image.height) };
             let map_pixel = gt.as_ref().map_or(1.0, crate::contour::map_pixel);
-            let c = engine::contour::contour_task(&result.per_box, &frame, &cleanup, map_pixel, &provenance);
+            let c = engine::contour::contour_task(&result.per_box, &frame, &cleanup, map_pixel, provenance);
             let written = match &args.out {
                 Some(out) => {
                     let set = FeatureSet {
@@ -258,8 +251,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
         if !matches!(args.task, AskTask::Region | AskTask::Pixel | AskTask::Contour) {
             bail!("--save-project keeps boxes and polygons: use --task region, pixel or contour");
         }
-        let segmenter = pixel.as_ref().map(|p| p.0.method.to_string());
-        let provenance = result_provenance(args, &reasoner, &answer, window, segmenter);
+        let provenance = provenance.clone().unwrap_or_default();
         let features = project_features(&boxes, pixel.as_ref().map(|p| &p.0), window, &img, &provenance);
         let meta = engine::project::ProjectMeta {
             raster: Some(std::path::absolute(&args.image).unwrap_or_else(|_| args.image.clone())),

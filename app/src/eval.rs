@@ -74,6 +74,23 @@ fn resize_mask(m: &Mask, w: usize, h: usize) -> Mask {
     out
 }
 
+/// A sample's image as the model sees it, and its label (same size as the image).
+fn read_sample(s: &engine::eval::Sample, max_pixels: usize) -> anyhow::Result<(engine::reasoner::WindowImage, Mask)> {
+    let raster = Raster::open(&s.image)?;
+    let info = raster.info().clone();
+    let view = engine::reasoner::read_window(
+        &raster,
+        Window::full(info.width, info.height),
+        &RenderParams::default_for(&info),
+        max_pixels,
+    )?;
+    let truth = load_label(&s.label)?;
+    if (truth.width as u64, truth.height as u64) != (info.width, info.height) {
+        bail!("{}: label is {}×{}, image {}×{}", s.label.display(), truth.width, truth.height, info.width, info.height);
+    }
+    Ok((view, truth))
+}
+
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     let mut all = samples(&args.dataset, &args.split, args.protocol)?;
     if let Some(n) = args.limit {
@@ -106,26 +123,14 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             .with_context(|| format!("{}: cannot write", results_path.display()))?;
         let max_pixels = args.max_pixels.unwrap_or(engine::reasoner::processor::TRAINING_MAX_PIXELS);
         let started = Instant::now();
+        // Questions about the same image are consecutive (ids sort by image): read each image once.
+        let mut current: Option<(PathBuf, engine::reasoner::WindowImage, Mask)> = None;
         for (k, s) in todo.iter().enumerate() {
-            let raster = Raster::open(&s.image)?;
-            let info = raster.info().clone();
-            let view = engine::reasoner::read_window(
-                &raster,
-                Window::full(info.width, info.height),
-                &RenderParams::default_for(&info),
-                max_pixels,
-            )?;
-            let truth = load_label(&s.label)?;
-            if (truth.width as u64, truth.height as u64) != (info.width, info.height) {
-                bail!(
-                    "{}: label is {}×{}, image {}×{}",
-                    s.label.display(),
-                    truth.width,
-                    truth.height,
-                    info.width,
-                    info.height
-                );
+            if current.as_ref().is_none_or(|(p, _, _)| p != &s.image) {
+                let (view, truth) = read_sample(s, max_pixels)?;
+                current = Some((s.image.clone(), view, truth));
             }
+            let Some((_, view, truth)) = current.as_ref() else { continue };
             let t = Instant::now();
             let opts = AskOptions { max_pixels: Some(max_pixels), ..Default::default() };
             let answer =
@@ -157,11 +162,11 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             };
             let segment_ms = t.elapsed().as_secs_f64() * 1e3;
             let (p, g) = match args.protocol {
-                Protocol::Segearth => (letterbox(&pred), letterbox(&truth)),
+                Protocol::Segearth => (letterbox(&pred), letterbox(truth)),
                 Protocol::Full => (pred, truth.clone()),
             };
             let (i, u) = intersection_union(&p, &g);
-            let box_iou = (args.task == EvalTask::Region).then(|| match (boxes.first(), mask_box(&truth)) {
+            let box_iou = (args.task == EvalTask::Region).then(|| match (boxes.first(), mask_box(truth)) {
                 (Some(&b), Some(t)) => box_iou(b, t),
                 (None, None) => 1.0,
                 _ => 0.0,

@@ -383,11 +383,6 @@ impl FeatureStore {
             })
             .map(|f| f.id)
     }
-
-    /// Everything as an export sees it.
-    pub fn to_feature_set(&self, geotransform: Option<GeoTransform>, crs_wkt: Option<String>) -> FeatureSet {
-        feature_set(&self.features, geotransform, crs_wkt)
-    }
 }
 
 /// Features as an export sees them: a box feature and a polygon feature per
@@ -552,12 +547,9 @@ mod tests {
 
     #[test]
     fn feature_set_has_boxes_and_polygons() {
-        let mut s = FeatureStore::new();
-        s.add(
-            "a",
-            vec![feature(), WorkFeature::new(Some([1.0, 2.0, 3.0, 4.0]), MultiPolygon::new(vec![]), Arc::default())],
-        );
-        let set = s.to_feature_set(None, None);
+        let features =
+            [feature(), WorkFeature::new(Some([1.0, 2.0, 3.0, 4.0]), MultiPolygon::new(vec![]), Arc::default())];
+        let set = feature_set(&features, None, None);
         assert_eq!((set.boxes.len(), set.polygons.len()), (2, 1));
     }
 }

@@ -138,30 +138,35 @@ const FIELDS: [FieldSpec; 16] = [
     field("simplify_tol", "simp_tol", OGRFieldType::OFTReal),
 ];
 
-enum Value {
+enum Value<'a> {
     Int(i64),
     Real(Option<f64>),
-    Text(String),
+    Text(std::borrow::Cow<'a, str>),
 }
 
-fn values(f: &Feature) -> [Value; 16] {
-    let p = &f.provenance;
+/// A feature's attribute values, in [`FIELDS`] order (text borrowed, not copied).
+fn values(f: &Feature) -> [Value<'_>; 16] {
+    fn text(s: &str) -> Value<'_> {
+        Value::Text(std::borrow::Cow::Borrowed(s))
+    }
+    let p = &*f.provenance;
+    let window = p.window.map(|w| format!("{},{},{},{}", w.x, w.y, w.width, w.height)).unwrap_or_default();
     [
         Value::Int(f.id),
-        Value::Text(p.task.clone()),
-        Value::Text(p.query.clone()),
-        Value::Text(p.answer.clone()),
-        Value::Text(p.model.clone()),
-        Value::Text(p.weights_hash.clone()),
-        Value::Text(p.segmenter.clone()),
+        text(&p.task),
+        text(&p.query),
+        text(&p.answer),
+        text(&p.model),
+        text(&p.weights_hash),
+        text(&p.segmenter),
         Value::Real(f.score),
         Value::Real(f.object_score),
-        Value::Text(p.reasoning.clone()),
-        Value::Text(p.source.clone()),
-        Value::Text(p.window.map(|w| format!("{},{},{},{}", w.x, w.y, w.width, w.height)).unwrap_or_default()),
-        Value::Text(p.created_at.clone()),
+        text(&p.reasoning),
+        text(&p.source),
+        Value::Text(window.into()),
+        text(&p.created_at),
         Value::Int(i64::from(f.edited)),
-        Value::Text(f.simplify.map(|(m, _)| m.to_string()).unwrap_or_default()),
+        Value::Text(f.simplify.map(|(m, _)| m.to_string()).unwrap_or_default().into()),
         Value::Real(f.simplify.map(|(_, t)| t)),
     ]
 }

@@ -341,7 +341,8 @@ fn chat(ctx: &Context, mut request: tiny_http::Request) {
         let _ = request.respond(error(503, "unavailable", "the server is shutting down"));
         return;
     }
-    let id = format!("chatcmpl-{:x}", now() ^ (std::ptr::from_ref(&pieces) as usize as u64));
+    static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+    let id = format!("chatcmpl-{:x}-{}", now(), NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let model = if req.model.is_empty() { ctx.model_id.clone() } else { req.model.clone() };
     if req.stream.unwrap_or(false) {
         // Written by hand (chunked, flushed per event): tiny_http's own chunked

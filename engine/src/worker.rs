@@ -21,7 +21,6 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError, unbounded};
 use crate::edit::WorkFeature;
 use crate::error::EngineError;
 use crate::export::{ExportOptions, ExportReport};
-use crate::features::FeatureSet;
 use crate::overviews;
 use crate::project::{Project, ProjectMeta};
 use crate::raster::{Raster, RasterInfo, RenderParams};
@@ -88,9 +87,19 @@ pub enum Request {
     /// Save a project (GeoPackage, atomic) on a file thread: [`Event::ProjectSaved`].
     SaveProject { job: JobId, path: PathBuf, meta: Box<ProjectMeta>, features: Vec<WorkFeature> },
     /// Load a project on a file thread: [`Event::ProjectLoaded`].
-    LoadProject { job: JobId, path: PathBuf },
-    /// Export features on a file thread: [`Event::Exported`].
-    Export { job: JobId, path: PathBuf, set: Box<FeatureSet>, options: ExportOptions },
+    /// With `or_raster`, a file that is not a project is opened as a raster
+    /// instead (answered by [`Event::Opened`] for the same job).
+    LoadProject { job: JobId, path: PathBuf, or_raster: bool },
+    /// Export features (re-simplified first when asked) on a file thread: [`Event::Exported`].
+    Export {
+        job: JobId,
+        path: PathBuf,
+        features: Vec<WorkFeature>,
+        simplify: Option<(crate::contour::SimplifyMethod, f64)>,
+        geotransform: Option<crate::geo::GeoTransform>,
+        crs_wkt: Option<String>,
+        options: ExportOptions,
+    },
     /// Sweep a whole raster with the loaded reasoner (on the model thread; an
     /// endpoint gets `concurrency` parallel requests): [`Event::Progress`] per
     /// tile, then [`Event::SweepDone`]. Resumable through `progress_file`'s stem.
@@ -133,6 +142,9 @@ pub struct ReasonerInfo {
     pub precision: String,
     pub parameters: u64,
     pub load_ms: f64,
+    /// For provenance: [`crate::hub::weights_fingerprint`] of a local checkpoint
+    /// (computed here, on the model thread: it may hash gigabytes), empty for an endpoint.
+    pub weights_hash: String,
 }
 
 /// The pixel task's result on a raster window.
@@ -740,14 +752,22 @@ impl Worker {
                 crate::project::save(&path, &meta, &features)?;
                 Ok(Event::ProjectSaved { job, path })
             }),
-            Msg::Request(Request::LoadProject { job, path }) => self.file_job(job, move || {
+            Msg::Request(Request::LoadProject { job, path, or_raster: true }) if !crate::project::is_project(&path) => {
+                self.handle(Msg::Request(Request::Open { job, path }));
+            }
+            Msg::Request(Request::LoadProject { job, path, .. }) => self.file_job(job, move || {
                 let project = Box::new(crate::project::load(&path)?);
                 Ok(Event::ProjectLoaded { job, path, project })
             }),
-            Msg::Request(Request::Export { job, path, set, options }) => self.file_job(job, move || {
-                let report = crate::export::export(&path, &set, &options, &mut |_, _| true)?;
-                Ok(Event::Exported { job, report })
-            }),
+            Msg::Request(Request::Export { job, path, mut features, simplify, geotransform, crs_wkt, options }) => self
+                .file_job(job, move || {
+                    if simplify.is_some() {
+                        features = features.iter().map(|f| f.with_simplify(simplify)).collect();
+                    }
+                    let set = crate::edit::feature_set(&features, geotransform, crs_wkt);
+                    let report = crate::export::export(&path, &set, &options, &mut |_, _| true)?;
+                    Ok(Event::Exported { job, report })
+                }),
             Msg::ModelJobDone { job } => {
                 self.cancels.remove(&job);
             }
@@ -867,6 +887,7 @@ fn model_loop(
                             precision: r.precision.to_string(),
                             parameters: r.config().parameter_count(),
                             load_ms: r.load_ms,
+                            weights_hash: crate::hub::weights_fingerprint(&r.dir).unwrap_or_default(),
                         };
                         reasoner = Some(crate::reasoner::Backend::Local(Box::new(r)));
                         emit(Event::ReasonerLoaded { job, info });
@@ -935,6 +956,7 @@ fn model_loop(
                             precision: r.options.model.clone(),
                             parameters: 0,
                             load_ms: t.elapsed().as_secs_f64() * 1e3,
+                            weights_hash: String::new(),
                         };
                         reasoner = Some(crate::reasoner::Backend::Remote(r));
                         emit(Event::ReasonerLoaded { job, info });

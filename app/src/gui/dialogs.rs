@@ -125,17 +125,21 @@ impl WorkbenchApp {
             self.notify_error("Open the raster the features belong to before exporting.");
             return;
         };
-        let mut features: Vec<_> = self.session.features.iter().cloned().collect();
-        if d.simplify > 0.0 {
-            let method = self.session.settings.simplify_method;
-            features = features.iter().map(|f| f.with_simplify(Some((method, d.simplify)))).collect();
-        }
-        let mut store = engine::edit::FeatureStore::new();
-        store.reset(features);
-        let set = store.to_feature_set(doc.info.geotransform.map(engine::geo::GeoTransform), doc.info.crs_wkt.clone());
+        // Simplified and written on a file thread: nothing heavy in this frame.
+        let features: Vec<_> = self.session.features.iter().cloned().collect();
+        let simplify = (d.simplify > 0.0).then_some((self.session.settings.simplify_method, d.simplify));
+        let (geotransform, crs_wkt) = (doc.info.geotransform.map(engine::geo::GeoTransform), doc.info.crs_wkt.clone());
         let options = ExportOptions { format: Some(d.format), crs: d.crs, polygons: d.polygons, boxes: d.boxes };
         let path = PathBuf::from(d.path.trim());
-        let job = self.engine.send(|job| engine::Request::Export { job, path, set: Box::new(set), options });
+        let job = self.engine.send(|job| engine::Request::Export {
+            job,
+            path,
+            features,
+            simplify,
+            geotransform,
+            crs_wkt,
+            options,
+        });
         self.session.export_job = Some(job);
     }
 }
@@ -316,8 +320,8 @@ pub fn help_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
 }
 
 pub fn recovery_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
-    let Some(path) = app.session.recovery_offer.clone() else { return };
-    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).map(humantime_like).unwrap_or_default();
+    let Some((path, written)) = app.session.recovery_offer.clone() else { return };
+    let modified = written.map(humantime_like).unwrap_or_default();
     egui::Window::new("Restore unsaved work?").collapsible(false).resizable(false).show(ctx, |ui| {
         ui.label(format!("RemoteReasoner did not close normally. Unsaved work was kept {modified}."));
         ui.horizontal(|ui| {

@@ -191,7 +191,8 @@ impl WorkbenchApp {
             picked: None,
         };
         if app.recovery_path.exists() {
-            app.session.recovery_offer = Some(app.recovery_path.clone());
+            let written = std::fs::metadata(&app.recovery_path).and_then(|m| m.modified()).ok();
+            app.session.recovery_offer = Some((app.recovery_path.clone(), written));
         }
         if let Some(p) = path {
             app.open_any(p);
@@ -200,10 +201,15 @@ impl WorkbenchApp {
     }
 
     /// Opens a project (a GeoPackage saved by the workbench) or else a raster.
+    /// (The engine tells which, so no file is read here.)
     pub fn open_any(&mut self, path: PathBuf) {
         let gpkg = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gpkg"));
-        if gpkg && engine::project::is_project(&path) {
-            self.load_project(path);
+        if gpkg {
+            let p = path.clone();
+            let job = self.engine.send(|job| engine::Request::LoadProject { job, path: p, or_raster: true });
+            // Either a project arrives for this job, or the raster opens under it.
+            self.session.load_job = Some(job);
+            self.opening = Some((job, path));
         } else {
             self.open(path);
         }
@@ -291,6 +297,9 @@ impl WorkbenchApp {
     fn on_event(&mut self, ctx: &egui::Context, event: Event) {
         match event {
             Event::Opened { job, raster, info } => {
+                if self.session.load_job == Some(job) {
+                    self.session.load_job = None; // it was a raster, not a project
+                }
                 if self.opening.as_ref().is_some_and(|(j, _)| *j == job) {
                     self.opening = None;
                     if let Some(old) = self.doc.take() {
@@ -361,17 +370,11 @@ impl WorkbenchApp {
                 let Some(sw) = self.session.sweep.take().filter(|sw| sw.job == job) else { return };
                 let source =
                     self.doc.as_ref().filter(|d| d.raster == raster).map(|d| d.info.path.display().to_string());
-                let model = self.session.reasoner.as_ref().map(|r| {
-                    if r.device == "remote" {
-                        format!("{}@{}", r.precision, r.dir.display())
-                    } else {
-                        r.dir.display().to_string()
-                    }
-                });
+                let model = self.session.model_label();
                 let provenance = Arc::new(engine::features::Provenance {
                     task: format!("sweep:{}", sw.task.name()),
                     query: sw.query.clone(),
-                    model: model.unwrap_or_default(),
+                    model,
                     segmenter,
                     source: source.unwrap_or_default(),
                     created_at: engine::features::Provenance::now(),
@@ -451,7 +454,7 @@ impl WorkbenchApp {
                     self.session.send_ask(&self.engine, params);
                 }
                 // A sweep was waiting for this model.
-                if let Some(sw) = self.session.sweep.as_mut().filter(|sw| sw.loading && sw.job == job)
+                if let Some(sw) = self.session.sweep.as_mut().filter(|sw| sw.job == job)
                     && let Some(engine::Request::Sweep {
                         raster, params, options, sam, concurrency, progress_file, ..
                     }) = self.session.pending_sweep.take()
@@ -465,7 +468,6 @@ impl WorkbenchApp {
                         concurrency,
                         progress_file,
                     });
-                    sw.loading = false;
                     sw.message = "starting".into();
                 }
             }
@@ -525,6 +527,9 @@ impl WorkbenchApp {
                 }
             }
             Event::ProjectLoaded { job, path, project } => {
+                if self.opening.as_ref().is_some_and(|(j, _)| *j == job) {
+                    self.opening = None;
+                }
                 if self.session.load_job == Some(job) {
                     self.session.load_job = None;
                     self.apply_project(path, *project);
@@ -734,7 +739,7 @@ impl WorkbenchApp {
     }
 
     pub fn load_project(&mut self, path: PathBuf) {
-        let job = self.engine.send(|job| engine::Request::LoadProject { job, path });
+        let job = self.engine.send(|job| engine::Request::LoadProject { job, path, or_raster: false });
         self.session.load_job = Some(job);
     }
 

@@ -251,8 +251,9 @@ pub struct Session {
     pub show_settings: bool,
     pub show_help: bool,
     pub export_dialog: Option<crate::gui::dialogs::ExportDialog>,
-    /// A recovery file found at start, offered for restoring.
-    pub recovery_offer: Option<PathBuf>,
+    /// A recovery file found at start, offered for restoring (with when it was
+    /// last written, read once at start).
+    pub recovery_offer: Option<(PathBuf, Option<std::time::SystemTime>)>,
     /// The last export's summary.
     pub last_export: Option<String>,
     /// A download in flight: job, fraction done, what it is fetching.
@@ -269,11 +270,11 @@ pub struct Session {
     pub pending_sweep: Option<engine::Request>,
 }
 
-/// A sweep in flight: its job (loading the model first, then sweeping), progress.
+/// A sweep in flight: its job (the model's load while `pending_sweep` waits, then
+/// the sweep), progress.
 #[derive(Clone, Debug)]
 pub struct SweepState {
     pub job: JobId,
-    pub loading: bool,
     pub fraction: f32,
     pub message: String,
     pub started: Instant,
@@ -345,10 +346,11 @@ impl Session {
         }
     }
 
-    /// Whether the model setting names a hub repository (`owner/name`) rather than a directory.
+    /// Whether the model setting looks like a hub repository id (`owner/name`).
     pub fn model_is_repo(&self) -> bool {
+        // Syntax only: this runs every frame the settings window is open.
         let m = self.settings.model.trim();
-        m.split('/').count() == 2 && !m.starts_with(['/', '.', '~']) && !std::path::Path::new(m).is_dir()
+        m.split('/').count() == 2 && !m.starts_with(['/', '.', '~']) && m.split('/').all(|p| !p.is_empty())
     }
 
     /// Starts downloading the configured repository.
@@ -495,7 +497,6 @@ impl Session {
         };
         self.sweep = Some(SweepState {
             job,
-            loading,
             fraction: 0.0,
             message: if loading { "loading the model".into() } else { "starting".into() },
             started: Instant::now(),
@@ -570,21 +571,22 @@ impl Session {
         self.pending_ask = false;
     }
 
+    /// The loaded model for provenance: `name@endpoint`, or the model as configured.
+    pub fn model_label(&self) -> String {
+        match &self.reasoner {
+            Some(r) if r.device == "remote" => format!("{}@{}", r.precision, r.dir.display()),
+            // As the analyst named it when it loaded (a repository id reads better than its snapshot path).
+            Some(_) => self.reasoner_key.as_ref().map_or_else(String::new, |(m, _)| m.clone()),
+            None => self.settings.model.trim().to_owned(),
+        }
+    }
+
     /// Provenance of a finished question, for the features it makes.
     pub fn provenance_for(&self, outcome: &AskOutcome, source: &std::path::Path, segmenter: &str) -> Arc<Provenance> {
         let task = self.run.as_ref().map_or("region", |r| r.task.name());
-        let remote = self.reasoner.as_ref().is_some_and(|r| r.device == "remote");
-        let model = match (remote, &self.reasoner) {
-            (true, Some(r)) => format!("{}@{}", r.precision, r.dir.display()),
-            _ => self.settings.model.trim().to_owned(),
-        };
-        // A remote server's weights cannot be fingerprinted from here.
-        let weights_hash = self
-            .reasoner
-            .as_ref()
-            .filter(|_| !remote)
-            .and_then(|r| engine::hub::weights_fingerprint(&r.dir).ok())
-            .unwrap_or_default();
+        let model = self.model_label();
+        // Fingerprinted on the model thread when it loaded (empty for an endpoint).
+        let weights_hash = self.reasoner.as_ref().map(|r| r.weights_hash.clone()).unwrap_or_default();
         Arc::new(Provenance {
             task: task.into(),
             query: outcome.answer.query.clone(),

@@ -313,19 +313,21 @@ pub fn contour_task(
         };
         out.boxes.push(feature(Geometry::Box([x1, y1, x2, y2])));
         let traced = polygonize_bool(seg.mask.width, seg.mask.height, &seg.mask.data);
-        let (mut polygons, mut r) = clean(traced.polygons.clone(), cleanup, image_pixel);
-        // Parts of one mask may touch at corners: simplified, they must not overlap.
-        if cleanup.simplify.is_some() && !is_valid_ogc(&MultiPolygon::new(polygons.clone())) {
-            let exact = Cleanup { simplify: None, ..*cleanup };
-            let (p, r2) = clean(traced.polygons, &exact, image_pixel);
+        // Kept only when simplifying: parts of one mask may touch at corners, and
+        // if simplified they overlap, the exact parts are used instead.
+        let exact = cleanup.simplify.is_some().then(|| traced.polygons.clone());
+        let (polygons, mut r) = clean(traced.polygons, cleanup, image_pixel);
+        let mut shape = MultiPolygon::new(polygons);
+        if let Some(exact) = exact.filter(|_| !is_valid_ogc(&shape)) {
+            let (p, r2) = clean(exact, &Cleanup { simplify: None, ..*cleanup }, image_pixel);
             r = CleanupReport { kept_exact: r2.polygons_after, ..r2 };
-            polygons = p;
+            shape = MultiPolygon::new(p);
         }
         accumulate(&mut out.report, &r);
-        if polygons.is_empty() {
+        if shape.0.is_empty() {
             continue;
         }
-        out.polygons.push(feature(Geometry::Polygons(place(&MultiPolygon::new(polygons), frame))));
+        out.polygons.push(feature(Geometry::Polygons(place(&shape, frame))));
     }
     out
 }
