@@ -12,7 +12,7 @@ use engine::raster::{Raster, RenderParams};
 use engine::reasoner::parse::PixelBox;
 use engine::reasoner::{WindowImage, read_window};
 use engine::segment::output::{Georef, is_geotiff, write_mask};
-use engine::segment::{Mask, Segment, Segmenter, clip_box, load_segmenter};
+use engine::segment::{Mask, Segment, Segmenter, box_prompt, clip_box, load_segmenter};
 use engine::tiles::Window;
 use serde_json::json;
 
@@ -35,7 +35,9 @@ pub struct SegmentArgs {
     /// A box in pixels of the raster: x1,y1,x2,y2. Repeat for several objects.
     #[arg(long = "box", value_name = "X1,Y1,X2,Y2", required = true)]
     pub boxes: Vec<String>,
-    /// A click x,y,+ (object) or x,y,- (not object), for the --box it follows.
+    /// A click x,y,+ (object) or x,y,- (not object), for the --box it follows. A box
+    /// with no --point gets a positive point at its centre (RemoteReasoner's prompt);
+    /// a box with points gets exactly those, as SAM2ImagePredictor.predict does.
     #[arg(long = "point", value_name = "X,Y,+|-", allow_hyphen_values = true)]
     pub points: Vec<String>,
     /// Mask to write: .png, or .tif (georeferenced like the raster).
@@ -146,20 +148,14 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<()> {
     for (i, (b, points)) in prompts_in.iter().enumerate() {
         let clipped = clip_box(to_image(&view, *b), w, h)
             .map_err(|e| anyhow::anyhow!("--box {} ({},{},{},{}) {e} of the window", i + 1, b.x1, b.y1, b.x2, b.y2))?;
-        let (cx, cy) = clipped.center();
-        let mut pts = vec![(cx as f32, cy as f32, true)];
-        for &(x, y, positive) in points {
-            let p = to_image(&view, PixelBox { x1: x, y1: y, x2: x, y2: y });
-            pts.push((p.x1 as f32, p.y1 as f32, positive));
-        }
-        image_prompts.push((
-            clipped,
-            Prompt {
-                bbox: Some([clipped.x1 as f32, clipped.y1 as f32, clipped.x2 as f32, clipped.y2 as f32]),
-                points: pts,
-                mask_input: None,
-            },
-        ));
+        let pts: Vec<(f32, f32, bool)> = points
+            .iter()
+            .map(|&(x, y, positive)| {
+                let p = to_image(&view, PixelBox { x1: x, y1: y, x2: x, y2: y });
+                (p.x1 as f32, p.y1 as f32, positive)
+            })
+            .collect();
+        image_prompts.push((clipped, box_prompt(clipped, &pts)));
     }
     let t = Instant::now();
     let device = args.device.open()?;

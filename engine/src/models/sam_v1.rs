@@ -20,6 +20,7 @@ use candle_transformers::models::segment_anything::tiny_vit::{TinyViT, tiny_vit_
 
 use crate::error::{EngineError, Result};
 use crate::models::ops;
+use crate::models::trace::Trace;
 use crate::models::sam2::decoder::{Generation, MaskDecoder, PromptEncoder};
 use crate::models::sam2::{Heads, IMAGE_SIZE, ImageEmbedding, LOW_RES, Prediction, Prompt};
 use crate::reasoner::processor::RgbImage;
@@ -212,14 +213,21 @@ impl SamV1 {
 
     /// Runs the image encoder once; every prompt on the image reuses the result.
     pub fn encode(&self, img: &RgbImage) -> Result<ImageEmbedding> {
+        self.encode_traced(img, &mut Trace::off())
+    }
+
+    /// [`Self::encode`], recording its stages into `trace`.
+    pub fn encode_traced(&self, img: &RgbImage, trace: &mut Trace) -> Result<ImageEmbedding> {
         if img.width == 0 || img.height == 0 {
             return Err(EngineError::InvalidRequest("cannot segment an empty image".into()));
         }
         let (x, input_size) = self.preprocess(img)?;
+        trace.record("preprocess", &x);
         let image = match &self.encoder {
             Encoder::Vit(e) => e.forward(&x)?,
             Encoder::Tiny(e) => e.forward(&x)?,
         };
+        trace.record("image_embed", &image);
         let side = self.decoder.image_side(&image, &self.prompt_encoder.embed_mask(None, 1)?, &self.key_pe)?;
         Ok(ImageEmbedding { image, high_res: None, original: (img.width, img.height), input_size, side: Some(side) })
     }
@@ -228,8 +236,19 @@ impl SamV1 {
     /// box's corners, as SamPredictor orders them). Single-mask output is the
     /// first mask token's, as in SAM v1; `multimask` picks the best of the other three.
     pub fn predict(&self, emb: &ImageEmbedding, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
+        self.predict_traced(emb, prompts, multimask, &mut Trace::off())
+    }
+
+    /// [`Self::predict`], recording every stage into `trace`.
+    pub fn predict_traced(
+        &self,
+        emb: &ImageEmbedding,
+        prompts: &[Prompt],
+        multimask: bool,
+        trace: &mut Trace,
+    ) -> Result<Vec<Prediction>> {
         let heads = Heads { prompt_encoder: &self.prompt_encoder, decoder: &self.decoder, key_pe: &self.key_pe };
-        heads.predict(emb, prompts, multimask)
+        heads.predict(emb, prompts, multimask, trace)
     }
 }
 

@@ -335,21 +335,26 @@ pub fn pixel_task(
         .enumerate()
         .map(|(i, b)| clip_box(*b, w, h).map_err(|e| EngineError::InvalidRequest(format!("box {} {e}", i + 1))))
         .collect::<Result<Vec<_>>>()?;
-    let prompts: Vec<Prompt> = clipped
-        .iter()
-        .map(|b| {
-            let (cx, cy) = b.center();
-            Prompt {
-                bbox: Some([b.x1 as f32, b.y1 as f32, b.x2 as f32, b.y2 as f32]),
-                points: vec![(cx as f32, cy as f32, true)],
-                mask_input: None,
-            }
-        })
-        .collect();
+    let prompts: Vec<Prompt> = clipped.iter().map(|b| box_prompt(*b, &[])).collect();
     let encoded = seg.set_image(key, image)?;
     let segments = seg.segment(&prompts)?;
     let merged = Mask::union(w, h, segments.iter().map(|s| &s.mask));
     Ok(PixelResult { merged, per_box: clipped.into_iter().zip(segments).collect(), method, encoded })
+}
+
+/// The prompt for a box (pixels of the image): with no points of its own,
+/// RemoteReasoner's recipe — the box plus a positive point at its centre; with
+/// points, the box and exactly those points, as `SAM2ImagePredictor.predict(box,
+/// point_coords)` gets them. (Adding the centre to given points would prompt SAM
+/// with a point the analyst never placed, twice when they placed it themselves.)
+pub fn box_prompt(b: PixelBox, points: &[(f32, f32, bool)]) -> Prompt {
+    let points = if points.is_empty() {
+        let (cx, cy) = b.center();
+        vec![(cx as f32, cy as f32, true)]
+    } else {
+        points.to_vec()
+    };
+    Prompt { bbox: Some([b.x1 as f32, b.y1 as f32, b.x2 as f32, b.y2 as f32]), points, mask_input: None }
 }
 
 /// A click on an existing mask: the box and centre point again, the new

@@ -11,6 +11,7 @@ use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, conv2d, layer_norm, linear};
 
 use crate::models::ops;
+use crate::models::trace::Trace;
 
 /// A 2×2, stride-2 transposed convolution as one matmul (each input pixel
 /// scatters to its own 2×2 output block, so no overlap): much faster on CPU than
@@ -459,16 +460,15 @@ impl MaskDecoder {
     /// With `multimask`, the three multimask outputs; otherwise one mask per
     /// prompt (V2: falling back to the best multimask output when the single one
     /// is unstable).
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         image: &Tensor,
         key_pe: &Tensor,
-        sparse: &Tensor,
-        dense: &Tensor,
+        (sparse, dense): (&Tensor, &Tensor),
         side: Option<&ImageSide>,
         high_res: Option<(&Tensor, &Tensor)>,
         multimask: bool,
+        trace: &mut Trace,
     ) -> Result<DecoderOutput> {
         let (b, _, _) = sparse.dims3()?;
         let (_, c, h, w) = image.dims4()?;
@@ -485,6 +485,10 @@ impl MaskDecoder {
                 (0, Some(side)) => block.forward_cached(&queries, &tokens, side)?,
                 _ => block.forward(&queries, &keys, &tokens, key_pe)?,
             };
+            if trace.is_on() {
+                trace.record(format!("decoder.block{i}.queries"), &queries);
+                trace.record(format!("decoder.block{i}.keys"), &keys);
+            }
         }
         let q = (&queries + &tokens)?;
         let k = keys.broadcast_add(key_pe)?;
@@ -499,6 +503,8 @@ impl MaskDecoder {
             }
             None => ops::gelu_erf(&dc2.forward(&ops::gelu_erf(&ln1.forward(&dc1.forward(&src)?)?)?)?)?,
         }; // (b, c/8, 4h, 4w)
+        trace.record("decoder.queries", &queries);
+        trace.record("decoder.upscaled", &up);
         let (_, uc, uh, uw) = up.dims4()?;
         let hyper =
             (0..4).map(|i| self.hyper[i].forward(&queries.i((.., first_mask + i, ..))?)).collect::<Result<Vec<_>>>()?;
@@ -509,6 +515,11 @@ impl MaskDecoder {
             Some(head) => Some(head.forward(&queries.i((.., 0, ..))?)?), // (b, 1)
             None => None,
         };
+        trace.record("decoder.masks_all", &masks);
+        trace.record("decoder.iou_all", &iou);
+        if let Some(s) = &object_score {
+            trace.record("decoder.object_score", s);
+        }
         let (low_res, iou) = if multimask {
             (masks.narrow(1, 1, 3)?, iou.narrow(1, 1, 3)?)
         } else if self.generation == Generation::V1 {

@@ -6,6 +6,7 @@ use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, conv2d, layer_norm, linear};
 
 use crate::models::ops;
+use crate::models::trace::Trace;
 
 /// The shape of a Hiera trunk, as in the official `sam2.1_hiera_*.yaml` configs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -274,14 +275,21 @@ impl Hiera {
     }
 
     /// (1, 3, 1024, 1024) → the four stage outputs, finest first, each (1, C, H, W).
-    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    pub fn forward(&self, x: &Tensor, trace: &mut Trace) -> Result<Vec<Tensor>> {
         let mut x = self.patch_embed.forward(x)?.permute((0, 2, 3, 1))?;
+        trace.record("trunk.patch_embed", &x);
         x = x.broadcast_add(&self.pos_embed)?;
+        trace.record("trunk.pos_embed", &self.pos_embed);
         let mut outs = Vec::with_capacity(self.stage_ends.len());
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(&x)?;
+            if trace.is_on() {
+                trace.record(format!("trunk.block{i}"), &x);
+            }
             if self.stage_ends.contains(&i) {
-                outs.push(x.permute((0, 3, 1, 2))?.contiguous()?);
+                let out = x.permute((0, 3, 1, 2))?.contiguous()?;
+                trace.record(format!("trunk.stage{}", outs.len()), &out);
+                outs.push(out);
             }
         }
         Ok(outs)
@@ -307,7 +315,7 @@ impl FpnNeck {
     }
 
     /// Stage outputs (finest first) → the three finest fused levels, finest first.
-    pub fn forward(&self, xs: &[Tensor]) -> Result<Vec<Tensor>> {
+    pub fn forward(&self, xs: &[Tensor], trace: &mut Trace) -> Result<Vec<Tensor>> {
         let n = self.convs.len() - 1;
         let mut out: Vec<Option<Tensor>> = vec![None; xs.len()];
         let mut prev: Option<Tensor> = None;
@@ -320,6 +328,7 @@ impl FpnNeck {
                 }
                 _ => lateral,
             };
+            trace.record(format!("neck.level{i}"), &fused);
             out[i] = Some(fused.clone());
             prev = Some(fused);
         }

@@ -16,6 +16,7 @@ use candle_nn::VarBuilder;
 
 use crate::error::{EngineError, Result};
 use crate::models::ops;
+use crate::models::trace::Trace;
 use crate::reasoner::processor::RgbImage;
 use decoder::{Generation, MaskDecoder, PointPrompt, PromptEncoder};
 use hiera::{FpnNeck, Hiera, HieraConfig};
@@ -25,6 +26,8 @@ pub const IMAGE_SIZE: usize = 1024;
 /// Side of the low-resolution mask logits.
 pub const LOW_RES: usize = 256;
 const EMBED_DIM: usize = 256;
+/// The bound `SAM2ImagePredictor` clamps returned low-res logits to.
+const MASK_INPUT_CLAMP: f32 = 32.0;
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
@@ -194,17 +197,28 @@ impl Sam2 {
 
     /// Runs the image encoder once; every prompt on the image reuses the result.
     pub fn encode(&self, img: &RgbImage) -> Result<ImageEmbedding> {
+        self.encode_traced(img, &mut Trace::off())
+    }
+
+    /// [`Self::encode`], recording every stage into `trace`.
+    pub fn encode_traced(&self, img: &RgbImage, trace: &mut Trace) -> Result<ImageEmbedding> {
         if img.width == 0 || img.height == 0 {
             return Err(EngineError::InvalidRequest("cannot segment an empty image".into()));
         }
         let x = self.preprocess(img)?;
-        let stages = self.trunk.forward(&x)?;
-        let fpn = self.neck.forward(&stages)?;
+        trace.record("preprocess", &x);
+        let stages = self.trunk.forward(&x, trace)?;
+        let fpn = self.neck.forward(&stages, trace)?;
         let high_res = match &self.decoder.conv_s {
             Some((c0, c1)) => Some((c0.forward(&fpn[0])?, c1.forward(&fpn[1])?)),
             None => None,
         };
+        if let Some((s0, s1)) = &high_res {
+            trace.record("conv_s0", s0);
+            trace.record("conv_s1", s1);
+        }
         let image = fpn[2].broadcast_add(&self.no_mem_embed)?;
+        trace.record("image_embed", &image);
         let side = self.decoder.image_side(&image, &self.prompt_encoder.embed_mask(None, 1)?, &self.key_pe)?;
         Ok(ImageEmbedding {
             image,
@@ -221,8 +235,19 @@ impl Sam2 {
     /// `SAM2ImagePredictor` does. `multimask` returns the best of the three
     /// multimask outputs; otherwise one mask with the stability fallback.
     pub fn predict(&self, emb: &ImageEmbedding, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
+        self.predict_traced(emb, prompts, multimask, &mut Trace::off())
+    }
+
+    /// [`Self::predict`], recording every stage into `trace`.
+    pub fn predict_traced(
+        &self,
+        emb: &ImageEmbedding,
+        prompts: &[Prompt],
+        multimask: bool,
+        trace: &mut Trace,
+    ) -> Result<Vec<Prediction>> {
         let heads = Heads { prompt_encoder: &self.prompt_encoder, decoder: &self.decoder, key_pe: &self.key_pe };
-        heads.predict(emb, prompts, multimask)
+        heads.predict(emb, prompts, multimask, trace)
     }
 }
 
@@ -239,7 +264,13 @@ impl Heads<'_> {
     /// Prompts (pixels of the image given) → predictions. SAM 2 puts a box's
     /// corners before the points and always pads; SAM v1 puts them after the
     /// points and pads only without a box.
-    pub fn predict(&self, emb: &ImageEmbedding, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
+    pub fn predict(
+        &self,
+        emb: &ImageEmbedding,
+        prompts: &[Prompt],
+        multimask: bool,
+        trace: &mut Trace,
+    ) -> Result<Vec<Prediction>> {
         if prompts.is_empty() {
             return Ok(Vec::new());
         }
@@ -285,6 +316,7 @@ impl Heads<'_> {
         }
         let pad = generation == Generation::V2 || prompts[0].bbox.is_none();
         let sparse = self.prompt_encoder.embed_points(&points, pad, device)?;
+        trace.record("sparse", &sparse);
         let masks: Option<Vec<f32>> = if prompts.iter().all(|p| p.mask_input.is_some()) {
             Some(prompts.iter().flat_map(|p| p.mask_input.clone().unwrap_or_default()).collect())
         } else if prompts.iter().any(|p| p.mask_input.is_some()) {
@@ -293,7 +325,13 @@ impl Heads<'_> {
             None
         };
         let mask_tensor = match masks {
-            Some(m) if m.len() == prompts.len() * LOW_RES * LOW_RES => {
+            Some(mut m) if m.len() == prompts.len() * LOW_RES * LOW_RES => {
+                // SAM2ImagePredictor hands back low-res logits clamped to ±32, and
+                // those are what a refinement feeds in (the mask itself is made
+                // from the unclamped ones, as here).
+                if generation == Generation::V2 {
+                    m.iter_mut().for_each(|v| *v = v.clamp(-MASK_INPUT_CLAMP, MASK_INPUT_CLAMP));
+                }
                 Some(Tensor::from_vec(m, (prompts.len(), 1, LOW_RES, LOW_RES), device)?)
             }
             Some(_) => {
@@ -302,9 +340,12 @@ impl Heads<'_> {
             None => None,
         };
         let dense = self.prompt_encoder.embed_mask(mask_tensor.as_ref(), prompts.len())?;
+        trace.record("dense", &dense);
         let side = if mask_tensor.is_none() { emb.side.as_ref() } else { None };
         let high_res = emb.high_res.as_ref().map(|(a, b)| (a, b));
-        let out = self.decoder.forward(&emb.image, self.key_pe, &sparse, &dense, side, high_res, multimask)?;
+        let out = self.decoder.forward(&emb.image, self.key_pe, (&sparse, &dense), side, high_res, multimask, trace)?;
+        trace.record("low_res", &out.low_res);
+        trace.record("iou", &out.iou);
         let ious: Vec<Vec<f32>> = out.iou.to_vec2()?;
         let scores: Option<Vec<Vec<f32>>> = out.object_score.map(|t| t.to_vec2()).transpose()?;
         let mut preds = Vec::with_capacity(prompts.len());
