@@ -278,7 +278,8 @@ def run_sam_reference(port, model, img, cases):
         results = {}
         for name in sorted(cases, key=lambda n: cases[n].get("mask_from") is not None):
             c = cases[name]
-            mask_input = results[c["mask_from"]]["low_res"] if c.get("mask_from") else None
+            # The previous call's returned low-res logits, (1, 256, 256), as a user feeds them back.
+            mask_input = results[c["mask_from"]]["low_res"][0] if c.get("mask_from") else None
             masks, ious, low = sam_predict(predictor, c, mask_input, v2)
             stages = hooks.take()
             results[name] = {"masks": masks, "iou": ious, "low_res": low, "stages": stages}

@@ -9,6 +9,7 @@ pub mod pth;
 pub mod qwen2_5_vl;
 pub mod sam2;
 pub mod sam_v1;
+pub mod tiny_vit;
 pub mod trace;
 
 use std::collections::{BTreeSet, HashMap};

@@ -16,10 +16,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::segment_anything::image_encoder::ImageEncoderViT;
-use candle_transformers::models::segment_anything::tiny_vit::{TinyViT, tiny_vit_5m};
 
 use crate::error::{EngineError, Result};
 use crate::models::ops;
+use crate::models::tiny_vit::TinyVit;
 use crate::models::trace::Trace;
 use crate::models::sam2::decoder::{Generation, MaskDecoder, PromptEncoder};
 use crate::models::sam2::{Heads, IMAGE_SIZE, ImageEmbedding, LOW_RES, Prediction, Prompt};
@@ -113,7 +113,7 @@ impl Backbone {
 #[derive(Debug)]
 enum Encoder {
     Vit(Box<ImageEncoderViT>),
-    Tiny(Box<TinyViT>),
+    Tiny(Box<TinyVit>),
 }
 
 /// A loaded SAM v1 or MobileSAM model.
@@ -146,7 +146,7 @@ impl SamV1 {
             model_err(format!("weights do not match {}: {}", backbone.name(), crate::models::first_line(&e)))
         };
         let encoder = match &backbone {
-            Backbone::TinyVit5m => Encoder::Tiny(Box::new(tiny_vit_5m(vb.pp("image_encoder")).map_err(shape_err)?)),
+            Backbone::TinyVit5m => Encoder::Tiny(Box::new(TinyVit::new(vb.pp("image_encoder")).map_err(shape_err)?)),
             Backbone::Vit { embed_dim, depth, heads, global } => Encoder::Vit(Box::new(
                 ImageEncoderViT::new(
                     IMAGE_SIZE,
@@ -225,7 +225,7 @@ impl SamV1 {
         trace.record("preprocess", &x);
         let image = match &self.encoder {
             Encoder::Vit(e) => e.forward(&x)?,
-            Encoder::Tiny(e) => e.forward(&x)?,
+            Encoder::Tiny(e) => e.forward(&x, trace)?,
         };
         trace.record("image_embed", &image);
         let side = self.decoder.image_side(&image, &self.prompt_encoder.embed_mask(None, 1)?, &self.key_pe)?;
