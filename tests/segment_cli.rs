@@ -184,3 +184,38 @@ fn ask_pixel_chains_the_region_task_into_masks() {
     ]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--task pixel"));
 }
+
+/// A box prompted with its own centre point explicitly is the same prompt as the
+/// box alone (SAM2ImagePredictor's box + one point): `segment` must not add a
+/// second centre point to points the analyst gave. With a negative click the
+/// prompt is the box and that click only, so the answer differs from both.
+#[test]
+fn segment_prompts_a_box_with_exactly_the_points_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sam = seeded_sam(tmp.path());
+    let image = shared("sf_bay_ships_rapideye_5m.tif");
+    let run = |extra: &[&str], name: &str| {
+        let out = tmp.path().join(name);
+        let mut args = vec![
+            "segment",
+            "--sam",
+            sam.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--window",
+            "100,50,400,250",
+            "--box",
+            "150,100,251,203",
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["--out", out.to_str().unwrap(), "--json"]);
+        let v = ok_json(&args);
+        (v["masks"][0]["iou"].as_f64().unwrap(), image::open(&out).unwrap().to_luma8().into_raw())
+    };
+    let (iou_alone, mask_alone) = run(&[], "alone.png");
+    let (iou_centre, mask_centre) = run(&["--point", "200.5,151.5,+"], "centre.png");
+    assert_eq!(iou_alone, iou_centre, "box alone vs box + its centre point");
+    assert_eq!(mask_alone, mask_centre);
+    let (iou_neg, _) = run(&["--point", "160,110,-"], "negative.png");
+    assert_ne!(iou_neg, iou_alone);
+}

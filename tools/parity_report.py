@@ -42,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -69,6 +70,7 @@ class Report:
     def __init__(self):
         self.failures = []
         self.cases = 0
+        self.failed_cases = set()
 
     def stage(self, tag, name, ours, ref):
         ours = np.asarray(ours, dtype=np.float64)
@@ -86,6 +88,7 @@ class Report:
 
     def fail(self, tag, text):
         self.failures.append(f"{tag}: {text}")
+        self.failed_cases.add(tag.split(" ")[0] + " " + " ".join(tag.split(" ")[1:4]))
         print(f"{tag:44s} MISS {text}")
 
 
@@ -353,6 +356,7 @@ def sam_case(rep, exe, port, seed, scale, tmp):
     img = test_image(rng)
     w, h = img.size
     tag = f"{port} seed={seed} x{scale:g} {w}x{h}"
+    rep.cases += 1
     img_path = os.path.join(tmp, "image.png")
     img.save(img_path)
     cases = sam_cases(rng, w, h)
@@ -370,7 +374,6 @@ def sam_case(rep, exe, port, seed, scale, tmp):
     t2 = time.time()
     rep.line(tag, f"reference {t1 - t0:.1f} s, ours {t2 - t1:.1f} s")
     compare_sam(rep, tag, port, load_file(out), ref, results, cases)
-    rep.cases += 1
 
 
 # ---------------------------------------------------------------------------- Qwen2.5-VL
@@ -398,6 +401,7 @@ def qwen_case(rep, exe, seed, scale, tmp):
     img = test_image(rng).resize((rng.randint(150, 420), rng.randint(120, 380)), Image.BICUBIC)
     w, h = img.size
     tag = f"qwen2_5_vl seed={seed} x{scale:g} {w}x{h}"
+    rep.cases += 1
     img_path = os.path.join(tmp, "qwen.png")
     img.save(img_path)
     query = rng.choice(["where are the ships?", "where can planes take off?", "which tanks hold oil?"])
@@ -451,7 +455,6 @@ def qwen_case(rep, exe, seed, scale, tmp):
         rep.stage(tag, f"logits_after_{steps}", ours["last_logits"], logits[0])
     else:
         rep.fail(tag, f"greedy tokens differ: first at {next(i for i, (a, b) in enumerate(zip(got, tokens)) if a != b)}")
-    rep.cases += 1
 
 
 # ---------------------------------------------------------------------------- main
@@ -465,6 +468,13 @@ def main():
     ap.add_argument("--scales", default="1,1.5", help="weight-matrix scales")
     ap.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     exe = rr_parity()
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -484,6 +494,8 @@ def main():
     print(f"\n{rep.cases} cases, {len(rep.failures)} goals missed")
     for f in rep.failures:
         print("  " + f)
+    failed = len(rep.failed_cases)
+    print(f"parity: {rep.cases - failed} passed, {failed} failed")
     if args.check and rep.failures:
         sys.exit(1)
 

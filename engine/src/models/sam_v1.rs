@@ -19,10 +19,10 @@ use candle_transformers::models::segment_anything::image_encoder::ImageEncoderVi
 
 use crate::error::{EngineError, Result};
 use crate::models::ops;
-use crate::models::tiny_vit::TinyVit;
-use crate::models::trace::Trace;
 use crate::models::sam2::decoder::{Generation, MaskDecoder, PromptEncoder};
 use crate::models::sam2::{Heads, IMAGE_SIZE, ImageEmbedding, LOW_RES, Prediction, Prompt};
+use crate::models::tiny_vit::TinyVit;
+use crate::models::trace::Trace;
 use crate::reasoner::processor::RgbImage;
 
 const EMBED_DIM: usize = 256;

@@ -199,7 +199,8 @@ impl Block {
             }
             let (ph, pw) = (h + pb, w + pr);
             let (nh, nw) = (ph / ws, pw / ws);
-            let t = t.reshape((b, nh, ws, nw, ws, c))?.transpose(2, 3)?.contiguous()?.reshape((b * nh * nw, ws * ws, c))?;
+            let t =
+                t.reshape((b, nh, ws, nw, ws, c))?.transpose(2, 3)?.contiguous()?.reshape((b * nh * nw, ws * ws, c))?;
             let t = self.attn.forward(&t)?;
             let t = t.reshape((b, nh, nw, ws, ws, c))?.transpose(2, 3)?.contiguous()?.reshape((b, ph, pw, c))?;
             let t = if pb > 0 || pr > 0 { t.narrow(1, 0, h)?.narrow(2, 0, w)? } else { t };
@@ -246,7 +247,8 @@ impl TinyVit {
     pub fn new(vb: VarBuilder) -> Result<Self> {
         let pe = vb.pp("patch_embed.seq");
         let half = EMBED_DIMS[0] / 2;
-        let patch_embed = (ConvBn::new(3, half, 3, 2, 1, pe.pp("0"))?, ConvBn::new(half, EMBED_DIMS[0], 3, 2, 1, pe.pp("2"))?);
+        let patch_embed =
+            (ConvBn::new(3, half, 3, 2, 1, pe.pp("0"))?, ConvBn::new(half, EMBED_DIMS[0], 3, 2, 1, pe.pp("2"))?);
         let l0 = vb.pp("layers.0");
         let stage0 = (
             (0..DEPTHS[0]).map(|j| MbConv::new(EMBED_DIMS[0], l0.pp(format!("blocks.{j}")))).collect::<Result<_>>()?,
@@ -258,8 +260,11 @@ impl TinyVit {
             let blocks = (0..DEPTHS[i])
                 .map(|j| Block::new(EMBED_DIMS[i], HEADS[i], WINDOWS[i], l.pp(format!("blocks.{j}"))))
                 .collect::<Result<_>>()?;
-            let merge =
-                if i < 3 { Some(PatchMerging::new(EMBED_DIMS[i], EMBED_DIMS[i + 1], l.pp("downsample"))?) } else { None };
+            let merge = if i < 3 {
+                Some(PatchMerging::new(EMBED_DIMS[i], EMBED_DIMS[i + 1], l.pp("downsample"))?)
+            } else {
+                None
+            };
             // The reference's resolutions: 1/2, 1/4 and (the last merge keeps it) 1/4 of the patch grid.
             stages.push((blocks, 1 << (if i == 3 { 2 } else { i }), merge));
         }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand};
-use engine::models::sam2::{self, ImageEmbedding, Prediction, Prompt, Sam2};
 use engine::models::sam_v1::SamV1;
+use engine::models::sam2::{self, ImageEmbedding, Prediction, Prompt, Sam2};
 use engine::models::trace::Trace;
 use engine::reasoner::processor::RgbImage;
 use serde::Deserialize;
@@ -102,7 +102,13 @@ impl Port {
         }
     }
 
-    fn predict(&self, e: &ImageEmbedding, p: &[Prompt], multimask: bool, t: &mut Trace) -> engine::Result<Vec<Prediction>> {
+    fn predict(
+        &self,
+        e: &ImageEmbedding,
+        p: &[Prompt],
+        multimask: bool,
+        t: &mut Trace,
+    ) -> engine::Result<Vec<Prediction>> {
         match self {
             Self::V2(m) => m.predict_traced(e, p, multimask, t),
             Self::V1(m) => m.predict_traced(e, p, multimask, t),
@@ -122,11 +128,8 @@ fn sam(args: &SamArgs, v2: bool) -> anyhow::Result<()> {
     let img = rgb(&args.image)?;
     let cases: Cases = serde_json::from_str(&std::fs::read_to_string(&args.cases)?)?;
     let mut trace = Trace::recording();
-    let model = if v2 {
-        Port::V2(Sam2::load(&args.checkpoint, &dev)?)
-    } else {
-        Port::V1(SamV1::load(&args.checkpoint, &dev)?)
-    };
+    let model =
+        if v2 { Port::V2(Sam2::load(&args.checkpoint, &dev)?) } else { Port::V1(SamV1::load(&args.checkpoint, &dev)?) };
     let emb = model.encode(&img, &mut trace)?;
     let mut out: HashMap<String, Tensor> = HashMap::new();
     for (name, t) in trace.into_stages() {
@@ -198,7 +201,8 @@ fn qwen(args: &QwenArgs) -> anyhow::Result<()> {
     let embeds = model.encode_images(&pixels, &grid)?;
     let mut logits = model.prefill(&ids, Some(&embeds), &grid)?;
     let first = logits.flatten_all()?;
-    let mut sampler = Sampler::new(&Decoding { repetition_penalty: args.repetition_penalty, ..Decoding::greedy(args.steps) });
+    let mut sampler =
+        Sampler::new(&Decoding { repetition_penalty: args.repetition_penalty, ..Decoding::greedy(args.steps) });
     let mut context = ids.clone();
     let mut tokens = Vec::with_capacity(args.steps);
     for _ in 0..args.steps {

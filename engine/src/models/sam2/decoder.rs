@@ -462,8 +462,7 @@ impl MaskDecoder {
     /// is unstable).
     pub fn forward(
         &self,
-        image: &Tensor,
-        key_pe: &Tensor,
+        (image, key_pe): (&Tensor, &Tensor),
         (sparse, dense): (&Tensor, &Tensor),
         side: Option<&ImageSide>,
         high_res: Option<(&Tensor, &Tensor)>,

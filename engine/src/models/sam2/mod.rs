@@ -343,7 +343,8 @@ impl Heads<'_> {
         trace.record("dense", &dense);
         let side = if mask_tensor.is_none() { emb.side.as_ref() } else { None };
         let high_res = emb.high_res.as_ref().map(|(a, b)| (a, b));
-        let out = self.decoder.forward(&emb.image, self.key_pe, (&sparse, &dense), side, high_res, multimask, trace)?;
+        let out =
+            self.decoder.forward((&emb.image, self.key_pe), (&sparse, &dense), side, high_res, multimask, trace)?;
         trace.record("low_res", &out.low_res);
         trace.record("iou", &out.iou);
         let ious: Vec<Vec<f32>> = out.iou.to_vec2()?;
