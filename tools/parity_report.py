@@ -225,6 +225,16 @@ def mobile_sam():
                pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375])
 
 
+def prompt_and_decoder_hooks(h, prompt_encoder, dec):
+    """The stages both SAM generations share: prompt embeddings and the two-way transformer."""
+    h.on(prompt_encoder, "sparse", lambda o: o[0])
+    h.on(prompt_encoder, "dense", lambda o: o[1])
+    for i, layer in enumerate(dec.transformer.layers):
+        h.on(layer, f"decoder.block{i}.queries", lambda o: o[0])
+        h.on(layer, f"decoder.block{i}.keys", lambda o: o[1])
+    h.on(dec.transformer, "decoder.queries", lambda o: o[0])
+
+
 def sam2_hooks(model):
     h = Hooks()
     trunk = model.image_encoder.trunk
@@ -234,12 +244,8 @@ def sam2_hooks(model):
     for i in range(4):
         h.on(model.image_encoder.neck, f"neck.level{i}", lambda o, i=i: o[0][i])
     dec = model.sam_mask_decoder
-    h.on(model.sam_prompt_encoder, "sparse", lambda o: o[0])
-    h.on(model.sam_prompt_encoder, "dense", lambda o: o[1])
-    for i, layer in enumerate(dec.transformer.layers):
-        h.on(layer, f"decoder.block{i}.queries", lambda o: o[0])
-        h.on(layer, f"decoder.block{i}.keys", lambda o: o[1])
-    h.on(dec.transformer, "decoder.queries", lambda o: o[0])
+    prompt_and_decoder_hooks(h, model.sam_prompt_encoder, dec)
+    # SAM 2 unpacks `output_upscaling` and calls its parts one by one: hook the last activation.
     h.on(dec.output_upscaling[4], "decoder.upscaled")
     h.wrap(dec, "predict_masks", ["decoder.masks_all", "decoder.iou_all", None, "decoder.object_score"])
     return h
@@ -249,12 +255,7 @@ def sam_v1_hooks(model):
     h = Hooks()
     h.on(model.image_encoder, "image_embed")
     dec = model.mask_decoder
-    h.on(model.prompt_encoder, "sparse", lambda o: o[0])
-    h.on(model.prompt_encoder, "dense", lambda o: o[1])
-    for i, layer in enumerate(dec.transformer.layers):
-        h.on(layer, f"decoder.block{i}.queries", lambda o: o[0])
-        h.on(layer, f"decoder.block{i}.keys", lambda o: o[1])
-    h.on(dec.transformer, "decoder.queries", lambda o: o[0])
+    prompt_and_decoder_hooks(h, model.prompt_encoder, dec)
     h.on(dec.output_upscaling, "decoder.upscaled")
     h.wrap(dec, "predict_masks", ["decoder.masks_all", "decoder.iou_all"])
     return h

@@ -11,6 +11,7 @@ use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, conv2d_no_bias, layer_norm, linear};
 
 use crate::models::ops;
+use crate::models::sam2::decoder::LayerNorm2d;
 use crate::models::trace::Trace;
 
 /// TinyViT-5M's geometry (MobileSAM).
@@ -212,23 +213,6 @@ impl Block {
         let (norm, fc1, fc2) = &self.mlp;
         let m = fc2.forward(&ops::gelu_erf(&fc1.forward(&norm.forward(&x)?)?)?)?;
         x + m
-    }
-}
-
-/// Channels-first LayerNorm of SAM's neck (eps 1e-6).
-#[derive(Debug, Clone)]
-struct LayerNorm2d {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl LayerNorm2d {
-    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { weight: vb.get(c, "weight")?, bias: vb.get(c, "bias")? })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::layer_norm_channels(x, &self.weight, &self.bias, 1e-6)
     }
 }
 

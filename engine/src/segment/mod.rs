@@ -17,6 +17,7 @@ use crate::cache::ByteLru;
 use crate::error::{EngineError, Result};
 use crate::models::sam_v1::{self, Backbone, SamV1};
 use crate::models::sam2::{self, ImageEmbedding, Prediction, Prompt, Sam2};
+use crate::models::trace::Trace;
 use crate::reasoner::parse::PixelBox;
 use crate::reasoner::processor::RgbImage;
 use crate::tiles::Window;
@@ -137,16 +138,32 @@ impl SamModel {
     }
 
     pub fn encode(&self, image: &RgbImage) -> Result<ImageEmbedding> {
+        self.encode_traced(image, &mut Trace::off())
+    }
+
+    /// [`Self::encode`], recording the encoder's stages into `trace`.
+    pub fn encode_traced(&self, image: &RgbImage, trace: &mut Trace) -> Result<ImageEmbedding> {
         match self {
-            Self::V2(m) => m.encode(image),
-            Self::V1(m) => m.encode(image),
+            Self::V2(m) => m.encode_traced(image, trace),
+            Self::V1(m) => m.encode_traced(image, trace),
         }
     }
 
     pub fn predict(&self, emb: &ImageEmbedding, prompts: &[Prompt], multimask: bool) -> Result<Vec<Prediction>> {
+        self.predict_traced(emb, prompts, multimask, &mut Trace::off())
+    }
+
+    /// [`Self::predict`], recording the prompt encoder's and decoder's stages into `trace`.
+    pub fn predict_traced(
+        &self,
+        emb: &ImageEmbedding,
+        prompts: &[Prompt],
+        multimask: bool,
+        trace: &mut Trace,
+    ) -> Result<Vec<Prediction>> {
         match self {
-            Self::V2(m) => m.predict(emb, prompts, multimask),
-            Self::V1(m) => m.predict(emb, prompts, multimask),
+            Self::V2(m) => m.predict_traced(emb, prompts, multimask, trace),
+            Self::V1(m) => m.predict_traced(emb, prompts, multimask, trace),
         }
     }
 

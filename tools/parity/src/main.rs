@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand};
-use engine::models::sam_v1::SamV1;
-use engine::models::sam2::{self, ImageEmbedding, Prediction, Prompt, Sam2};
+use engine::models::sam2::Prompt;
 use engine::models::trace::Trace;
 use engine::reasoner::processor::RgbImage;
+use engine::segment::SamModel;
 use serde::Deserialize;
 
 #[derive(Parser, Debug)]
@@ -88,34 +88,6 @@ struct PromptSpec {
     points: Vec<(f32, f32, u8)>,
 }
 
-/// The SAM port under test.
-enum Port {
-    V2(Sam2),
-    V1(SamV1),
-}
-
-impl Port {
-    fn encode(&self, img: &RgbImage, t: &mut Trace) -> engine::Result<ImageEmbedding> {
-        match self {
-            Self::V2(m) => m.encode_traced(img, t),
-            Self::V1(m) => m.encode_traced(img, t),
-        }
-    }
-
-    fn predict(
-        &self,
-        e: &ImageEmbedding,
-        p: &[Prompt],
-        multimask: bool,
-        t: &mut Trace,
-    ) -> engine::Result<Vec<Prediction>> {
-        match self {
-            Self::V2(m) => m.predict_traced(e, p, multimask, t),
-            Self::V1(m) => m.predict_traced(e, p, multimask, t),
-        }
-    }
-}
-
 fn rgb(path: &PathBuf) -> anyhow::Result<RgbImage> {
     let img = image::open(path).with_context(|| format!("reading {}", path.display()))?.to_rgb8();
     Ok(RgbImage::new(img.width() as usize, img.height() as usize, img.into_raw())?)
@@ -128,13 +100,13 @@ fn sam(args: &SamArgs, v2: bool) -> anyhow::Result<()> {
     let img = rgb(&args.image)?;
     let cases: Cases = serde_json::from_str(&std::fs::read_to_string(&args.cases)?)?;
     let mut trace = Trace::recording();
-    let model =
-        if v2 { Port::V2(Sam2::load(&args.checkpoint, &dev)?) } else { Port::V1(SamV1::load(&args.checkpoint, &dev)?) };
-    let emb = model.encode(&img, &mut trace)?;
-    let mut out: HashMap<String, Tensor> = HashMap::new();
-    for (name, t) in trace.into_stages() {
-        out.insert(name, t);
+    // The family is read off the tensors, as the product's `--sam` does.
+    let model = SamModel::load(&args.checkpoint, &dev)?;
+    if matches!(model, SamModel::V2(_)) != v2 {
+        bail!("{} is not a {} checkpoint", args.checkpoint.display(), if v2 { "SAM 2" } else { "SAM v1 / MobileSAM" });
     }
+    let emb = model.encode_traced(&img, &mut trace)?;
+    let mut out: HashMap<String, Tensor> = trace.into_stages().into_iter().collect();
     let mut low_res: HashMap<String, Vec<Vec<f32>>> = HashMap::new();
     let mut order: Vec<&String> = cases.cases.keys().collect();
     order.sort_by_key(|k| cases.cases[*k].mask_from.is_some());
@@ -156,22 +128,13 @@ fn sam(args: &SamArgs, v2: bool) -> anyhow::Result<()> {
             }
         }
         let mut t = Trace::recording();
-        let preds = model.predict(&emb, &prompts, case.multimask, &mut t)?;
+        let preds = model.predict_traced(&emb, &prompts, case.multimask, &mut t)?;
         for (stage, tensor) in t.into_stages() {
             out.insert(format!("{name}.{stage}"), tensor);
         }
         let (w, h) = emb.original;
-        let masks: Vec<f32> = preds
-            .iter()
-            .flat_map(|p| {
-                let m = if v2 {
-                    sam2::upscale_mask(&p.low_res, (w, h))
-                } else {
-                    engine::models::sam_v1::upscale_mask(&p.low_res, emb.input_size, (w, h))
-                };
-                m.into_iter().map(f32::from)
-            })
-            .collect();
+        let masks: Vec<f32> =
+            preds.iter().flat_map(|p| model.mask(&emb, &p.low_res).data.into_iter().map(f32::from)).collect();
         out.insert(format!("{name}.mask"), Tensor::from_vec(masks, (preds.len(), h, w), &dev)?);
         low_res.insert(name.clone(), preds.into_iter().map(|p| p.low_res).collect());
     }

@@ -42,15 +42,16 @@ impl Module for Upsample2x {
     }
 }
 
-/// Channels-first LayerNorm over (B, C, H, W), eps 1e-6.
+/// Channels-first LayerNorm over (B, C, H, W), eps 1e-6 (SAM's necks and
+/// upscaling; MobileSAM's TinyViT neck too).
 #[derive(Debug, Clone)]
-struct LayerNorm2d {
+pub(crate) struct LayerNorm2d {
     weight: Tensor,
     bias: Tensor,
 }
 
 impl LayerNorm2d {
-    fn new(c: usize, vb: VarBuilder) -> Result<Self> {
+    pub(crate) fn new(c: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self { weight: vb.get(c, "weight")?, bias: vb.get(c, "bias")? })
     }
 }
