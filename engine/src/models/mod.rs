@@ -5,6 +5,7 @@
 #![allow(clippy::needless_pass_by_value)]
 
 pub mod ops;
+pub mod pil_resize;
 pub mod pth;
 pub mod qwen2_5_vl;
 pub mod sam2;

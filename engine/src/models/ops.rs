@@ -93,68 +93,6 @@ pub fn bilinear_aa_weights(input: usize, output: usize) -> AxisWeights {
         .collect()
 }
 
-/// Resizes interleaved 8-bit RGB exactly as Pillow's `Image.resize(..., BILINEAR)`
-/// does (what `segment_anything`'s `ResizeLongestSide` calls): the triangle
-/// filter stretched when shrinking, weights in 22-bit fixed point, a horizontal
-/// pass rounded to 8 bits, then a vertical one.
-pub fn pil_bilinear_rgb8(data: &[u8], (w, h): (usize, usize), (nw, nh): (usize, usize)) -> Vec<u8> {
-    const BITS: u32 = 22;
-    fn coeffs(input: usize, output: usize) -> Vec<(usize, Vec<i32>)> {
-        let scale = input as f64 / output as f64;
-        let filterscale = scale.max(1.0);
-        let support = filterscale; // the bilinear filter's support is 1
-        (0..output)
-            .map(|i| {
-                let center = (i as f64 + 0.5) * scale;
-                let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-                let xmax = ((center + support + 0.5) as i64).min(input as i64) as usize;
-                let k: Vec<f64> = (xmin..xmax)
-                    .map(|x| {
-                        let t = ((x as f64 - center + 0.5) / filterscale).abs();
-                        if t < 1.0 { 1.0 - t } else { 0.0 }
-                    })
-                    .collect();
-                let total: f64 = k.iter().sum();
-                let fixed = k
-                    .iter()
-                    .map(|&v| {
-                        let v = if total != 0.0 { v / total } else { v };
-                        (v * f64::from(1u32 << BITS) + if v < 0.0 { -0.5 } else { 0.5 }) as i32
-                    })
-                    .collect();
-                (xmin, fixed)
-            })
-            .collect()
-    }
-    let clip8 = |acc: i64| (acc >> BITS).clamp(0, 255) as u8;
-    let half = 1i64 << (BITS - 1);
-    let cols = coeffs(w, nw);
-    let mut tmp = vec![0u8; h * nw * 3];
-    for y in 0..h {
-        for (x, (x0, k)) in cols.iter().enumerate() {
-            for c in 0..3 {
-                let acc = k
-                    .iter()
-                    .enumerate()
-                    .fold(half, |a, (j, &kj)| a + i64::from(data[(y * w + x0 + j) * 3 + c]) * i64::from(kj));
-                tmp[(y * nw + x) * 3 + c] = clip8(acc);
-            }
-        }
-    }
-    let rows = coeffs(h, nh);
-    let mut out = vec![0u8; nh * nw * 3];
-    for (y, (y0, k)) in rows.iter().enumerate() {
-        for x in 0..nw * 3 {
-            let acc = k
-                .iter()
-                .enumerate()
-                .fold(half, |a, (j, &kj)| a + i64::from(tmp[(y0 + j) * nw * 3 + x]) * i64::from(kj));
-            out[y * nw * 3 + x] = clip8(acc);
-        }
-    }
-    out
-}
-
 /// Plain bilinear weights (align_corners=False, no antialias), as torch's
 /// `interpolate(mode="bilinear")`.
 pub fn bilinear_weights(input: usize, output: usize) -> AxisWeights {

@@ -19,6 +19,7 @@ use candle_transformers::models::segment_anything::image_encoder::ImageEncoderVi
 
 use crate::error::{EngineError, Result};
 use crate::models::ops;
+use crate::models::pil_resize::{self, Filter};
 use crate::models::sam2::decoder::{Generation, MaskDecoder, PromptEncoder};
 use crate::models::sam2::{Heads, IMAGE_SIZE, ImageEmbedding, LOW_RES, Prediction, Prompt};
 use crate::models::tiny_vit::TinyVit;
@@ -184,7 +185,7 @@ impl SamV1 {
     /// 8 bits): planar RGB, 0–255.
     pub fn resize(img: &RgbImage) -> (Vec<f32>, (usize, usize)) {
         let (nw, nh) = Self::input_size(img.width, img.height);
-        let rgb = ops::pil_bilinear_rgb8(&img.data, (img.width, img.height), (nw, nh));
+        let rgb = pil_resize::resize_rgb8(&img.data, (img.width, img.height), (nw, nh), Filter::Bilinear);
         let mut planes = vec![0f32; 3 * nw * nh];
         for (i, px) in rgb.chunks_exact(3).enumerate() {
             for c in 0..3 {

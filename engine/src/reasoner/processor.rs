@@ -2,14 +2,13 @@
 //! (`Qwen2VLImageProcessor`): `smart_resize`, Pillow's bicubic resize, rescale and
 //! normalise in `f32`, then the patch layout the vision tower expects.
 //!
-//! The resize reproduces Pillow's `ImagingResample` bit for bit (separable
-//! convolution with support scaled by the reduction factor, a = −0.5, 22-bit
-//! fixed-point coefficients, 8-bit clipping between the passes), because the
-//! checkpoint was trained and evaluated on Pillow-resized images.
+//! The resize is Pillow's bit for bit ([`crate::models::pil_resize`]), because
+//! the checkpoint was trained and evaluated on Pillow-resized images.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
+use crate::models::pil_resize::{self, Filter};
 
 /// The processor settings of a checkpoint (`preprocessor_config.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,69 +141,6 @@ impl RgbImage {
     }
 }
 
-const PRECISION_BITS: u32 = 32 - 8 - 2;
-
-fn bicubic(x: f64) -> f64 {
-    const A: f64 = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * A
-    } else {
-        0.0
-    }
-}
-
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`: per output index, the
-/// first input index, the tap count and the fixed-point weights.
-struct Coeffs {
-    ksize: usize,
-    bounds: Vec<(usize, usize)>,
-    weights: Vec<i32>,
-}
-
-fn coefficients(in_size: usize, out_size: usize) -> Coeffs {
-    const SUPPORT: f64 = 2.0;
-    let scale = in_size as f64 / out_size as f64;
-    let filterscale = scale.max(1.0);
-    let support = SUPPORT * filterscale;
-    let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
-    let mut k = vec![0f64; ksize];
-    for xx in 0..out_size {
-        let center = (xx as f64 + 0.5) * scale;
-        let ss = 1.0 / filterscale;
-        // C's (int) cast truncates toward zero; the clamp makes that equal to floor here.
-        let xmin = ((center - support + 0.5).trunc() as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5).trunc() as i64).min(in_size as i64) as usize - xmin;
-        let mut ww = 0.0;
-        for (x, kx) in k.iter_mut().enumerate().take(xmax) {
-            let w = bicubic((x as f64 + xmin as f64 - center + 0.5) * ss);
-            *kx = w;
-            ww += w;
-        }
-        for (x, &kx) in k.iter().enumerate().take(xmax) {
-            let w = if ww != 0.0 { kx / ww } else { kx };
-            let fixed = w * f64::from(1u32 << PRECISION_BITS);
-            weights[xx * ksize + x] = if w < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
-        }
-        bounds.push((xmin, xmax));
-    }
-    Coeffs { ksize, bounds, weights }
-}
-
-fn clip8(v: i64) -> u8 {
-    if v >= (1i64 << PRECISION_BITS << 8) {
-        255
-    } else if v <= 0 {
-        0
-    } else {
-        (v >> PRECISION_BITS) as u8
-    }
-}
-
 /// Resizes like Pillow's `Image.resize((w, h), Image.BICUBIC)` on an RGB image.
 pub fn resize_bicubic(img: &RgbImage, out_w: usize, out_h: usize) -> Result<RgbImage> {
     if out_w == 0 || out_h == 0 || img.width == 0 || img.height == 0 {
@@ -213,52 +149,8 @@ pub fn resize_bicubic(img: &RgbImage, out_w: usize, out_h: usize) -> Result<RgbI
             img.width, img.height
         )));
     }
-    let horiz = coefficients(img.width, out_w);
-    let vert = coefficients(img.height, out_h);
-    let need_h = out_w != img.width;
-    let need_v = out_h != img.height;
-    let round = 1i64 << (PRECISION_BITS - 1);
-
-    // Horizontal pass over the rows the vertical pass will use.
-    let (first_row, temp, temp_w) = if need_h {
-        let first = vert.bounds[0].0;
-        let last = vert.bounds[out_h - 1].0 + vert.bounds[out_h - 1].1;
-        let rows = last - first;
-        let mut out = vec![0u8; rows * out_w * 3];
-        for y in 0..rows {
-            let src = &img.data[(y + first) * img.width * 3..][..img.width * 3];
-            let dst = &mut out[y * out_w * 3..][..out_w * 3];
-            for (xx, &(xmin, xmax)) in horiz.bounds.iter().enumerate() {
-                let k = &horiz.weights[xx * horiz.ksize..][..xmax];
-                for c in 0..3 {
-                    let mut ss = round;
-                    for (x, &w) in k.iter().enumerate() {
-                        ss += i64::from(src[(x + xmin) * 3 + c]) * i64::from(w);
-                    }
-                    dst[xx * 3 + c] = clip8(ss);
-                }
-            }
-        }
-        (first, out, out_w)
-    } else {
-        (0, img.data.clone(), img.width)
-    };
-    if !need_v {
-        return RgbImage::new(temp_w, out_h, temp);
-    }
-    let mut out = vec![0u8; out_h * temp_w * 3];
-    for (yy, &(ymin, ymax)) in vert.bounds.iter().enumerate() {
-        let k = &vert.weights[yy * vert.ksize..][..ymax];
-        let ymin = ymin - first_row;
-        for x in 0..temp_w * 3 {
-            let mut ss = round;
-            for (y, &w) in k.iter().enumerate() {
-                ss += i64::from(temp[(y + ymin) * temp_w * 3 + x]) * i64::from(w);
-            }
-            out[yy * temp_w * 3 + x] = clip8(ss);
-        }
-    }
-    RgbImage::new(temp_w, out_h, out)
+    let data = pil_resize::resize_rgb8(&img.data, (img.width, img.height), (out_w, out_h), Filter::Bicubic);
+    RgbImage::new(out_w, out_h, data)
 }
 
 /// What the vision tower takes: flattened patches and the (t, h, w) patch grid.
