@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${RR_REFERENCE_VENV:-$HOME/.cache/remote-reasoner/reference}"
 pins=(
-  torch==2.15.0 torchvision==0.29.2 numpy pillow safetensors
+  torch==2.15.0 torchvision==0.29.2 numpy pillow==13.0.0 safetensors
   sam2==1.1.0 segment-anything==1.0 ultralytics==8.4.190
   transformers==5.24.0 tokenizers==0.23.3
 )
