@@ -34,6 +34,24 @@ pub struct ServeArgs {
     /// Pixel budget of the images (default 802816, as in training).
     #[arg(long)]
     pub max_pixels: Option<usize>,
+    /// Largest image a request may send, in decoded pixels (checked from its header).
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_image_pixels: u64,
+    /// Cap on a request's max_tokens, and the default (never past the model's context).
+    #[arg(long, default_value_t = 4096)]
+    pub max_tokens: usize,
+    /// Open connections at most (more wait to be accepted).
+    #[arg(long, default_value_t = 512)]
+    pub max_connections: usize,
+    /// MiB of request bodies held at once, read or queued (more get HTTP 503).
+    #[arg(long, default_value_t = 256)]
+    pub body_budget_mib: usize,
+    /// Seconds a client has to send its headers; also closes idle connections.
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout_s: f64,
+    /// Seconds a client has to send a whole body.
+    #[arg(long, default_value_t = 60.0)]
+    pub body_timeout_s: f64,
 }
 
 pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
@@ -44,6 +62,12 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     opts.load = engine::reasoner::LoadOptions { device: args.device, precision: args.precision.clone() };
     opts.max_body_bytes = args.max_body_mib << 20;
     opts.max_queue = args.max_queue;
+    opts.max_image_pixels = args.max_image_pixels;
+    opts.max_tokens = args.max_tokens;
+    opts.max_connections = args.max_connections;
+    opts.body_budget_bytes = args.body_budget_mib << 20;
+    opts.header_timeout = seconds(args.header_timeout_s, "--header-timeout-s")?;
+    opts.body_timeout = seconds(args.body_timeout_s, "--body-timeout-s")?;
     if let Some(p) = args.max_pixels {
         opts.max_pixels = p;
     }
@@ -54,4 +78,11 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     server.wait();
     Ok(())
+}
+
+fn seconds(s: f64, flag: &str) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("{flag} {s}: give a positive number of seconds"))
 }

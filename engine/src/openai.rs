@@ -28,6 +28,12 @@ pub struct ChatRequest {
     pub top_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// vLLM's extension: generate `max_tokens` whatever the model says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_eos: Option<bool>,
+    /// Number of choices; only 1 is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -148,22 +154,56 @@ pub fn data_url(image: &RgbImage) -> Result<String> {
     Ok(format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png)))
 }
 
-/// Decodes a `data:image/...;base64,` URL (PNG or JPEG).
-pub fn decode_data_url(url: &str) -> Result<RgbImage> {
+/// The bytes of a `data:image/...;base64,` URL, not yet decoded to pixels.
+pub fn data_url_bytes(url: &str) -> Result<Vec<u8>> {
     let bad = |why: &str| EngineError::InvalidRequest(format!("image_url: {why}"));
     let rest = url.strip_prefix("data:").ok_or_else(|| bad("only data: URLs are accepted (no remote fetching)"))?;
     let (meta, payload) = rest.split_once(',').ok_or_else(|| bad("malformed data URL"))?;
     if !meta.ends_with(";base64") {
         return Err(bad("the data URL must be base64"));
     }
-    let bytes = base64::engine::general_purpose::STANDARD.decode(payload.trim()).map_err(|e| bad(&e.to_string()))?;
-    let img = image::load_from_memory(&bytes).map_err(|e| bad(&format!("not a PNG or JPEG image ({e})")))?.to_rgb8();
+    base64::engine::general_purpose::STANDARD.decode(payload.trim()).map_err(|e| bad(&e.to_string()))
+}
+
+/// The (width, height) an encoded PNG or JPEG declares, read from its header
+/// alone: a server checks this before it spends memory on the pixels.
+pub fn image_size(bytes: &[u8]) -> Result<(u32, u32)> {
+    let bad =
+        |e: &dyn std::fmt::Display| EngineError::InvalidRequest(format!("image_url: not a PNG or JPEG image ({e})"));
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(&e))?;
+    match reader.format() {
+        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => reader.into_dimensions().map_err(|e| bad(&e)),
+        _ => Err(bad(&"unknown format")),
+    }
+}
+
+/// Decodes an encoded PNG or JPEG of at most `max_pixels` pixels to RGB.
+pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
+    let bad =
+        |e: &dyn std::fmt::Display| EngineError::InvalidRequest(format!("image_url: not a PNG or JPEG image ({e})"));
+    let (w, h) = image_size(bytes)?;
+    if u64::from(w) * u64::from(h) > max_pixels {
+        return Err(EngineError::InvalidRequest(format!(
+            "image_url: the image is {w}×{h}, over the limit of {max_pixels} pixels"
+        )));
+    }
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(&e))?;
+    let mut limits = image::Limits::default();
+    // RGBA at 16 bits is the largest a decoder buffers per pixel.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| bad(&e))?.to_rgb8();
     RgbImage::new(img.width() as usize, img.height() as usize, img.into_raw())
 }
 
-/// The ChatML text of a conversation and its one image: `system` applies when
-/// the messages have none; the image goes where its part stands.
-pub fn to_chatml(messages: &[Message], default_system: &str) -> Result<(String, RgbImage)> {
+/// Decodes a `data:image/...;base64,` URL (PNG or JPEG).
+pub fn decode_data_url(url: &str) -> Result<RgbImage> {
+    decode_image(&data_url_bytes(url)?, u64::MAX)
+}
+
+/// The ChatML text of a conversation and its one image (still encoded):
+/// `system` applies when the messages have none; the image goes where its part stands.
+pub fn to_chatml(messages: &[Message], default_system: &str) -> Result<(String, Vec<u8>)> {
     let mut system = default_system.to_owned();
     let mut turns = String::new();
     let mut image = None;
@@ -181,7 +221,7 @@ pub fn to_chatml(messages: &[Message], default_system: &str) -> Result<(String, 
                                     "one image per conversation is supported".into(),
                                 ));
                             }
-                            image = Some(decode_data_url(&image_url.url)?);
+                            image = Some(data_url_bytes(&image_url.url)?);
                             text.push_str(IMAGE_PLACEHOLDER);
                         }
                     }
@@ -229,7 +269,9 @@ mod tests {
             let msgs = vec![Message { role: "user".into(), content: Content::Parts(parts(task, "where?", &url)) }];
             let (text, back) = to_chatml(&msgs, "SYS").unwrap();
             assert_eq!(text, chat("SYS", task, "where?"), "{task:?}");
-            assert_eq!(back, img);
+            assert_eq!(image_size(&back).unwrap(), (2, 1));
+            assert_eq!(decode_image(&back, 2).unwrap(), img);
+            assert!(decode_image(&back, 1).is_err(), "over the pixel limit");
         }
         let json = r#"{"model":"m","messages":[{"role":"system","content":"S"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"URL"}}]}],"stream":true}"#;
         let req: ChatRequest = serde_json::from_str(&json.replace("URL", &url)).unwrap();

@@ -516,6 +516,7 @@ impl Session {
             repetition_penalty: 1.0,
             seed: 299_792_458,
             max_new_tokens: self.settings.max_new_tokens,
+            ignore_eos: false,
         });
         let options = engine::reasoner::AskOptions {
             max_pixels: Some(self.settings.max_pixels),

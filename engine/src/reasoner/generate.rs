@@ -47,6 +47,9 @@ pub struct Decoding {
     pub repetition_penalty: f32,
     pub seed: u64,
     pub max_new_tokens: usize,
+    /// Generate `max_new_tokens` whatever the model says (vLLM's `ignore_eos`,
+    /// for fixed-length benchmarks and tests).
+    pub ignore_eos: bool,
 }
 
 /// Temperatures below this are greedy decoding (Qwen ships `1e-6`-style values).
@@ -63,11 +66,20 @@ impl Decoding {
             repetition_penalty: g.repetition_penalty.unwrap_or(1.0),
             seed: 299_792_458,
             max_new_tokens: g.max_new_tokens.unwrap_or(1024),
+            ignore_eos: false,
         }
     }
 
     pub fn greedy(max_new_tokens: usize) -> Self {
-        Self { temperature: None, top_p: None, top_k: None, repetition_penalty: 1.0, seed: 0, max_new_tokens }
+        Self {
+            temperature: None,
+            top_p: None,
+            top_k: None,
+            repetition_penalty: 1.0,
+            seed: 0,
+            max_new_tokens,
+            ignore_eos: false,
+        }
     }
 
     fn sampling(&self) -> Sampling {

@@ -284,6 +284,10 @@ impl Reasoner {
         let processed: ProcessedImage = processor::preprocess(image, &pre)?;
         let merge = pre.merge_size;
         let ids = self.prompt_ids(chat, processed.num_tokens(merge))?;
+        let context = self.model.config.text.max_position_embeddings;
+        if ids.len() >= context {
+            return Err(EngineError::InvalidRequest(context_exceeded(ids.len(), context)));
+        }
         timings.preprocess_ms = t.elapsed().as_secs_f64() * 1e3;
 
         let t = Instant::now();
@@ -299,7 +303,9 @@ impl Reasoner {
         timings.prefill_ms = t.elapsed().as_secs_f64() * 1e3;
         cancelled(on_event(AskEvent::PromptRead { tokens: ids.len() }))?;
 
-        let decoding = self.decoding_for(opts);
+        let mut decoding = self.decoding_for(opts);
+        // Positions past the model's context are not defined: stop there.
+        decoding.max_new_tokens = decoding.max_new_tokens.min(context - ids.len());
         let mut sampler = Sampler::new(&decoding);
         let mut eos = self.model.config.eos_token_ids.clone();
         eos.extend(&self.generation.eos_token_id);
@@ -310,7 +316,7 @@ impl Reasoner {
         let t = Instant::now();
         for _ in 0..decoding.max_new_tokens {
             let token = sampler.next(&logits, &context)?;
-            if eos.contains(&token) {
+            if eos.contains(&token) && !decoding.ignore_eos {
                 stop = StopReason::Eos;
                 break;
             }
@@ -335,6 +341,66 @@ impl Reasoner {
             stop,
             timings,
         })
+    }
+}
+
+/// The message for a prompt longer than the model reads.
+fn context_exceeded(tokens: usize, context: usize) -> String {
+    format!("the prompt is {tokens} tokens; this model reads at most {context} (max_position_embeddings)")
+}
+
+/// Counts a conversation's prompt tokens without the model, so a server can
+/// refuse an over-long prompt before it queues for the model thread.
+#[derive(Clone, Debug)]
+pub struct PromptGauge {
+    tokenizer: Tokenizer,
+    preprocessor: PreprocessorConfig,
+    /// The model's context (`max_position_embeddings`).
+    pub context: usize,
+    /// The longest token in bytes: a text over `context × this` bytes cannot fit.
+    longest_token: usize,
+}
+
+impl PromptGauge {
+    /// The `<|image_pad|>` tokens an image of `width`×`height` takes (an error
+    /// for sizes Qwen2.5-VL cannot take, such as an aspect ratio over 200).
+    pub fn image_tokens(&self, width: usize, height: usize) -> Result<usize> {
+        let pre = &self.preprocessor;
+        let (h, w) = processor::smart_resize(height, width, pre.factor(), pre.min_pixels, pre.max_pixels)?;
+        Ok((h / pre.patch_size) * (w / pre.patch_size) / (pre.merge_size * pre.merge_size))
+    }
+
+    /// The prompt tokens of `chat` with an image of `width`×`height` in it
+    /// (errors are the client's: an impossible image, or a prompt over the context).
+    pub fn count(&self, chat: &str, width: usize, height: usize) -> Result<usize> {
+        let image_tokens = self.image_tokens(width, height)?;
+        if chat.len() > self.context.saturating_mul(self.longest_token) {
+            return Err(EngineError::InvalidRequest(format!(
+                "the prompt is {} bytes of text; this model reads at most {} tokens (max_position_embeddings)",
+                chat.len(),
+                self.context
+            )));
+        }
+        let enc = self.tokenizer.encode(chat, false).map_err(|e| EngineError::Internal(format!("tokenizer: {e}")))?;
+        // The one `<|image_pad|>` in the text stands for `image_tokens` of them.
+        let tokens = enc.len().saturating_sub(1) + image_tokens;
+        if tokens >= self.context {
+            return Err(EngineError::InvalidRequest(context_exceeded(tokens, self.context)));
+        }
+        Ok(tokens)
+    }
+}
+
+impl Reasoner {
+    /// A gauge for prompts at the pixel budget of `opts`.
+    pub fn prompt_gauge(&self, opts: &AskOptions) -> PromptGauge {
+        let longest_token = self.tokenizer.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1);
+        PromptGauge {
+            tokenizer: self.tokenizer.clone(),
+            preprocessor: self.preprocessor_for(opts),
+            context: self.model.config.text.max_position_embeddings,
+            longest_token,
+        }
     }
 }
 
