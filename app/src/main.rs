@@ -42,6 +42,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Exports killed midway by an earlier run: finish the committed ones, remove the rest.
+    engine::atomic::recover();
     let result = match cli.command {
         None => rr_app::gui::run(cli.file, cli.renderer, cli.screenshot),
         Some(Command::Info(args)) => rr_app::cli::info(&args),

@@ -183,31 +183,6 @@ fn cut_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// A temporary directory beside the target, removed on drop unless emptied by renames.
-struct Staging {
-    dir: PathBuf,
-}
-
-impl Staging {
-    fn new(target: &Path) -> Result<Self> {
-        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let dir = parent.join(format!(".{name}.export-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&dir).map_err(|e| EngineError::Write {
-            path: target.to_owned(),
-            reason: format!("cannot create a temporary directory: {e}"),
-        })?;
-        Ok(Self { dir })
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 struct Writer<'a> {
     format: Format,
     gt: GeoTransform,
@@ -355,21 +330,23 @@ pub(crate) fn export_with(
     };
     let mut report = ExportReport::default();
     let mut writer = Writer { format, gt: set.geotransform.unwrap_or_default(), srs, to_wgs84, report: &mut report };
-    let staging = Staging::new(path)?;
+    let staging = crate::atomic::Staging::new(path)?;
     let name = path.file_name().ok_or_else(|| werr("not a file name".into()))?;
     let driver = DriverManager::get_driver_by_name(format.driver()).map_err(|e| werr(gdal_reason(&e)))?;
     let total = usize::from(opts.polygons) * set.polygons.len() + usize::from(opts.boxes) * set.boxes.len();
     let mut layers: Vec<(&str, &[Feature], bool, PathBuf)> = Vec::new();
     if opts.polygons {
-        layers.push(("polygons", &set.polygons, true, staging.dir.join(name)));
+        layers.push(("polygons", &set.polygons, true, staging.dir().join(name)));
     }
     if opts.boxes {
         let file = if format.multi_layer() || !opts.polygons {
-            staging.dir.join(name)
+            staging.dir().join(name)
         } else {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let ext = path.extension().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            staging.dir.join(format!("{stem}_boxes.{ext}"))
+            // `<stem>_boxes.<ext>`, byte for byte (names need not be UTF-8).
+            let mut boxes = path.file_stem().unwrap_or_default().to_owned();
+            boxes.push("_boxes.");
+            boxes.push(path.extension().unwrap_or_default());
+            staging.dir().join(boxes)
         };
         layers.push(("boxes", &set.boxes, false, file));
     }
@@ -384,7 +361,7 @@ pub(crate) fn export_with(
             if let Some((_, ds)) = open.take() {
                 ds.close().map_err(|e| werr(gdal_reason(&e)))?;
             }
-            let ds = driver.create_vector_only(&file).map_err(|e| werr(gdal_reason(&e)))?;
+            let ds = crate::raster::source::create_vector(&driver, &file)?.map_err(|e| werr(gdal_reason(&e)))?;
             open = Some((file.clone(), ds));
         }
         let Some((_, ds)) = open.as_mut() else { unreachable!("opened above") };
@@ -409,22 +386,9 @@ pub(crate) fn export_with(
     if !progress(total, total) {
         return Err(EngineError::Cancelled);
     }
-    // Everything is on disk: move it into place.
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&staging.dir)
-        .map_err(|e| werr(e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for src in entries {
-        let Some(file_name) = src.file_name() else { continue };
-        let dst = parent.join(file_name);
-        std::fs::rename(&src, &dst).map_err(|e| werr(format!("cannot move {} into place: {e}", dst.display())))?;
-        report.files.push(dst);
-    }
-    if format == Format::Shapefile {
-        remove_stale_sidecars(&report.files);
-    }
+    // Everything is on disk: replace the old set as one (see `atomic`).
+    let stale = if format == Format::Shapefile { stale_sidecars(&staging)? } else { Vec::new() };
+    report.files = staging.commit(&stale)?;
     Ok(report)
 }
 
@@ -446,16 +410,27 @@ fn write_table(ds: &mut gdal::Dataset, name: &str, rows: &[(String, String)]) ->
 
 /// A Shapefile replaced by one without a `.prj` (or `.cpg`, index …) must not
 /// keep the old one: a stale `.prj` would put the new shapes in the wrong place.
-fn remove_stale_sidecars(written: &[PathBuf]) {
-    // For every shapefile written now (polygons and `<stem>_boxes`), the sidecars it did not get.
-    for shp in written.iter().filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("shp"))) {
+/// The sidecars of every shapefile staged (polygons and `<stem>_boxes`) that
+/// the new set does not have, beside the target.
+fn stale_sidecars(staging: &crate::atomic::Staging) -> Result<Vec<PathBuf>> {
+    let staged: Vec<PathBuf> = std::fs::read_dir(staging.dir())
+        .map_err(|e| EngineError::Write { path: staging.dir().to_owned(), reason: e.to_string() })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    let parent = staging.dir().parent().unwrap_or(Path::new("."));
+    let mut stale = Vec::new();
+    for shp in staged.iter().filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("shp"))) {
         for ext in ["prj", "cpg", "qix", "sbn", "sbx", "shp.xml"] {
-            let p = shp.with_extension(ext);
-            if !written.contains(&p) && p.exists() {
-                let _ = std::fs::remove_file(p);
+            let sidecar = shp.with_extension(ext);
+            if !staged.contains(&sidecar)
+                && let Some(name) = sidecar.file_name()
+                && parent.join(name).exists()
+            {
+                stale.push(parent.join(name));
             }
         }
     }
+    Ok(stale)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@
 //! - [`sweep`]: a question over a whole scene, tile by tile, merged across seams, resumable.
 //! - [`worker`]: the engine thread, its typed requests and events.
 
+pub mod atomic;
 pub mod cache;
 pub mod contour;
 pub mod edit;
@@ -36,6 +37,7 @@ pub mod hub;
 pub mod models;
 pub mod openai;
 pub mod overviews;
+pub mod path_serde;
 pub mod project;
 pub mod raster;
 pub mod reasoner;
