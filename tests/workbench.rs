@@ -473,3 +473,39 @@ fn sweep_from_the_panel_and_resume() {
     assert!(note.starts_with("Sweep done: 1 tiles (1 resumed)"), "{note}");
     assert_eq!(h.state().session.features.len(), 2 * n);
 }
+
+#[test]
+fn an_unreadable_recovery_file_is_set_aside_not_offered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recovery = tmp.path().join("recovery.gpkg");
+    std::fs::write(&recovery, (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<u8>>())
+        .unwrap();
+    let mut h = harness(None, Settings::default(), recovery.clone());
+    h.step();
+    let app = h.state();
+    assert!(app.session.recovery_offer.is_none(), "not offered");
+    assert!(!recovery.exists(), "moved out of the way");
+    let aside: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("unreadable"))
+        .collect();
+    assert_eq!(aside.len(), 1, "kept beside it: {aside:?}");
+    assert!(app.notifications.iter().any(|n| n.is_error && n.text.contains("set aside")), "told");
+}
+
+#[test]
+fn a_geopackage_without_a_project_table_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gpkg = tmp.path().join("features.gpkg");
+    let provenance = std::sync::Arc::new(engine::features::Provenance::default());
+    let poly = geo::Rect::new((0.0, 0.0), (5.0, 5.0)).to_polygon();
+    let f = engine::edit::WorkFeature::new(Some([0.0, 0.0, 5.0, 5.0]), geo::MultiPolygon::new(vec![poly]), provenance);
+    let set = engine::edit::feature_set(&[f], None, None);
+    engine::export::export(&gpkg, &set, &engine::export::ExportOptions::default(), &mut |_, _| true).unwrap();
+    let mut h = harness(Some(gpkg), Settings::default(), tmp.path().join("recovery.gpkg"));
+    step_until(&mut h, "the error", |a| a.notifications.iter().any(|n| n.is_error));
+    let text = &h.state().notifications.iter().find(|n| n.is_error).unwrap().text;
+    assert!(text.contains("not a RemoteReasoner project") && text.contains("polygons"), "{text}");
+    assert!(!text.contains("not a raster GDAL can read"), "{text}");
+}

@@ -11,6 +11,8 @@ packages=(
   libwayland-client0 libfontconfig1 libdbus-1-3
   libvulkan1 mesa-vulkan-drivers libegl1 libegl-mesa0 libgl1 libglx-mesa0 libgl1-mesa-dri libgles2
   xvfb xauth
+  # strace kills exports at each rename (tests/atomic_writes.rs); nginx serves COGs by range (tests/remote_rasters.rs).
+  strace nginx-light
 )
 
 missing=()

@@ -24,6 +24,9 @@ pub enum EngineError {
     #[error("{path}: {reason}")]
     Model { path: PathBuf, reason: String },
 
+    #[error("{path}: not a RemoteReasoner project: {reason}")]
+    NotAProject { path: PathBuf, reason: String },
+
     #[error("model computation failed: {0}")]
     Compute(String),
 

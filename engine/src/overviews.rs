@@ -4,7 +4,7 @@
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::path::{Path, PathBuf};
 
-use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
+use gdal::{DatasetOptions, GdalOpenFlags};
 
 use crate::error::{EngineError, Result};
 use crate::raster::gdal_reason;
@@ -45,7 +45,7 @@ pub fn build_overviews(
         open_flags: GdalOpenFlags::GDAL_OF_RASTER | GdalOpenFlags::GDAL_OF_READONLY,
         ..Default::default()
     };
-    let ds = Dataset::open_ex(path, options)
+    let ds = crate::raster::source::open(path, &options.open_flags)?
         .map_err(|e| EngineError::NotARaster { path: path.to_owned(), reason: gdal_reason(&e) })?;
     if factors.is_empty() {
         return Ok(());

@@ -29,6 +29,7 @@ const VERSION: u32 = 1;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProjectMeta {
     pub version: u32,
+    #[serde(default, with = "crate::path_serde::option")]
     pub raster: Option<PathBuf>,
     /// Map view: centre x, y (raster pixels) and zoom (screen points per pixel).
     pub view: Option<[f64; 3]>,
@@ -67,7 +68,30 @@ pub fn save(path: &Path, meta: &ProjectMeta, features: &[WorkFeature]) -> Result
 /// layer list only).
 pub fn is_project(path: &Path) -> bool {
     crate::gdal_init();
-    gdal::Dataset::open(path).is_ok_and(|ds| ds.layer_by_name(TABLE).is_ok())
+    let flags = gdal::GdalOpenFlags::GDAL_OF_VECTOR | gdal::GdalOpenFlags::GDAL_OF_READONLY;
+    crate::raster::source::open(path, &flags).is_ok_and(|ds| ds.is_ok_and(|ds| ds.layer_by_name(TABLE).is_ok()))
+}
+
+/// Why a GeoPackage that is not a project cannot be opened as a raster either,
+/// told the way an analyst needs it (`None` when it does hold a raster).
+pub fn not_a_project(path: &Path) -> Option<EngineError> {
+    let flags = gdal::GdalOpenFlags::GDAL_OF_VECTOR
+        | gdal::GdalOpenFlags::GDAL_OF_RASTER
+        | gdal::GdalOpenFlags::GDAL_OF_READONLY;
+    let ds = crate::raster::source::open(path, &flags).ok()?.ok()?;
+    if ds.raster_count() > 0 {
+        return None;
+    }
+    let layers: Vec<String> = ds.layers().map(|l| l.name()).collect();
+    let reason = if layers.is_empty() {
+        format!("a GeoPackage with neither a {TABLE} table nor a raster")
+    } else {
+        format!(
+            "a GeoPackage of vector layers ({}) without the {TABLE} table, and no raster; open the raster its features belong to, or the project saved from it",
+            layers.join(", ")
+        )
+    };
+    Some(EngineError::NotAProject { path: path.to_owned(), reason })
 }
 
 /// Loads a project saved by [`save`].
@@ -77,7 +101,8 @@ pub fn load(path: &Path) -> Result<Project> {
         return Err(EngineError::NotFound { path: path.to_owned() });
     }
     let bad = |reason: String| EngineError::Read { path: path.to_owned(), reason };
-    let ds = gdal::Dataset::open(path).map_err(|e| bad(gdal_reason(&e)))?;
+    let flags = gdal::GdalOpenFlags::GDAL_OF_VECTOR | gdal::GdalOpenFlags::GDAL_OF_READONLY;
+    let ds = crate::raster::source::open(path, &flags)?.map_err(|e| bad(gdal_reason(&e)))?;
     let mut table =
         ds.layer_by_name(TABLE).map_err(|_| bad(format!("not a RemoteReasoner project (no {TABLE} table)")))?;
     let mut meta: Option<ProjectMeta> = None;

@@ -7,6 +7,9 @@
 //! - Long jobs (building overviews) run on their own thread with their own dataset
 //!   handle, report progress, and can be cancelled.
 //! - A panic inside any job becomes an [`Event::Failed`]; the engine keeps running.
+//! - Rasters read over the network (URLs, `/vsi…/`, STAC assets) are opened and
+//!   read on a thread of their own ([`crate::raster::reader`]): a slow range
+//!   request never holds up the engine thread or another raster.
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -23,6 +26,7 @@ use crate::error::EngineError;
 use crate::export::{ExportOptions, ExportReport};
 use crate::overviews;
 use crate::project::{Project, ProjectMeta};
+use crate::raster::reader::{ReaderMsg, ReaderReport};
 use crate::raster::{Raster, RasterInfo, RenderParams};
 use crate::reasoner::parse::PixelBox;
 use crate::reasoner::{Answer, AskEvent, AskOptions, LoadOptions, Reasoner, Task, WindowImage};
@@ -321,6 +325,11 @@ enum Msg {
         raster: RasterId,
         result: Result<(), EngineError>,
     },
+    /// A remote raster's reader thread reports.
+    Reader {
+        raster: RasterId,
+        report: ReaderReport,
+    },
     /// The model thread finished a question (its cancel flag can go).
     ModelJobDone {
         job: JobId,
@@ -362,6 +371,8 @@ impl Engine {
                     events: etx,
                     waker,
                     rasters: HashMap::new(),
+                    remote: HashMap::new(),
+                    remote_tiles: None,
                     cache: TileCache::new(config.tile_cache_bytes),
                     tiles: None,
                     cancels: HashMap::new(),
@@ -453,6 +464,10 @@ struct Worker {
     events: Sender<Event>,
     waker: Waker,
     rasters: HashMap<RasterId, Raster>,
+    /// Remote rasters: their reader threads, and their info once open.
+    remote: HashMap<RasterId, (Sender<ReaderMsg>, Option<Box<RasterInfo>>)>,
+    /// The tile request a reader thread works on (one view at a time, as `tiles`).
+    remote_tiles: Option<(JobId, RasterId)>,
     cache: TileCache,
     tiles: Option<TileJob>,
     cancels: HashMap<JobId, Arc<AtomicBool>>,
@@ -622,6 +637,9 @@ impl Worker {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::Request(Request::Open { job, path }) if crate::raster::source::is_remote_or_stac(&path) => {
+                self.guarded(job, |w| w.open_remote(job, path));
+            }
             Msg::Request(Request::Open { job, path }) => self.guarded(job, |w| {
                 let raster = Raster::open(&path)?;
                 let info = Box::new(raster.info().clone());
@@ -631,6 +649,7 @@ impl Worker {
             }),
             Msg::Request(Request::Close { raster }) => {
                 self.rasters.remove(&raster);
+                self.remote.remove(&raster);
                 self.cache.remove_where(|k| k.raster == raster);
                 if self.tiles.as_ref().is_some_and(|t| t.raster == raster) {
                     self.tiles = None;
@@ -640,7 +659,10 @@ impl Worker {
                 if let Some(old) = w.tiles.take() {
                     w.emit(Event::Cancelled { job: old.job });
                 }
-                if !w.rasters.contains_key(&raster) {
+                if let Some((old, _)) = w.remote_tiles.take() {
+                    w.emit(Event::Cancelled { job: old });
+                }
+                if !w.rasters.contains_key(&raster) && !w.remote.contains_key(&raster) {
                     return Err(EngineError::UnknownRaster(raster));
                 }
                 let hash = params.cache_hash();
@@ -653,6 +675,9 @@ impl Worker {
                 }
                 if queue.is_empty() {
                     w.emit(Event::TilesDone { job });
+                } else if let Some((reader, _)) = w.remote.get(&raster) {
+                    let _ = reader.send(ReaderMsg::Tiles { job, params, hash, keys: queue });
+                    w.remote_tiles = Some((job, raster));
                 } else {
                     w.tiles = Some(TileJob { job, raster, params, hash, queue });
                 }
@@ -663,7 +688,15 @@ impl Worker {
             }
             Msg::Request(Request::Sweep { job, raster, params, options, sam, concurrency, progress_file }) => {
                 self.guarded(job, |w| {
-                    let path = w.rasters.get(&raster).ok_or(EngineError::UnknownRaster(raster))?.path().to_owned();
+                    let path = match w.rasters.get(&raster) {
+                        Some(r) => r.path().to_owned(),
+                        None => w
+                            .remote
+                            .get(&raster)
+                            .and_then(|(_, info)| info.as_ref())
+                            .map(|i| i.path.clone())
+                            .ok_or(EngineError::UnknownRaster(raster))?,
+                    };
                     let cancel = Arc::new(AtomicBool::new(false));
                     w.cancels.insert(job, cancel.clone());
                     w.model_thread()?
@@ -693,15 +726,20 @@ impl Worker {
             }),
             Msg::Request(Request::Ask { job, raster, window, params, task, query, options }) => {
                 self.guarded(job, |w| {
-                    let r = w.rasters.get(&raster).ok_or(EngineError::UnknownRaster(raster))?;
                     let budget = options.max_pixels.unwrap_or(crate::reasoner::processor::TRAINING_MAX_PIXELS);
-                    let image = crate::reasoner::read_window(r, window, &params, budget)?;
                     let cancel = Arc::new(AtomicBool::new(false));
                     w.cancels.insert(job, cancel.clone());
+                    w.with_window(job, raster, window, params, budget, move |image| ModelMsg::Ask {
+                        job,
+                        raster,
+                        image,
+                        task,
+                        query,
+                        options,
+                        cancel,
+                    })?;
                     w.emit(Event::AskStage { job, stage: AskStage::Queued });
-                    w.model_thread()?
-                        .send(ModelMsg::Ask { job, raster, image, task, query, options, cancel })
-                        .map_err(|_| EngineError::Internal("the model thread stopped".into()))
+                    Ok(())
                 });
             }
             Msg::Request(Request::LoadSegmenter { job, checkpoint }) => self.guarded(job, |w| {
@@ -710,24 +748,20 @@ impl Worker {
                     .map_err(|_| EngineError::Internal("the model thread stopped".into()))
             }),
             Msg::Request(Request::Segment { job, raster, window, params, boxes }) => self.guarded(job, |w| {
-                let r = w.rasters.get(&raster).ok_or(EngineError::UnknownRaster(raster))?;
-                let image = crate::reasoner::read_window(r, window, &params, SEGMENT_PIXEL_BUDGET)?;
-                let key = image_key(raster, window, &image);
-                w.model_thread()?
-                    .send(ModelMsg::Segment { job, raster, key, image, boxes })
-                    .map_err(|_| EngineError::Internal("the model thread stopped".into()))
+                w.with_window(job, raster, window, params, SEGMENT_PIXEL_BUDGET, move |image| {
+                    let key = image_key(raster, window, &image);
+                    ModelMsg::Segment { job, raster, key, image, boxes }
+                })
             }),
             Msg::Request(Request::Refine { job, raster, window, params, feature, bbox, previous, clicks }) => {
                 self.guarded(job, |w| {
-                    let r = w.rasters.get(&raster).ok_or(EngineError::UnknownRaster(raster))?;
-                    let image = crate::reasoner::read_window(r, window, &params, SEGMENT_PIXEL_BUDGET)?;
-                    let key = image_key(raster, window, &image);
                     if let Ok(mut latest) = w.latest_click.lock() {
                         latest.insert(feature, job);
                     }
-                    w.model_thread()?
-                        .send(ModelMsg::Refine { job, key, image, feature, bbox, previous, clicks })
-                        .map_err(|_| EngineError::Internal("the model thread stopped".into()))
+                    w.with_window(job, raster, window, params, SEGMENT_PIXEL_BUDGET, move |image| {
+                        let key = image_key(raster, window, &image);
+                        ModelMsg::Refine { job, key, image, feature, bbox, previous, clicks }
+                    })
                 });
             }
             Msg::Request(Request::PullModel { job, request }) => {
@@ -753,7 +787,10 @@ impl Worker {
                 Ok(Event::ProjectSaved { job, path })
             }),
             Msg::Request(Request::LoadProject { job, path, or_raster: true }) if !crate::project::is_project(&path) => {
-                self.handle(Msg::Request(Request::Open { job, path }));
+                match crate::project::not_a_project(&path) {
+                    Some(e) => self.emit(Event::Failed { job, error: e.to_string() }),
+                    None => self.handle(Msg::Request(Request::Open { job, path })),
+                }
             }
             Msg::Request(Request::LoadProject { job, path, .. }) => self.file_job(job, move || {
                 let project = Box::new(crate::project::load(&path)?);
@@ -768,12 +805,17 @@ impl Worker {
                     let report = crate::export::export(&path, &set, &options, &mut |_, _| true)?;
                     Ok(Event::Exported { job, report })
                 }),
+            Msg::Reader { raster, report } => self.reader_report(raster, report),
             Msg::ModelJobDone { job } => {
                 self.cancels.remove(&job);
             }
             Msg::Request(Request::Cancel { job }) => {
                 if self.tiles.as_ref().is_some_and(|t| t.job == job) {
                     self.tiles = None;
+                    self.emit(Event::Cancelled { job });
+                }
+                if self.remote_tiles.is_some_and(|(j, _)| j == job) {
+                    self.remote_tiles = None;
                     self.emit(Event::Cancelled { job });
                 }
                 if let Some(flag) = self.cancels.get(&job) {
@@ -829,7 +871,91 @@ impl Worker {
         }
     }
 
+    /// Opens a remote raster on a reader thread of its own; `Opened` comes from there.
+    fn open_remote(&mut self, job: JobId, path: PathBuf) -> Result<(), EngineError> {
+        let (tx, inbox) = unbounded();
+        let (done, waker) = (self.self_tx.clone(), self.waker.clone());
+        crate::raster::reader::spawn(format!("raster-{job}"), path, inbox, move |report| {
+            let _ = done.send(Msg::Reader { raster: job, report });
+            waker();
+        })
+        .map_err(|e| EngineError::Internal(format!("cannot start a reader thread: {e}")))?;
+        self.remote.insert(job, (tx, None));
+        Ok(())
+    }
+
+    /// What a remote raster's reader thread says: opened, a tile, or done.
+    fn reader_report(&mut self, raster: RasterId, report: ReaderReport) {
+        let current = self.remote_tiles.is_some_and(|(_, r)| r == raster);
+        match report {
+            ReaderReport::Opened(Ok(info)) => {
+                if let Some(entry) = self.remote.get_mut(&raster) {
+                    entry.1 = Some(info.clone());
+                    self.emit(Event::Opened { job: raster, raster, info });
+                }
+            }
+            ReaderReport::Opened(Err(e)) => {
+                self.remote.remove(&raster);
+                self.emit(Event::Failed { job: raster, error: e.to_string() });
+            }
+            ReaderReport::Tile { job, hash, result } => match result {
+                Ok(tile) if current && self.remote_tiles.is_some_and(|(j, _)| j == job) => {
+                    let tile = Arc::new(tile);
+                    self.cache.insert(CacheKey { raster, params: hash, tile: tile.key }, tile.clone());
+                    self.emit(Event::Tile { job, raster, params: hash, tile });
+                }
+                Err(e) if self.remote_tiles.is_some_and(|(j, _)| j == job) => {
+                    self.remote_tiles = None;
+                    self.emit(Event::Failed { job, error: e.to_string() });
+                }
+                _ => {}
+            },
+            ReaderReport::TilesDone { job } => {
+                if self.remote_tiles.is_some_and(|(j, _)| j == job) {
+                    self.remote_tiles = None;
+                    self.emit(Event::TilesDone { job });
+                }
+            }
+        }
+    }
+
+    /// Reads `window` of `raster` at `budget` pixels and hands the model thread
+    /// what `make` builds from it: here for a local raster, on its reader thread
+    /// for a remote one (a failure there comes back as `Failed`).
+    fn with_window(
+        &mut self,
+        job: JobId,
+        raster: RasterId,
+        window: Window,
+        params: RenderParams,
+        budget: usize,
+        make: impl FnOnce(WindowImage) -> ModelMsg + Send + 'static,
+    ) -> Result<(), EngineError> {
+        let model = self.model_thread()?.clone();
+        let stopped = || EngineError::Internal("the model thread stopped".into());
+        if let Some(r) = self.rasters.get(&raster) {
+            let image = crate::reasoner::read_window(r, window, &params, budget)?;
+            return model.send(make(image)).map_err(|_| stopped());
+        }
+        let (reader, _) = self.remote.get(&raster).ok_or(EngineError::UnknownRaster(raster))?;
+        let (events, waker) = (self.events.clone(), self.waker.clone());
+        let run = move |r: &Raster| {
+            let sent = crate::reasoner::read_window(r, window, &params, budget)
+                .and_then(|image| model.send(make(image)).map_err(|_| stopped()));
+            if let Err(e) = sent {
+                let _ = events.send(Event::Failed { job, error: e.to_string() });
+                waker();
+            }
+        };
+        reader.send(ReaderMsg::Run(Box::new(run))).map_err(|_| EngineError::UnknownRaster(raster))
+    }
+
     fn start_overviews(&mut self, job: JobId, raster: RasterId) -> Result<(), EngineError> {
+        if self.remote.contains_key(&raster) {
+            return Err(EngineError::InvalidRequest(
+                "overviews cannot be written next to a raster read over the network; ask its provider for a COG".into(),
+            ));
+        }
         let r = self.rasters.get(&raster).ok_or(EngineError::UnknownRaster(raster))?;
         let path = r.path().to_owned();
         let factors = overviews::default_factors(r.info().width, r.info().height);

@@ -12,6 +12,9 @@ use super::WorkbenchApp;
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportDialog {
     pub path: String,
+    /// The file picked with "Browse…", byte for byte (its name need not be
+    /// UTF-8); used while `path` still shows it unedited.
+    pub picked: Option<PathBuf>,
     pub format: Format,
     pub crs: OutputCrs,
     pub polygons: bool,
@@ -20,10 +23,21 @@ pub struct ExportDialog {
     pub simplify: f64,
 }
 
+impl ExportDialog {
+    /// Where to export: the picked file unless the text was edited since.
+    pub fn target(&self) -> PathBuf {
+        match &self.picked {
+            Some(p) if p.display().to_string() == self.path => p.clone(),
+            _ => PathBuf::from(self.path.trim()),
+        }
+    }
+}
+
 impl Default for ExportDialog {
     fn default() -> Self {
         Self {
             path: String::new(),
+            picked: None,
             format: Format::GeoPackage,
             crs: OutputCrs::Raster,
             polygons: true,
@@ -62,11 +76,10 @@ pub fn export_dialog_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
                 .selected_text(format_label(d.format))
                 .show_ui(ui, |ui| {
                     for f in [Format::GeoPackage, Format::Shapefile, Format::GeoJson, Format::FlatGeobuf] {
-                        if ui.selectable_value(&mut d.format, f, format_label(f)).clicked() {
-                            let p = PathBuf::from(&d.path);
-                            if !d.path.is_empty() {
-                                d.path = p.with_extension(extension(f)).display().to_string();
-                            }
+                        if ui.selectable_value(&mut d.format, f, format_label(f)).clicked() && !d.path.is_empty() {
+                            let p = d.target().with_extension(extension(f));
+                            d.path = p.display().to_string();
+                            d.picked = Some(p);
                         }
                     }
                 })
@@ -109,6 +122,7 @@ pub fn export_dialog_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
     });
     if let Some(p) = app.take_picked(super::DialogPurpose::ExportTo) {
         d.path = p.display().to_string();
+        d.picked = Some(p);
     }
     if go {
         app.export(&d);
@@ -130,7 +144,7 @@ impl WorkbenchApp {
         let simplify = (d.simplify > 0.0).then_some((self.session.settings.simplify_method, d.simplify));
         let (geotransform, crs_wkt) = (doc.info.geotransform.map(engine::geo::GeoTransform), doc.info.crs_wkt.clone());
         let options = ExportOptions { format: Some(d.format), crs: d.crs, polygons: d.polygons, boxes: d.boxes };
-        let path = PathBuf::from(d.path.trim());
+        let path = d.target();
         let job = self.engine.send(|job| engine::Request::Export {
             job,
             path,
@@ -328,6 +342,7 @@ pub fn recovery_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
             if ui.button("Restore").clicked() {
                 app.session.recovery_offer = None;
                 app.load_project(path.clone());
+                app.restoring = app.session.load_job;
             }
             if ui.button("Discard").clicked() {
                 app.session.recovery_offer = None;

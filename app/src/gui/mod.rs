@@ -120,6 +120,8 @@ pub struct WorkbenchApp {
     pub recovery_path: PathBuf,
     /// How often unsaved work is written there.
     pub autosave_every: Duration,
+    /// The job restoring the recovery file: if it fails, the file is set aside.
+    pub restoring: Option<JobId>,
     /// A project's view, applied once its raster is open.
     pub pending_view: Option<[f64; 3]>,
     /// A native file dialog in flight (other than "open raster") and what it is for.
@@ -186,13 +188,19 @@ impl WorkbenchApp {
             fills: overlay::FillCache::default(),
             recovery_path,
             autosave_every: Duration::from_secs(AUTOSAVE_SECONDS),
+            restoring: None,
             pending_view: None,
             picker: None,
             picked: None,
         };
         if app.recovery_path.exists() {
-            let written = std::fs::metadata(&app.recovery_path).and_then(|m| m.modified()).ok();
-            app.session.recovery_offer = Some((app.recovery_path.clone(), written));
+            // Only work that can be restored is offered; anything else is set aside, not lost.
+            if engine::project::is_project(&app.recovery_path) {
+                let written = std::fs::metadata(&app.recovery_path).and_then(|m| m.modified()).ok();
+                app.session.recovery_offer = Some((app.recovery_path.clone(), written));
+            } else {
+                app.set_recovery_aside("it is not a readable project");
+            }
         }
         if let Some(p) = path {
             app.open_any(p);
@@ -219,6 +227,23 @@ impl WorkbenchApp {
     pub fn open(&mut self, path: PathBuf) {
         let job = self.engine.open(path.clone());
         self.opening = Some((job, path));
+    }
+
+    /// Moves an unreadable recovery file out of the way (kept, renamed, for
+    /// whoever wants to look at it) and says so.
+    pub fn set_recovery_aside(&mut self, why: &str) {
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let aside = self.recovery_path.with_extension(format!("unreadable-{secs}.gpkg"));
+        match std::fs::rename(&self.recovery_path, &aside) {
+            Ok(()) => self.notify_error(format!(
+                "The unsaved work kept from the last session cannot be restored ({why}); the file was set aside as {}.",
+                aside.display()
+            )),
+            Err(e) => self.notify_error(format!(
+                "The unsaved work kept from the last session cannot be restored ({why}), and {} cannot be moved: {e}",
+                self.recovery_path.display()
+            )),
+        }
     }
 
     pub fn notify_error(&mut self, text: impl Into<String>) {
@@ -532,6 +557,7 @@ impl WorkbenchApp {
                 }
                 if self.session.load_job == Some(job) {
                     self.session.load_job = None;
+                    self.restoring = None;
                     self.apply_project(path, *project);
                 }
             }
@@ -595,7 +621,11 @@ impl WorkbenchApp {
                         doc.overview_job = None;
                     }
                 }
-                self.notify_error(error);
+                if self.restoring.take_if(|j| *j == job).is_some() {
+                    self.set_recovery_aside(&error);
+                } else {
+                    self.notify_error(error);
+                }
             }
         }
     }

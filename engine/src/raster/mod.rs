@@ -1,6 +1,8 @@
 //! Rasters through GDAL: open, describe, and read windows at any overview level
 //! into display RGBA (band mapping, contrast stretch, nodata/alpha transparency).
 
+pub mod reader;
+pub mod source;
 pub mod stretch;
 
 use std::cell::{OnceCell, RefCell};
@@ -8,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gdal::raster::{ColorInterpretation, GdalDataType, RasterBand, ResampleAlg};
-use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
+use gdal::{Dataset, GdalOpenFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
@@ -22,6 +24,7 @@ const SAMPLE_EXTENT: usize = 512;
 /// Everything the app shows about a raster, and what `info --json` prints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RasterInfo {
+    #[serde(with = "crate::path_serde")]
     pub path: PathBuf,
     pub driver: String,
     pub width: u64,
@@ -187,23 +190,27 @@ impl Raster {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         crate::gdal_init();
         let path = path.as_ref();
-        match std::fs::metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(EngineError::NotFound { path: path.to_owned() });
-            }
-            Err(e) => return Err(EngineError::NotARaster { path: path.to_owned(), reason: e.to_string() }),
-            Ok(m) if m.is_file() && m.len() == 0 => {
-                return Err(EngineError::NotARaster { path: path.to_owned(), reason: "empty file".into() });
-            }
-            Ok(_) => {}
-        }
-        let options = DatasetOptions {
-            open_flags: GdalOpenFlags::GDAL_OF_RASTER
-                | GdalOpenFlags::GDAL_OF_READONLY
-                | GdalOpenFlags::GDAL_OF_VERBOSE_ERROR,
-            ..Default::default()
+        // A STAC item opens its asset; URLs go through GDAL's virtual file systems.
+        let gdal_path = if source::is_stac(path) && (source::is_remote(path) || path.is_file() || !path.exists()) {
+            source::stac_raster(path)?
+        } else {
+            source::gdal_name(path)
         };
-        let ds = Dataset::open_ex(path, options)
+        if !source::is_remote(&gdal_path) {
+            match std::fs::metadata(&gdal_path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(EngineError::NotFound { path: path.to_owned() });
+                }
+                Err(e) => return Err(EngineError::NotARaster { path: path.to_owned(), reason: e.to_string() }),
+                Ok(m) if m.is_file() && m.len() == 0 => {
+                    return Err(EngineError::NotARaster { path: path.to_owned(), reason: "empty file".into() });
+                }
+                Ok(_) => {}
+            }
+        }
+        let flags =
+            GdalOpenFlags::GDAL_OF_RASTER | GdalOpenFlags::GDAL_OF_READONLY | GdalOpenFlags::GDAL_OF_VERBOSE_ERROR;
+        let ds = source::open(&gdal_path, &flags)?
             .map_err(|e| EngineError::NotARaster { path: path.to_owned(), reason: gdal_reason(&e) })?;
         let info = describe(&ds, path)?;
         let samples = (0..info.bands).map(|_| OnceCell::new()).collect();
