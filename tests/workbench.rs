@@ -509,3 +509,20 @@ fn a_geopackage_without_a_project_table_is_named_as_such() {
     assert!(text.contains("not a RemoteReasoner project") && text.contains("polygons"), "{text}");
     assert!(!text.contains("not a raster GDAL can read"), "{text}");
 }
+
+#[test]
+fn open_url_dialog_opens_what_it_is_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut h = harness(None, Settings::default(), tmp.path().join("recovery.gpkg"));
+    h.state_mut().session.open_url = Some(String::new());
+    h.step();
+    h.step();
+    h.get_by_label("URL, /vsi… name or STAC item").click();
+    h.step();
+    h.get_by_label("URL, /vsi… name or STAC item").type_text(&sample().display().to_string());
+    h.step();
+    assert_eq!(h.state().session.open_url.as_deref(), Some(sample().display().to_string().as_str()));
+    h.get_by_label("Open").click();
+    step_until(&mut h, "the raster", |a| a.doc.is_some());
+    assert!(h.state().session.open_url.is_none(), "the dialog closed");
+}

@@ -333,6 +333,31 @@ pub fn help_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
     app.session.show_help = open;
 }
 
+/// A raster by URL (`https://`, `s3://`, `/vsicurl/` …) or a STAC item
+/// (`…/item.json`, `#asset` to pick one), read through GDAL on a thread of its own.
+pub fn open_url_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
+    let Some(mut url) = app.session.open_url.take() else { return };
+    let (mut open, mut go) = (true, false);
+    egui::Window::new("Open URL").open(&mut open).resizable(false).show(ctx, |ui| {
+        let label = ui.label("URL, /vsi… name or STAC item");
+        let edit = ui
+            .add(
+                egui::TextEdit::singleline(&mut url)
+                    .hint_text("https://…/scene.tif, s3://bucket/key.tif, …/item.json#visual")
+                    .desired_width(380.0),
+            )
+            .labelled_by(label.id);
+        let enter = edit.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter));
+        go = (ui.add_enabled(!url.trim().is_empty(), egui::Button::new("Open")).clicked() || enter)
+            && !url.trim().is_empty();
+    });
+    if go {
+        app.open_any(PathBuf::from(url.trim()));
+    } else if open {
+        app.session.open_url = Some(url);
+    }
+}
+
 pub fn recovery_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
     let Some((path, written)) = app.session.recovery_offer.clone() else { return };
     let modified = written.map(humantime_like).unwrap_or_default();

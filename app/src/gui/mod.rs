@@ -1024,6 +1024,7 @@ impl eframe::App for WorkbenchApp {
             map::map_ui(self, ui);
         });
         dialogs::export_dialog_ui(self, &ctx);
+        dialogs::open_url_ui(self, &ctx);
         dialogs::settings_ui(self, &ctx);
         dialogs::help_ui(self, &ctx);
         dialogs::recovery_ui(self, &ctx);

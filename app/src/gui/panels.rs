@@ -13,6 +13,10 @@ pub fn menu_bar_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                     app.open_dialog();
                     ui.close();
                 }
+                if ui.button("Open URL or STAC item…").clicked() {
+                    app.session.open_url.get_or_insert_with(String::new);
+                    ui.close();
+                }
                 ui.separator();
                 if ui.button("Open project…").clicked() {
                     app.pick_file(super::DialogPurpose::OpenProject, false, "gpkg");

@@ -251,6 +251,8 @@ pub struct Session {
     pub show_settings: bool,
     pub show_help: bool,
     pub export_dialog: Option<crate::gui::dialogs::ExportDialog>,
+    /// The "Open URL" dialog's text, while it is open.
+    pub open_url: Option<String>,
     /// A recovery file found at start, offered for restoring (with when it was
     /// last written, read once at start).
     pub recovery_offer: Option<(PathBuf, Option<std::time::SystemTime>)>,
@@ -317,6 +319,7 @@ impl Session {
             show_settings: false,
             show_help: false,
             export_dialog: None,
+            open_url: None,
             recovery_offer: None,
             last_export: None,
             pull: None,
