@@ -165,6 +165,11 @@ fn prompts_over_the_context_and_max_tokens_over_the_cap_are_refused() {
     let text = "ships ".repeat(3000);
     let (status, body) = post(&s, &chat_body(&text, &url, serde_json::json!({"max_tokens": 4000})), &[]);
     assert_eq!(status, 400, "{body}");
+    // A --max-prompt-tokens cap from the command line: the 56×56 image alone is 4 tokens.
+    let short = start(&["--addr", "127.0.0.1:0", "--max-prompt-tokens", "40"]).unwrap();
+    let (status, body) = post(&short, &chat_body(&"ships ".repeat(60), &url, serde_json::json!({})), &[]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("--max-prompt-tokens"), "{body}");
     // A --max-tokens cap from the command line.
     let capped = start(&["--addr", "127.0.0.1:0", "--max-tokens", "16"]).unwrap();
     let (status, body) = post(&capped, &chat_body("ships?", &url, serde_json::json!({"max_tokens": 17})), &[]);
@@ -266,6 +271,20 @@ fn invalid_requests_get_openai_errors_with_the_right_status() {
     let (status, body) = raw(&s.addr(), b"GET /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(status, 405, "{body}");
     error_of(&body);
+    // A chunked body (no Content-Length) over the limit: cut off while it streams in.
+    let small = start(&["--addr", "127.0.0.1:0", "--max-body-mib", "1"]).unwrap();
+    let mut c = TcpStream::connect(small.addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, "x".repeat(64 << 10));
+    for _ in 0..40 {
+        if c.write_all(chunk.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let mut reply = String::new();
+    let _ = BufReader::new(&c).read_line(&mut reply);
+    assert!(reply.contains(" 413 "), "{reply:?}");
     // Headers past 64 KiB.
     let big =
         format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n", "a".repeat(1 << 20));

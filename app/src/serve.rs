@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// Cap on a request's max_tokens, and the default (never past the model's context).
     #[arg(long, default_value_t = 4096)]
     pub max_tokens: usize,
+    /// Cap on a prompt's tokens, image included (default: the model's context, max_position_embeddings).
+    #[arg(long)]
+    pub max_prompt_tokens: Option<usize>,
     /// Open connections at most (more wait to be accepted).
     #[arg(long, default_value_t = 512)]
     pub max_connections: usize,
@@ -64,6 +67,7 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     opts.max_queue = args.max_queue;
     opts.max_image_pixels = args.max_image_pixels;
     opts.max_tokens = args.max_tokens;
+    opts.max_prompt_tokens = args.max_prompt_tokens;
     opts.max_connections = args.max_connections;
     opts.body_budget_bytes = args.body_budget_mib << 20;
     opts.header_timeout = seconds(args.header_timeout_s, "--header-timeout-s")?;

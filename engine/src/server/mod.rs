@@ -67,6 +67,8 @@ pub struct ServeOptions {
     pub max_image_pixels: u64,
     /// Cap on `max_tokens` (and its default); never past the model's context.
     pub max_tokens: usize,
+    /// Cap on a prompt's tokens (image included); `None`: the model's context.
+    pub max_prompt_tokens: Option<usize>,
     /// Open connections at most; more wait to be accepted.
     pub max_connections: usize,
     /// Time a client has to send a request's headers (also closes idle keep-alive connections).
@@ -89,6 +91,7 @@ impl ServeOptions {
             max_pixels: crate::reasoner::processor::TRAINING_MAX_PIXELS,
             max_image_pixels: 64 << 20,
             max_tokens: 4096,
+            max_prompt_tokens: None,
             max_connections: 512,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
@@ -159,6 +162,8 @@ struct Shared {
     body_timeout: Duration,
     max_queue: usize,
     max_pixels: usize,
+    /// Longest prompt accepted, in tokens (≤ the model's context).
+    max_prompt: usize,
     gauge: PromptGauge,
     queued: Arc<AtomicUsize>,
     /// The body budget in KiB permits.
@@ -220,6 +225,7 @@ pub fn serve(opts: &ServeOptions) -> Result<Server> {
         body_timeout: opts.body_timeout,
         max_queue: opts.max_queue,
         max_pixels: opts.max_pixels,
+        max_prompt: opts.max_prompt_tokens.unwrap_or(usize::MAX).min(gauge.context),
         gauge,
         queued,
         bodies: Arc::new(Semaphore::new(kib(opts.body_budget_bytes) as usize)),
@@ -457,6 +463,13 @@ async fn chat_checked(
         .await
         .map_err(|_| ApiError::new(500, "server_error", "internal error"))??
     };
+    if prompt_tokens > s.max_prompt {
+        return Err(ApiError::invalid(format!(
+            "the prompt is {prompt_tokens} tokens; this server takes at most {} (--max-prompt-tokens)",
+            s.max_prompt
+        ))
+        .with_code("context_length_exceeded"));
+    }
     let room = s.gauge.context - prompt_tokens;
     let max_tokens = match req.max_tokens {
         Some(n) if n > room => {
