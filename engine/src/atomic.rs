@@ -27,11 +27,7 @@ const MARK: &str = ".export-";
 
 /// Where staging folders are registered: `$XDG_STATE_HOME/remote-reasoner/exports`.
 pub fn journal_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("remote-reasoner").join("exports")
+    crate::state_dir().join("exports")
 }
 
 /// Hex of a name's bytes: manifests hold any file name, UTF-8 or not.

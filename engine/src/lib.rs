@@ -51,6 +51,16 @@ pub mod worker;
 pub use error::{EngineError, Result};
 pub use worker::{Engine, EngineConfig, Event, JobId, RasterId, Request};
 
+/// Where the program keeps state between runs (recovery file, export journal):
+/// `$XDG_STATE_HOME/remote-reasoner`, by default `~/.local/state/remote-reasoner`.
+pub fn state_dir() -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("remote-reasoner")
+}
+
 /// One-time GDAL set-up: register drivers and route GDAL's own messages to
 /// `tracing` instead of stderr, so the only thing a user reads is our error.
 pub fn gdal_init() {

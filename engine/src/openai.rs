@@ -134,6 +134,86 @@ pub struct ModelCard {
     pub owned_by: String,
 }
 
+/// What a streamed reply says, event by event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamItem {
+    /// The first chunk arrived (the prompt is read).
+    Opened,
+    Text(String),
+    /// A finish reason (`stop`, `length` …).
+    Finish(String),
+}
+
+/// How a streamed reply ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// `data: [DONE]` or a finish reason: the whole reply.
+    Complete,
+    /// The connection ended first (proxy timeout, server crash).
+    CutOff,
+    /// The reader's callback asked to stop.
+    Stopped,
+}
+
+/// Longest line a streamed reply may send: one event is one line, and a
+/// server that never ends a line must not fill our memory.
+pub const MAX_EVENT_LINE: usize = 8 << 20;
+
+/// Reads a chat-completions event stream (`data: {chunk}` lines, `data: [DONE]`
+/// at the end; comments and other fields ignored), handing each piece to
+/// `on_item`. An error event, a malformed chunk or an over-long line is an error.
+pub fn read_event_stream(
+    mut reader: impl std::io::BufRead,
+    mut on_item: impl FnMut(StreamItem) -> std::ops::ControlFlow<()>,
+) -> std::result::Result<StreamEnd, String> {
+    let mut line = Vec::new();
+    let mut opened = false;
+    let mut finished = false;
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_until(
+            &mut std::io::Read::take(&mut reader, MAX_EVENT_LINE as u64 + 1),
+            b'\n',
+            &mut line,
+        )
+        .map_err(|e| format!("reply cut off: {e}"))?;
+        if n == 0 {
+            return Ok(if finished { StreamEnd::Complete } else { StreamEnd::CutOff });
+        }
+        if line.len() > MAX_EVENT_LINE {
+            return Err(format!("an event line over {MAX_EVENT_LINE} bytes"));
+        }
+        let text = std::str::from_utf8(&line).map_err(|e| format!("an event that is not UTF-8: {e}"))?;
+        let Some(data) = text.strip_prefix("data:").map(str::trim) else { continue };
+        if data == "[DONE]" {
+            return Ok(StreamEnd::Complete);
+        }
+        let value: serde_json::Value = serde_json::from_str(data).map_err(|e| format!("bad event {data:.200}: {e}"))?;
+        if let Some(err) = value.get("error") {
+            let message = err.get("message").and_then(|m| m.as_str()).unwrap_or("(no message)");
+            return Err(format!("the server reported an error: {message:.500}"));
+        }
+        let chunk: ChatChunk = serde_json::from_value(value).map_err(|e| format!("bad event {data:.200}: {e}"))?;
+        let mut items = Vec::new();
+        if !opened {
+            opened = true;
+            items.push(StreamItem::Opened);
+        }
+        for c in chunk.choices {
+            items.extend(c.delta.content.filter(|p| !p.is_empty()).map(StreamItem::Text));
+            if let Some(reason) = c.finish_reason {
+                finished = true;
+                items.push(StreamItem::Finish(reason));
+            }
+        }
+        for item in items {
+            if on_item(item).is_break() {
+                return Ok(StreamEnd::Stopped);
+            }
+        }
+    }
+}
+
 /// Seconds since the epoch, for `created`.
 pub fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())

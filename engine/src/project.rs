@@ -222,11 +222,7 @@ fn parse_window(s: &str) -> Option<Window> {
 /// Where the workbench keeps its recovery file (autosave): the user's state
 /// directory, e.g. `~/.local/state/remote-reasoner/recovery.gpkg`.
 pub fn recovery_path() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("remote-reasoner").join("recovery.gpkg")
+    crate::state_dir().join("recovery.gpkg")
 }
 
 #[cfg(test)]

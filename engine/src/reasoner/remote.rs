@@ -9,7 +9,6 @@
 //! [`AskEvent`]s as the local model; connection failures, 429 and 5xx are retried
 //! with exponential backoff before any text arrived.
 
-use std::io::BufRead;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,9 @@ use super::processor::{self, RgbImage};
 use super::prompt::{Task, user_content};
 use super::{Answer, AskEvent, AskOptions, RawCompletion, StopReason, Timings};
 use crate::error::{EngineError, Result};
-use crate::openai::{ChatChunk, ChatRequest, Content, ImageUrl, Message, ModelList, Part, data_url};
+use crate::openai::{
+    ChatRequest, Content, ImageUrl, Message, ModelList, Part, StreamEnd, StreamItem, data_url, read_event_stream,
+};
 
 /// Where and how to reach the endpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -181,41 +182,29 @@ impl RemoteBackend {
         })?;
         let mut raw_text = String::new();
         let mut stop = StopReason::Eos;
-        let mut first = true;
-        // A reply that ends without `[DONE]` or a finish reason was cut off (proxy timeout, server crash).
-        let mut complete = false;
         let reader = std::io::BufReader::new(response.into_reader());
-        for line in reader.lines() {
-            let line = line.map_err(|e| remote_err(&self.options.endpoint, format!("reply cut off: {e}")))?;
-            let Some(data) = line.strip_prefix("data:").map(str::trim) else { continue };
-            if data == "[DONE]" {
-                complete = true;
-                break;
-            }
-            let chunk: ChatChunk = serde_json::from_str(data)
-                .map_err(|e| remote_err(&self.options.endpoint, format!("bad event {data:?}: {e}")))?;
-            if first {
-                first = false;
+        let end = read_event_stream(reader, |item| match item {
+            StreamItem::Opened => {
                 timings.prefill_ms = t1.elapsed().as_secs_f64() * 1e3;
-                if on_event(AskEvent::PromptRead { tokens: 0 }).is_break() {
-                    return Err(EngineError::Cancelled);
-                }
+                on_event(AskEvent::PromptRead { tokens: 0 })
             }
-            for c in chunk.choices {
-                if let Some(piece) = c.delta.content.filter(|p| !p.is_empty()) {
-                    raw_text.push_str(&piece);
-                    if on_event(AskEvent::Text(piece)).is_break() {
-                        return Err(EngineError::Cancelled);
-                    }
-                }
-                if let Some(reason) = c.finish_reason {
-                    stop = StopReason::from_finish_reason(&reason);
-                    complete = true;
-                }
+            StreamItem::Text(piece) => {
+                raw_text.push_str(&piece);
+                on_event(AskEvent::Text(piece))
             }
-        }
-        if !complete {
-            return Err(remote_err(&self.options.endpoint, "the reply stream ended before it was complete"));
+            StreamItem::Finish(reason) => {
+                stop = StopReason::from_finish_reason(&reason);
+                ControlFlow::Continue(())
+            }
+        })
+        .map_err(|e| remote_err(&self.options.endpoint, e))?;
+        match end {
+            StreamEnd::Complete => {}
+            StreamEnd::Stopped => return Err(EngineError::Cancelled),
+            // Without `[DONE]` or a finish reason the reply was cut off (proxy timeout, server crash).
+            StreamEnd::CutOff => {
+                return Err(remote_err(&self.options.endpoint, "the reply stream ended before it was complete"));
+            }
         }
         timings.decode_ms = t1.elapsed().as_secs_f64() * 1e3 - timings.prefill_ms;
         let completion = RawCompletion {
