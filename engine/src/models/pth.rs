@@ -38,8 +38,14 @@ fn tensor_infos(path: &Path, key: Option<&str>) -> Result<Vec<TensorInfo>> {
         .ok_or_else(|| bad(path, "no data.pkl in the archive"))?;
     let dir = PathBuf::from(pkl.strip_suffix(".pkl").unwrap_or(&pkl));
     let mut stack = Stack::empty();
+    let mut pickle = Vec::new();
     let entry = zip.by_name(&pkl).map_err(|e| bad(path, e))?;
-    stack.read_loop(&mut std::io::BufReader::new(entry)).map_err(|e| bad(path, e))?;
+    entry.take(MAX_PICKLE + 1).read_to_end(&mut pickle).map_err(|e| bad(path, e))?;
+    if pickle.len() as u64 > MAX_PICKLE {
+        return Err(bad(path, format!("its data.pkl is over {} MiB", MAX_PICKLE >> 20)));
+    }
+    check_pickle(&pickle).map_err(|e| bad(path, e))?;
+    stack.read_loop(&mut std::io::Cursor::new(&pickle)).map_err(|e| bad(path, e))?;
     let mut obj = stack.finalize().map_err(|e| bad(path, e))?;
     if let Some(key) = key
         && let Object::Dict(entries) = &obj
@@ -61,6 +67,54 @@ fn tensor_infos(path: &Path, key: Option<&str>) -> Result<Vec<TensorInfo>> {
 /// Every tensor of the state dict stored under `key` (e.g. `"model"`, as SAM 2.1
 /// checkpoints hold it), or of the top-level dict when `key` is `None` or the
 /// file has no such entry (plain state dicts, as SAM v1 and MobileSAM ship).
+/// A state dict's pickle is kilobytes to a few megabytes; more is not a checkpoint.
+const MAX_PICKLE: u64 = 256 << 20;
+
+/// Walks the opcodes candle's pickle reader knows and checks that every length
+/// it would allocate for (a string's) fits in the bytes that remain: candle
+/// allocates first, so a 4 KB file declaring a 4 GB string would take the
+/// process down (found by fuzzing, `tests/fixtures/fuzz/pt_reader`). Opcodes it
+/// does not know end the walk: candle refuses them itself.
+fn check_pickle(p: &[u8]) -> std::result::Result<(), String> {
+    let mut i = 0usize;
+    let take = |i: &mut usize, n: usize| -> std::result::Result<usize, String> {
+        let start = *i;
+        *i = start.checked_add(n).filter(|&e| e <= p.len()).ok_or("the pickle ends inside an instruction")?;
+        Ok(start)
+    };
+    let le = |b: &[u8]| b.iter().rev().fold(0usize, |v, &x| (v << 8) | usize::from(x));
+    while i < p.len() {
+        let op = p[i];
+        i += 1;
+        match op {
+            b'.' => return Ok(()),
+            0x80 | b'q' | b'h' | b'K' => drop(take(&mut i, 1)?),
+            b'M' => drop(take(&mut i, 2)?),
+            b'r' | b'j' | b'J' => drop(take(&mut i, 4)?),
+            b'G' => drop(take(&mut i, 8)?),
+            b'X' => {
+                let at = take(&mut i, 4)?;
+                let len = le(&p[at..at + 4]);
+                take(&mut i, len).map_err(|_| format!("a string of {len} bytes where {} remain", p.len() - i))?;
+            }
+            0x8a => {
+                let at = take(&mut i, 1)?;
+                take(&mut i, usize::from(p[at]))?;
+            }
+            b'c' => {
+                for _ in 0..2 {
+                    let nl = p[i..].iter().position(|&b| b == b'\n').ok_or("a global without its line end")?;
+                    i += nl + 1;
+                }
+            }
+            b')' | b'R' | b'(' | b't' | b'Q' | 0x85 | 0x86 | 0x87 | 0x88 | 0x89 | b'N' | b's' | b'u' | b'}' | b'd'
+            | b'b' | 0x81 | b']' | b'a' | b'e' => {}
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 pub fn read(path: &Path, key: Option<&str>, device: &Device) -> Result<HashMap<String, Tensor>> {
     let infos = tensor_infos(path, key)?;
     if infos.is_empty() {
@@ -98,6 +152,14 @@ fn strided(storage: &Tensor, layout: &candle_core::Layout) -> candle_core::Resul
         return storage.narrow(0, start, numel)?.reshape(shape);
     }
     let strides = layout.stride();
+    // Check the view against its storage before allocating for it: the layout comes from the file.
+    let last = shape.iter().zip(strides).try_fold(start, |acc, (&n, &s)| acc.checked_add(n.saturating_sub(1).checked_mul(s)?));
+    if last.is_none_or(|l| l >= storage.elem_count()) || numel > u32::MAX as usize {
+        return Err(candle_core::Error::Msg(format!(
+            "a view of shape {shape:?} with strides {strides:?} from offset {start} reaches past its {} stored values",
+            storage.elem_count()
+        )));
+    }
     let mut index = Vec::with_capacity(numel);
     let mut pos = vec![0usize; shape.len()];
     for _ in 0..numel {
@@ -118,4 +180,34 @@ fn strided(storage: &Tensor, layout: &candle_core::Layout) -> candle_core::Resul
         _ => storage.index_select(&index, 0)?,
     };
     gathered.reshape(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pickles_declaring_more_than_they_hold_are_refused_before_allocating() {
+        // PROTO 2, BINUNICODE of 0xFFFF_FFF0 bytes with 3 present, STOP.
+        let mut p = vec![0x80, 2, b'X'];
+        p.extend(0xFFFF_FFF0u32.to_le_bytes());
+        p.extend(b"abc.");
+        let e = check_pickle(&p).unwrap_err();
+        assert!(e.contains("4294967280"), "{e}");
+        // A well-formed one: PROTO 2, EMPTY_DICT, BINUNICODE "ab", BININT1 7, SETITEM, STOP.
+        let ok = [0x80, 2, b'}', b'X', 2, 0, 0, 0, b'a', b'b', b'K', 7, b's', b'.'];
+        assert!(check_pickle(&ok).is_ok());
+        assert!(check_pickle(&[b'J', 1, 2]).is_err(), "cut inside an instruction");
+    }
+
+    #[test]
+    fn views_past_their_storage_are_refused() {
+        let storage = Tensor::arange(0f32, 6.0, &Device::Cpu).unwrap();
+        let ok = candle_core::Layout::new((2, 3).into(), vec![1, 2], 0);
+        assert_eq!(strided(&storage, &ok).unwrap().dims(), &[2, 3]);
+        let past = candle_core::Layout::new((2, 3).into(), vec![1, 3], 0);
+        assert!(strided(&storage, &past).is_err());
+        let huge = candle_core::Layout::new((1 << 40, 1 << 30).into(), vec![1, 1 << 20], 0);
+        assert!(strided(&storage, &huge).is_err());
+    }
 }
