@@ -153,7 +153,8 @@ fn strided(storage: &Tensor, layout: &candle_core::Layout) -> candle_core::Resul
     }
     let strides = layout.stride();
     // Check the view against its storage before allocating for it: the layout comes from the file.
-    let last = shape.iter().zip(strides).try_fold(start, |acc, (&n, &s)| acc.checked_add(n.saturating_sub(1).checked_mul(s)?));
+    let last =
+        shape.iter().zip(strides).try_fold(start, |acc, (&n, &s)| acc.checked_add(n.saturating_sub(1).checked_mul(s)?));
     if last.is_none_or(|l| l >= storage.elem_count()) || numel > u32::MAX as usize {
         return Err(candle_core::Error::Msg(format!(
             "a view of shape {shape:?} with strides {strides:?} from offset {start} reaches past its {} stored values",

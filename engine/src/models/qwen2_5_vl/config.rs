@@ -134,8 +134,22 @@ impl Config {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(|v| v.as_u64().map(|n| n as usize)).collect())
             .unwrap_or_else(|| vec![16, 24, 24]);
+        // Sizes past any real model are a broken file: refuse them before arithmetic overflows on them.
+        let dims = [text.hidden_size, text.intermediate_size, text.num_attention_heads, text.num_key_value_heads];
+        if text.vocab_size > 1 << 24 || text.num_hidden_layers > 4096 || dims.iter().any(|&d| d > 1 << 20) {
+            return Err(format!(
+                "language model sizes out of range (vocab {}, layers {}, hidden {}, intermediate {}, heads {}/{})",
+                text.vocab_size,
+                text.num_hidden_layers,
+                text.hidden_size,
+                text.intermediate_size,
+                text.num_attention_heads,
+                text.num_key_value_heads
+            ));
+        }
         let head_dim = text.hidden_size / text.num_attention_heads.max(1);
-        if text.mrope_section.len() != 3 || text.mrope_section.iter().sum::<usize>() * 2 != head_dim {
+        let half: Option<usize> = text.mrope_section.iter().try_fold(0usize, |a, &b| a.checked_add(b));
+        if text.mrope_section.len() != 3 || half.and_then(|h| h.checked_mul(2)) != Some(head_dim) {
             return Err(format!(
                 "mrope_section {:?} must have 3 parts summing to half the head dimension ({})",
                 text.mrope_section,
@@ -154,6 +168,12 @@ impl Config {
             serde_json::from_value(vision_value.clone()).map_err(|e| format!("vision_config: {e}"))?;
         if let Some(theta) = vision_value.pointer("/rope_parameters/rope_theta").and_then(Value::as_f64) {
             vision.rope_theta = theta;
+        }
+        let v = &vision;
+        let vdims = [v.depth, v.hidden_size, v.intermediate_size, v.in_channels, v.out_hidden_size, v.patch_size];
+        let small = [v.spatial_merge_size, v.temporal_patch_size];
+        if vdims.iter().any(|&d| d > 1 << 20) || small.iter().any(|&d| d > 64) {
+            return Err("vision_config: sizes out of range".into());
         }
         if vision.num_heads == 0 || !vision.hidden_size.is_multiple_of(vision.num_heads) {
             return Err("vision_config: num_heads does not divide hidden_size".into());
@@ -226,6 +246,20 @@ mod tests {
         "spatial_patch_size": 14, "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31],
         "tokens_per_second": 2, "temporal_patch_size": 2},
       "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 152064}"#;
+
+    #[test]
+    fn absurd_sizes_are_refused_not_overflowed() {
+        let mut v: serde_json::Value = serde_json::from_str(PUBLISHED_7B).unwrap();
+        v["rope_scaling"]["mrope_section"] = serde_json::json!([u64::MAX, u64::MAX, 2]);
+        assert!(Config::from_json(&v.to_string()).is_err());
+        let mut v: serde_json::Value = serde_json::from_str(PUBLISHED_7B).unwrap();
+        v["hidden_size"] = serde_json::json!(1u64 << 40);
+        assert!(Config::from_json(&v.to_string()).unwrap_err().contains("out of range"));
+        let mut v: serde_json::Value = serde_json::from_str(PUBLISHED_7B).unwrap();
+        v["vision_config"]["depth"] = serde_json::json!(1u64 << 40);
+        assert!(Config::from_json(&v.to_string()).is_err());
+        assert!(Config::from_json(PUBLISHED_7B).is_ok());
+    }
 
     #[test]
     fn published_7b_config_parses_and_counts_8_3b_parameters() {
