@@ -249,13 +249,13 @@ mod tests {
 
     #[test]
     fn absurd_sizes_are_refused_not_overflowed() {
-        let mut v: serde_json::Value = serde_json::from_str(PUBLISHED_7B).unwrap();
+        let mut v: Value = serde_json::from_str(PUBLISHED_7B).unwrap();
         v["rope_scaling"]["mrope_section"] = serde_json::json!([u64::MAX, u64::MAX, 2]);
         assert!(Config::from_json(&v.to_string()).is_err());
-        let mut v: serde_json::Value = serde_json::from_str(PUBLISHED_7B).unwrap();
+        let mut v: Value = serde_json::from_str(PUBLISHED_7B).unwrap();
         v["hidden_size"] = serde_json::json!(1u64 << 40);
         assert!(Config::from_json(&v.to_string()).unwrap_err().contains("out of range"));
-        let mut v: serde_json::Value = serde_json::from_str(PUBLISHED_7B).unwrap();
+        let mut v: Value = serde_json::from_str(PUBLISHED_7B).unwrap();
         v["vision_config"]["depth"] = serde_json::json!(1u64 << 40);
         assert!(Config::from_json(&v.to_string()).is_err());
         assert!(Config::from_json(PUBLISHED_7B).is_ok());
