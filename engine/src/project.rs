@@ -231,6 +231,19 @@ mod tests {
     use crate::edit::FeatureStore;
     use geo::Polygon;
 
+    #[cfg(unix)]
+    #[test]
+    fn a_raster_path_that_is_not_utf8_survives_save_and_load() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(std::ffi::OsStr::from_bytes(b"proj\xe9t.gpkg"));
+        let raster = PathBuf::from(std::ffi::OsStr::from_bytes(b"/data/sc\xe8ne.tif"));
+        let meta = ProjectMeta { raster: Some(raster.clone()), ..Default::default() };
+        save(&path, &meta, &[]).unwrap();
+        assert!(is_project(&path));
+        assert_eq!(load(&path).unwrap().meta.raster, Some(raster));
+    }
+
     #[test]
     fn save_load_round_trip_keeps_pixels_attributes_and_exact_geometry() {
         let dir = tempfile::tempdir().unwrap();
