@@ -121,15 +121,23 @@ pub fn read(path: &Path, key: Option<&str>, device: &Device) -> Result<HashMap<S
         return Err(bad(path, "it holds no tensors"));
     }
     let mut zip = open_zip(path)?;
+    let file_len = std::fs::metadata(path).map_err(|e| bad(path, e))?.len();
     let mut storages: HashMap<String, Tensor> = HashMap::new();
     let mut out = HashMap::with_capacity(infos.len());
     for info in infos {
         let storage = match storages.get(&info.path) {
             Some(s) => s.clone(),
             None => {
-                let mut entry = zip.by_name(&info.path).map_err(|e| bad(path, format!("{}: {e}", info.path)))?;
-                let mut bytes = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut bytes).map_err(|e| bad(path, e))?;
+                let entry = zip.by_name(&info.path).map_err(|e| bad(path, format!("{}: {e}", info.path)))?;
+                // The sizes in a zip are the file's word, not facts: torch stores entries
+                // uncompressed, so one cannot hold more than the file (allow 64× for a
+                // compressed one), and no more than the declared size is read.
+                let size = entry.size();
+                if size > file_len.saturating_mul(64) {
+                    return Err(bad(path, format!("{} claims {size} bytes in a file of {file_len}", info.path)));
+                }
+                let mut bytes = Vec::with_capacity(size.min(file_len) as usize);
+                entry.take(size).read_to_end(&mut bytes).map_err(|e| bad(path, e))?;
                 let n = bytes.len() / info.dtype.size_in_bytes();
                 let s = Tensor::from_raw_buffer(&bytes, info.dtype, &[n], &Device::Cpu).map_err(|e| bad(path, e))?;
                 storages.insert(info.path.clone(), s.clone());
