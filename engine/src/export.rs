@@ -361,7 +361,7 @@ pub(crate) fn export_with(
             if let Some((_, ds)) = open.take() {
                 ds.close().map_err(|e| werr(gdal_reason(&e)))?;
             }
-            let ds = crate::raster::source::create_vector(&driver, &file)?.map_err(|e| werr(gdal_reason(&e)))?;
+            let ds = crate::raster::source::create_vector(&driver, &file).map_err(|e| werr(gdal_reason(&e)))?;
             open = Some((file.clone(), ds));
         }
         let Some((_, ds)) = open.as_mut() else { unreachable!("opened above") };

@@ -45,7 +45,7 @@ pub fn build_overviews(
         open_flags: GdalOpenFlags::GDAL_OF_RASTER | GdalOpenFlags::GDAL_OF_READONLY,
         ..Default::default()
     };
-    let ds = crate::raster::source::open(path, &options.open_flags)?
+    let ds = crate::raster::source::open(path, &options.open_flags)
         .map_err(|e| EngineError::NotARaster { path: path.to_owned(), reason: gdal_reason(&e) })?;
     if factors.is_empty() {
         return Ok(());

@@ -69,7 +69,7 @@ pub fn save(path: &Path, meta: &ProjectMeta, features: &[WorkFeature]) -> Result
 pub fn is_project(path: &Path) -> bool {
     crate::gdal_init();
     let flags = gdal::GdalOpenFlags::GDAL_OF_VECTOR | gdal::GdalOpenFlags::GDAL_OF_READONLY;
-    crate::raster::source::open(path, &flags).is_ok_and(|ds| ds.is_ok_and(|ds| ds.layer_by_name(TABLE).is_ok()))
+    crate::raster::source::open(path, &flags).is_ok_and(|ds| ds.layer_by_name(TABLE).is_ok())
 }
 
 /// Why a GeoPackage that is not a project cannot be opened as a raster either,
@@ -78,7 +78,7 @@ pub fn not_a_project(path: &Path) -> Option<EngineError> {
     let flags = gdal::GdalOpenFlags::GDAL_OF_VECTOR
         | gdal::GdalOpenFlags::GDAL_OF_RASTER
         | gdal::GdalOpenFlags::GDAL_OF_READONLY;
-    let ds = crate::raster::source::open(path, &flags).ok()?.ok()?;
+    let ds = crate::raster::source::open(path, &flags).ok()?;
     if ds.raster_count() > 0 {
         return None;
     }
@@ -102,7 +102,7 @@ pub fn load(path: &Path) -> Result<Project> {
     }
     let bad = |reason: String| EngineError::Read { path: path.to_owned(), reason };
     let flags = gdal::GdalOpenFlags::GDAL_OF_VECTOR | gdal::GdalOpenFlags::GDAL_OF_READONLY;
-    let ds = crate::raster::source::open(path, &flags)?.map_err(|e| bad(gdal_reason(&e)))?;
+    let ds = crate::raster::source::open(path, &flags).map_err(|e| bad(gdal_reason(&e)))?;
     let mut table =
         ds.layer_by_name(TABLE).map_err(|_| bad(format!("not a RemoteReasoner project (no {TABLE} table)")))?;
     let mut meta: Option<ProjectMeta> = None;

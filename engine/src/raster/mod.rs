@@ -191,11 +191,7 @@ impl Raster {
         crate::gdal_init();
         let path = path.as_ref();
         // A STAC item opens its asset; URLs go through GDAL's virtual file systems.
-        let gdal_path = if source::is_stac(path) && (source::is_remote(path) || path.is_file() || !path.exists()) {
-            source::stac_raster(path)?
-        } else {
-            source::gdal_name(path)
-        };
+        let gdal_path = if source::is_stac(path) { source::stac_raster(path)? } else { source::gdal_name(path) };
         if !source::is_remote(&gdal_path) {
             match std::fs::metadata(&gdal_path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -210,7 +206,7 @@ impl Raster {
         }
         let flags =
             GdalOpenFlags::GDAL_OF_RASTER | GdalOpenFlags::GDAL_OF_READONLY | GdalOpenFlags::GDAL_OF_VERBOSE_ERROR;
-        let ds = source::open(&gdal_path, &flags)?
+        let ds = source::open(&gdal_path, &flags)
             .map_err(|e| EngineError::NotARaster { path: path.to_owned(), reason: gdal_reason(&e) })?;
         let info = describe(&ds, path)?;
         let samples = (0..info.bands).map(|_| OnceCell::new()).collect();
@@ -524,6 +520,8 @@ pub(crate) fn gdal_reason(e: &gdal::errors::GdalError) -> String {
         gdal::errors::GdalError::CplError { msg, .. } if !msg.is_empty() => msg.trim().to_owned(),
         gdal::errors::GdalError::NullPointer { msg, .. } if !msg.is_empty() => msg.trim().to_owned(),
         gdal::errors::GdalError::NullPointer { .. } => "format not recognised".to_owned(),
+        gdal::errors::GdalError::BadArgument(msg) => msg.clone(),
+        gdal::errors::GdalError::FfiNulError(_) => "the name holds a NUL byte".to_owned(),
         other => other.to_string(),
     }
 }

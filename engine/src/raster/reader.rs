@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 use super::{Raster, RasterInfo, RenderParams, Tile};
 use crate::error::EngineError;
 use crate::tiles::TileKey;
+use crate::worker::panic_message;
 
 /// Work for a reader thread.
 pub enum ReaderMsg {
@@ -51,18 +52,11 @@ pub fn spawn(
     std::thread::Builder::new().name(name).spawn(move || run(&path, &inbox, &report)).map(|_| ())
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
-
 fn run(path: &std::path::Path, inbox: &Receiver<ReaderMsg>, report: &dyn Fn(ReaderReport)) {
     let raster = match catch_unwind(|| Raster::open(path)) {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return report(ReaderReport::Opened(Err(e))),
-        Err(p) => return report(ReaderReport::Opened(Err(EngineError::Internal(panic_text(&*p))))),
+        Err(p) => return report(ReaderReport::Opened(Err(EngineError::Internal(panic_message(&*p))))),
     };
     report(ReaderReport::Opened(Ok(Box::new(raster.info().clone()))));
     let mut tiles: Option<(u64, RenderParams, u64, VecDeque<TileKey>)> = None;
@@ -94,7 +88,7 @@ fn run(path: &std::path::Path, inbox: &Receiver<ReaderMsg>, report: &dyn Fn(Read
                     continue;
                 };
                 let result = catch_unwind(AssertUnwindSafe(|| raster.render_tile(key, params)))
-                    .unwrap_or_else(|p| Err(EngineError::Internal(panic_text(&*p))));
+                    .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p))));
                 if result.is_err() {
                     tiles = None;
                 }

@@ -17,12 +17,12 @@ use gdal::{Dataset, Driver, GdalOpenFlags};
 use crate::error::{EngineError, Result};
 
 /// The bytes GDAL takes for `path`.
-pub fn c_path(path: &Path) -> Result<CString> {
+pub fn c_path(path: &Path) -> gdal::errors::Result<CString> {
     #[cfg(unix)]
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
     #[cfg(not(unix))]
     let bytes = path.to_string_lossy().into_owned().into_bytes();
-    CString::new(bytes).map_err(|_| EngineError::InvalidRequest(format!("{}: a path with a NUL byte", path.display())))
+    Ok(CString::new(bytes)?)
 }
 
 fn last_gdal_error(method: &'static str) -> gdal::errors::GdalError {
@@ -32,21 +32,21 @@ fn last_gdal_error(method: &'static str) -> gdal::errors::GdalError {
 }
 
 /// Opens `path` (byte-exact) with `flags`.
-pub fn open(path: &Path, flags: &GdalOpenFlags) -> Result<std::result::Result<Dataset, gdal::errors::GdalError>> {
+pub fn open(path: &Path, flags: &GdalOpenFlags) -> gdal::errors::Result<Dataset> {
     crate::gdal_init();
     let c = c_path(path)?;
     // SAFETY: `c` is a valid C string for the call; null lists are allowed by GDALOpenEx.
     let h =
         unsafe { gdal_sys::GDALOpenEx(c.as_ptr(), flags.bits(), std::ptr::null(), std::ptr::null(), std::ptr::null()) };
     if h.is_null() {
-        return Ok(Err(last_gdal_error("GDALOpenEx")));
+        return Err(last_gdal_error("GDALOpenEx"));
     }
     // SAFETY: a non-null handle from GDALOpenEx, owned by the Dataset from here on.
-    Ok(Ok(unsafe { Dataset::from_c_dataset(h) }))
+    Ok(unsafe { Dataset::from_c_dataset(h) })
 }
 
 /// Creates a vector dataset at `path` (byte-exact) with `driver`.
-pub fn create_vector(driver: &Driver, path: &Path) -> Result<std::result::Result<Dataset, gdal::errors::GdalError>> {
+pub fn create_vector(driver: &Driver, path: &Path) -> gdal::errors::Result<Dataset> {
     let c = c_path(path)?;
     // SAFETY: valid driver handle and C string; 0×0×0 of GDT_Unknown is GDAL's "vector only".
     let h = unsafe {
@@ -61,10 +61,10 @@ pub fn create_vector(driver: &Driver, path: &Path) -> Result<std::result::Result
         )
     };
     if h.is_null() {
-        return Ok(Err(last_gdal_error("GDALCreate")));
+        return Err(last_gdal_error("GDALCreate"));
     }
     // SAFETY: a non-null handle from GDALCreate, owned by the Dataset from here on.
-    Ok(Ok(unsafe { Dataset::from_c_dataset(h) }))
+    Ok(unsafe { Dataset::from_c_dataset(h) })
 }
 
 /// Creates a `u8` raster of `w`×`h`×`bands` at `path` (byte-exact) with creation `options`.
@@ -73,10 +73,9 @@ pub fn create_u8(
     path: &Path,
     (w, h, bands): (usize, usize, usize),
     options: &gdal::raster::RasterCreationOptions,
-) -> Result<std::result::Result<Dataset, gdal::errors::GdalError>> {
+) -> gdal::errors::Result<Dataset> {
     let c = c_path(path)?;
-    let dim =
-        |n: usize| i32::try_from(n).map_err(|_| EngineError::InvalidRequest(format!("raster size {n} too large")));
+    let dim = |n: usize| i32::try_from(n).map_err(|_| gdal::errors::GdalError::BadArgument(format!("raster size {n}")));
     let (cw, ch, cb) = (dim(w)?, dim(h)?, dim(bands)?);
     // SAFETY: valid driver handle, C string and option list (GDAL copies what it keeps).
     let handle = unsafe {
@@ -91,10 +90,10 @@ pub fn create_u8(
         )
     };
     if handle.is_null() {
-        return Ok(Err(last_gdal_error("GDALCreate")));
+        return Err(last_gdal_error("GDALCreate"));
     }
     // SAFETY: a non-null handle from GDALCreate, owned by the Dataset from here on.
-    Ok(Ok(unsafe { Dataset::from_c_dataset(handle) }))
+    Ok(unsafe { Dataset::from_c_dataset(handle) })
 }
 
 /// True for names GDAL reads over the network or through a virtual file system.

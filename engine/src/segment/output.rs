@@ -88,8 +88,7 @@ fn write_geotiff(path: &Path, w: usize, h: usize, bytes: Vec<u8>, georef: Option
     crate::gdal_init();
     let driver = gdal::DriverManager::get_driver_by_name("GTiff")?;
     let options = RasterCreationOptions::from_iter(["COMPRESS=DEFLATE", "TILED=YES"]);
-    let mut ds = crate::raster::source::create_u8(&driver, path, (w, h, 1), &options)
-        .map_err(|e| gdal::errors::GdalError::BadArgument(e.to_string()))??;
+    let mut ds = crate::raster::source::create_u8(&driver, path, (w, h, 1), &options)?;
     if let Some(g) = georef {
         ds.set_geo_transform(&g.geotransform)?;
         if let Some(wkt) = &g.crs_wkt {
@@ -121,7 +120,7 @@ pub fn read_mask(path: &Path) -> Result<MaskFile> {
     let not_raster =
         |e: gdal::errors::GdalError| EngineError::NotARaster { path: path.to_owned(), reason: gdal_reason(&e) };
     let flags = gdal::GdalOpenFlags::GDAL_OF_RASTER | gdal::GdalOpenFlags::GDAL_OF_READONLY;
-    let ds = crate::raster::source::open(path, &flags)?.map_err(not_raster)?;
+    let ds = crate::raster::source::open(path, &flags).map_err(not_raster)?;
     if ds.raster_count() == 0 {
         return Err(EngineError::NotARaster { path: path.to_owned(), reason: "it has no raster band".into() });
     }
