@@ -98,8 +98,9 @@ impl Staging {
     }
 
     /// Moves every file of the folder into place (the main `target` last) and
-    /// removes `stale` files of the old set; returns the files now in place.
-    pub fn commit(mut self, stale: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    /// removes the files named `stale` (old sidecars the new set lacks) beside
+    /// it; returns the files now in place.
+    pub fn commit(mut self, stale: &[OsString]) -> Result<Vec<PathBuf>> {
         let werr = |reason: String| EngineError::Write { path: self.target.clone(), reason };
         let mut names: Vec<OsString> = std::fs::read_dir(&self.dir)
             .map_err(|e| werr(e.to_string()))?
@@ -115,10 +116,9 @@ impl Staging {
         for n in &names {
             manifest.push_str(&format!("move {}\n", hex(n)));
         }
-        for s in stale.iter().filter(|s| s.parent() == Some(self.parent.as_path()) || s.parent().is_none()) {
-            if let Some(n) = s.file_name().filter(|n| !names.iter().any(|m| m == n)) {
-                manifest.push_str(&format!("remove {}\n", hex(n)));
-            }
+        // Never a file of the new set.
+        for n in stale.iter().filter(|n| !names.contains(n)) {
+            manifest.push_str(&format!("remove {}\n", hex(n)));
         }
         let tmp = self.dir.join(format!("{MANIFEST}.tmp"));
         let mut f = std::fs::File::create(&tmp).map_err(|e| werr(e.to_string()))?;

@@ -410,23 +410,21 @@ fn write_table(ds: &mut gdal::Dataset, name: &str, rows: &[(String, String)]) ->
 
 /// A Shapefile replaced by one without a `.prj` (or `.cpg`, index …) must not
 /// keep the old one: a stale `.prj` would put the new shapes in the wrong place.
-/// The sidecars of every shapefile staged (polygons and `<stem>_boxes`) that
-/// the new set does not have, beside the target.
-fn stale_sidecars(staging: &crate::atomic::Staging) -> Result<Vec<PathBuf>> {
+/// The names of the sidecars of every shapefile staged (polygons and
+/// `<stem>_boxes`) that the new set does not have.
+fn stale_sidecars(staging: &crate::atomic::Staging) -> Result<Vec<std::ffi::OsString>> {
     let staged: Vec<PathBuf> = std::fs::read_dir(staging.dir())
         .map_err(|e| EngineError::Write { path: staging.dir().to_owned(), reason: e.to_string() })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
-    let parent = staging.dir().parent().unwrap_or(Path::new("."));
     let mut stale = Vec::new();
     for shp in staged.iter().filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("shp"))) {
         for ext in ["prj", "cpg", "qix", "sbn", "sbx", "shp.xml"] {
             let sidecar = shp.with_extension(ext);
             if !staged.contains(&sidecar)
                 && let Some(name) = sidecar.file_name()
-                && parent.join(name).exists()
             {
-                stale.push(parent.join(name));
+                stale.push(name.to_owned());
             }
         }
     }
