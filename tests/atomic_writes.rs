@@ -213,3 +213,20 @@ fn stale_staging_folders_are_removed_by_the_next_export() {
     assert!(!stale.exists(), "the stale folder is gone");
     assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
 }
+
+#[test]
+fn a_shapefile_replaced_by_one_without_a_crs_loses_its_old_prj() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.shp");
+    let wkt = gdal::spatial_ref::SpatialRef::from_epsg(32631).unwrap().to_wkt().unwrap();
+    let gt = Some(engine::geo::GeoTransform(GT));
+    let opts = ExportOptions::default();
+    let with_crs = engine::edit::feature_set(&features(2), gt, Some(wkt));
+    engine::export::export(&out, &with_crs, &opts, &mut |_, _| true).unwrap();
+    assert!(out.with_extension("prj").exists());
+    let without = engine::edit::feature_set(&features(3), gt, None);
+    engine::export::export(&out, &without, &opts, &mut |_, _| true).unwrap();
+    assert!(!out.with_extension("prj").exists(), "a stale .prj would misplace the new shapes");
+    assert!(!dir.path().join("x_boxes.prj").exists());
+    assert_eq!(read_set(&out, "shp").unwrap().len(), 6);
+}
