@@ -1,14 +1,19 @@
-//! A project file (GeoPackage) as the workbench opens it: a project or a
-//! named error, never a panic.
+//! A project file (GeoPackage) as the workbench opens it. The body is in `fuzz/entries.rs`, shared with
+//! `tests/fuzz_regressions.rs`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let dir = std::env::temp_dir().join(format!("rr-fuzz-gpkg-{}", std::process::id()));
+#[path = "../entries.rs"]
+mod entries;
+
+/// A folder of this process for the input as a file.
+fn scratch(kind: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rr-fuzz-{kind}-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join("project.gpkg");
-    std::fs::write(&path, data).expect("temp file");
-    let _ = engine::project::is_project(&path);
-    let _ = engine::project::load(&path);
+    dir
+}
+
+fuzz_target!(|data: &[u8]| {
+    entries::project_load(data, &scratch("gpkg"));
 });

@@ -1,13 +1,19 @@
-//! A `torch.save` archive (zip + pickle) read without running pickle code:
-//! any bytes give tensors or a named error, never a panic or an abort.
+//! A `torch.save` archive (zip + pickle) read without running pickle code. The body is in `fuzz/entries.rs`, shared with
+//! `tests/fuzz_regressions.rs`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let dir = std::env::temp_dir().join(format!("rr-fuzz-pt-{}", std::process::id()));
+#[path = "../entries.rs"]
+mod entries;
+
+/// A folder of this process for the input as a file.
+fn scratch(kind: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rr-fuzz-{kind}-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join("model.pt");
-    std::fs::write(&path, data).expect("temp file");
-    let _ = engine::models::pth::read(&path, Some("model"), &candle_core::Device::Cpu);
+    dir
+}
+
+fuzz_target!(|data: &[u8]| {
+    let _ = entries::pt_reader(data, &scratch("pt"));
 });

@@ -1,17 +1,12 @@
-//! A remote server's streamed reply as the client reads it: pieces, an end,
-//! or a named error, never a panic.
+//! A remote server's streamed reply as the client reads it. The body is in `fuzz/entries.rs`, shared with
+//! `tests/fuzz_regressions.rs`.
 #![no_main]
 
-use engine::openai::{StreamItem, read_event_stream};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../entries.rs"]
+mod entries;
+
 fuzz_target!(|data: &[u8]| {
-    let mut text = String::new();
-    let _ = read_event_stream(std::io::Cursor::new(data), |item| {
-        if let StreamItem::Text(t) = item {
-            text.push_str(&t);
-        }
-        std::ops::ControlFlow::Continue(())
-    });
-    assert!(text.len() <= data.len());
+    entries::sse_reader(data);
 });
