@@ -8,12 +8,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use engine::base::Window;
 use engine::contour::{polygonize_bool, to_map};
 use engine::export::{ExportOptions, Format, OutputCrs, export};
 use engine::features::{Feature, FeatureSet, Geometry, Provenance};
 use engine::geo::GeoTransform;
 use engine::segment::Mask;
-use engine::tiles::Window;
 use gdal::Dataset;
 use gdal::spatial_ref::SpatialRef;
 use gdal::vector::{Geometry as OgrGeometry, LayerAccess, ToGdal};

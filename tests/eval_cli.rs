@@ -19,7 +19,7 @@ fn dataset(dir: &Path) {
         std::fs::create_dir_all(dir.join("val").join(sub)).unwrap();
     }
     for (i, (x, y)) in [(0u64, 0u64), (40, 30), (70, 60)].iter().enumerate() {
-        let w = engine::tiles::Window { x: *x, y: *y, width: 128, height: 128 };
+        let w = engine::base::Window { x: *x, y: *y, width: 128, height: 128 };
         let img = raster.render_window(w, (128, 128), &params).unwrap();
         let rgb: Vec<u8> = img.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
         let stem = format!("img{i}");

@@ -9,9 +9,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use engine::base::RgbImage;
 use engine::models::qwen2_5_vl::rope_index;
 use engine::reasoner::generate::{Decoding, Sampler};
-use engine::reasoner::processor::{self, RgbImage};
+use engine::reasoner::processor;
 use engine::reasoner::{AskOptions, LoadOptions, Reasoner, Task, prompt};
 use serde_json::Value;
 
@@ -277,7 +278,7 @@ fn q8_0_projections_stay_close_and_keep_the_answer() {
     let sample = f.dir.join("../../../assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif");
     let raster = engine::raster::Raster::open(&sample).unwrap();
     let params = engine::raster::RenderParams::default_for(raster.info());
-    let view = engine::reasoner::read_window(&raster, engine::tiles::Window::full(200, 200), &params, 802_816).unwrap();
+    let view = engine::reasoner::read_window(&raster, engine::base::Window::full(200, 200), &params, 802_816).unwrap();
     let mut r = Reasoner::load(&trained, &q8).unwrap();
     let a = r
         .ask(&view.image, Task::Region, "where are the ships?", &AskOptions::default(), |_| {

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::base::Window;
 use engine::raster::{BandMapping, Raster, RenderParams, Stretch};
-use engine::tiles::{TileKey, Window};
+use engine::tiles::TileKey;
 use engine::{Engine, EngineConfig, EngineError, Event};
 
 /// `../shared/data` beside the repository, or `$RR_SHARED_DATA`.
@@ -246,7 +247,7 @@ fn huge_sparse_geotiff_with_overviews_through_the_engine() {
     let next = |engine: &Engine| engine.recv_timeout(Duration::from_secs(120)).expect("engine answered");
     engine.open(&path);
     let (raster, info) = match next(&engine) {
-        Event::Opened { raster, info, .. } => (raster, info),
+        Event { kind: EventKind::Opened { raster, info, .. }, .. } => (raster, info),
         other => panic!("{other:?}"),
     };
     assert!(info.overviews.is_empty());
@@ -257,8 +258,8 @@ fn huge_sparse_geotiff_with_overviews_through_the_engine() {
     engine.cancel(job);
     loop {
         match next(&engine) {
-            Event::Cancelled { job: j } if j == job => break,
-            Event::Progress { .. } => {}
+            Event { job: j, kind: EventKind::Cancelled } if j == job => break,
+            Event { kind: EventKind::Progress { .. }, .. } => {}
             other => panic!("expected cancellation, got {other:?}"),
         }
     }
@@ -269,8 +270,8 @@ fn huge_sparse_geotiff_with_overviews_through_the_engine() {
     let mut progress = Vec::new();
     let info = loop {
         match next(&engine) {
-            Event::Progress { job: j, fraction, .. } if j == job => progress.push(fraction),
-            Event::OverviewsBuilt { job: j, info, .. } if j == job => break info,
+            Event { job: j, kind: EventKind::Progress { fraction, .. } } if j == job => progress.push(fraction),
+            Event { job: j, kind: EventKind::OverviewsBuilt { info, .. } } if j == job => break info,
             other => panic!("{other:?}"),
         }
     };
@@ -290,10 +291,10 @@ fn huge_sparse_geotiff_with_overviews_through_the_engine() {
     let mut got = std::collections::HashMap::new();
     loop {
         match next(&engine) {
-            Event::Tile { job: j, tile, .. } if j == job => {
+            Event { job: j, kind: EventKind::Tile { tile, .. } } if j == job => {
                 got.insert(tile.key, tile);
             }
-            Event::TilesDone { job: j } if j == job => break,
+            Event { job: j, kind: EventKind::TilesDone } if j == job => break,
             other => panic!("{other:?}"),
         }
     }
@@ -315,10 +316,10 @@ fn huge_sparse_geotiff_with_overviews_through_the_engine() {
     let (mut first_tiles, mut first_cancelled) = (0, false);
     loop {
         match next(&engine) {
-            Event::Tile { job, .. } if job == first => first_tiles += 1,
-            Event::Cancelled { job } if job == first => first_cancelled = true,
-            Event::Tile { job, .. } if job == second => {}
-            Event::TilesDone { job } if job == second => break,
+            Event { job, kind: EventKind::Tile { .. } } if job == first => first_tiles += 1,
+            Event { job, kind: EventKind::Cancelled } if job == first => first_cancelled = true,
+            Event { job, kind: EventKind::Tile { .. } } if job == second => {}
+            Event { job, kind: EventKind::TilesDone } if job == second => break,
             other => panic!("{other:?}"),
         }
     }
@@ -327,7 +328,7 @@ fn huge_sparse_geotiff_with_overviews_through_the_engine() {
     // A cached tile is answered straight from the cache, identical.
     let job = engine.request_tiles(raster, params, vec![written]);
     match next(&engine) {
-        Event::Tile { job: j, tile, .. } if j == job => assert_eq!(tile.rgba, got[&written].rgba),
+        Event { job: j, kind: EventKind::Tile { tile, .. } } if j == job => assert_eq!(tile.rgba, got[&written].rgba),
         other => panic!("{other:?}"),
     }
 }

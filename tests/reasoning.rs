@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::base::Window;
 use engine::raster::RenderParams;
 use engine::reasoner::{AskOptions, LoadOptions, Task};
-use engine::tiles::{TileKey, Window};
+use engine::tiles::TileKey;
 use engine::worker::AskStage;
-use engine::{Engine, EngineConfig, Event, Request};
+use engine::{Engine, EngineConfig, Event, EventKind, RequestKind};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -25,15 +26,14 @@ fn next(e: &Engine) -> Event {
 fn open_sample(e: &Engine) -> (u64, engine::raster::RasterInfo) {
     e.open(root().join("assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif"));
     match next(e) {
-        Event::Opened { raster, info, .. } => (raster, *info),
+        Event { kind: EventKind::Opened { raster, info, .. }, .. } => (raster, *info),
         other => panic!("{other:?}"),
     }
 }
 
 fn ask(e: &Engine, raster: u64, info: &engine::raster::RasterInfo, query: &str) -> u64 {
     let (query, params) = (query.to_owned(), RenderParams::default_for(info));
-    e.send(|job| Request::Ask {
-        job,
+    e.send(RequestKind::Ask {
         raster,
         window: Window::full(200, 200),
         params,
@@ -50,26 +50,27 @@ fn a_question_streams_its_trace_and_returns_raster_boxes() {
 
     // Asking before any checkpoint is loaded fails clearly.
     let job = ask(&e, raster, &info, "where are the ships?");
-    assert!(matches!(next(&e), Event::AskStage { stage: AskStage::Queued, .. }));
+    assert!(matches!(next(&e), Event { kind: EventKind::AskStage { stage: AskStage::Queued, .. }, .. }));
     match next(&e) {
-        Event::Failed { job: j, error } => {
+        Event { job: j, kind: EventKind::Failed { error } } => {
             assert!(j == job && error.contains("no RemoteReasoner checkpoint"), "{error}");
         }
         other => panic!("{other:?}"),
     }
 
     // A broken directory fails and names it; the engine keeps serving.
-    let job =
-        e.send(|job| Request::LoadReasoner { job, dir: "/no/checkpoint".into(), options: LoadOptions::default() });
+    let job = e.send(RequestKind::LoadReasoner { dir: "/no/checkpoint".into(), options: LoadOptions::default() });
     match next(&e) {
-        Event::Failed { job: j, error } => assert!(j == job && error.contains("/no/checkpoint"), "{error}"),
+        Event { job: j, kind: EventKind::Failed { error } } => {
+            assert!(j == job && error.contains("/no/checkpoint"), "{error}")
+        }
         other => panic!("{other:?}"),
     }
 
     let dir = root().join("tests/fixtures/qwen2_5_vl_tiny_trained");
-    let job = e.send(|job| Request::LoadReasoner { job, dir: dir.clone(), options: LoadOptions::default() });
+    let job = e.send(RequestKind::LoadReasoner { dir: dir.clone(), options: LoadOptions::default() });
     match next(&e) {
-        Event::ReasonerLoaded { job: j, info } => {
+        Event { job: j, kind: EventKind::ReasonerLoaded { info } } => {
             assert_eq!(j, job);
             assert_eq!((info.dir, info.parameters), (dir, 232_096));
         }
@@ -80,9 +81,9 @@ fn a_question_streams_its_trace_and_returns_raster_boxes() {
     let (mut stages, mut text) = (Vec::new(), String::new());
     let outcome = loop {
         match next(&e) {
-            Event::AskStage { job: j, stage } if j == job => stages.push(stage),
-            Event::AskText { job: j, text: t } if j == job => text.push_str(&t),
-            Event::AskDone { job: j, outcome } if j == job => break outcome,
+            Event { job: j, kind: EventKind::AskStage { stage } } if j == job => stages.push(stage),
+            Event { job: j, kind: EventKind::AskText { text: t } } if j == job => text.push_str(&t),
+            Event { job: j, kind: EventKind::Answered { outcome, .. } } if j == job => break outcome,
             other => panic!("{other:?}"),
         }
     };
@@ -101,28 +102,30 @@ fn a_question_streams_its_trace_and_returns_raster_boxes() {
     let job = ask(&e, raster, &info, "where are the ships?");
     loop {
         match next(&e) {
-            Event::AskText { job: j, .. } if j == job => {
+            Event { job: j, kind: EventKind::AskText { .. } } if j == job => {
                 e.cancel(job);
                 break;
             }
-            Event::AskStage { .. } => {}
+            Event { kind: EventKind::AskStage { .. }, .. } => {}
             other => panic!("{other:?}"),
         }
     }
     loop {
         match next(&e) {
-            Event::AskText { .. } => {}
-            Event::Cancelled { job: j } if j == job => break,
+            Event { kind: EventKind::AskText { .. }, .. } => {}
+            Event { job: j, kind: EventKind::Cancelled } if j == job => break,
             other => panic!("{other:?}"),
         }
     }
     let tiles = e.request_tiles(raster, RenderParams::default_for(&info), vec![TileKey { level: 0, x: 0, y: 0 }]);
-    assert!(matches!(next(&e), Event::Tile { job, .. } if job == tiles));
+    assert!(matches!(next(&e), Event { job, kind: EventKind::Tile { .. } } if job == tiles));
     let job = ask(&e, raster, &info, "find the storage tanks");
     let outcome = loop {
         match next(&e) {
-            Event::AskDone { job: j, outcome } if j == job => break outcome,
-            Event::TilesDone { .. } | Event::AskStage { .. } | Event::AskText { .. } => {}
+            Event { job: j, kind: EventKind::Answered { outcome, .. } } if j == job => break outcome,
+            Event { kind: EventKind::TilesDone { .. }, .. }
+            | Event { kind: EventKind::AskStage { .. }, .. }
+            | Event { kind: EventKind::AskText { .. }, .. } => {}
             other => panic!("{other:?}"),
         }
     };

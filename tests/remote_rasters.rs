@@ -210,10 +210,10 @@ fn the_engine_thread_serves_other_rasters_while_remote_tiles_trickle_in() {
     let mut opened = std::collections::HashMap::new();
     while opened.len() < 2 {
         match e.recv_timeout(Duration::from_secs(30)).expect("engine answered") {
-            Event::Opened { job, info, .. } => {
+            Event { job, kind: EventKind::Opened { info, .. } } => {
                 opened.insert(job, (info, t.elapsed()));
             }
-            Event::Failed { error, .. } => panic!("{error}"),
+            Event { kind: EventKind::Failed { error, .. }, .. } => panic!("{error}"),
             _ => {}
         }
     }
@@ -230,12 +230,14 @@ fn the_engine_thread_serves_other_rasters_while_remote_tiles_trickle_in() {
     let (mut local_done, mut remote_seen, mut remote_done) = (None, 0, false);
     while !(local_done.is_some() && remote_done) {
         match e.recv_timeout(Duration::from_secs(60)).expect("engine answered") {
-            Event::Tile { job, .. } if job == remote_tiles => remote_seen += 1,
-            Event::TilesDone { job } if job == local_tiles => local_done = Some((t.elapsed(), remote_seen)),
-            Event::TilesDone { job } if job == remote_tiles => remote_done = true,
+            Event { job, kind: EventKind::Tile { .. } } if job == remote_tiles => remote_seen += 1,
+            Event { job, kind: EventKind::TilesDone } if job == local_tiles => {
+                local_done = Some((t.elapsed(), remote_seen))
+            }
+            Event { job, kind: EventKind::TilesDone } if job == remote_tiles => remote_done = true,
             // The newer view replaced the remote one (one view at a time): ask again for it.
-            Event::Cancelled { job } if job == remote_tiles => remote_done = true,
-            Event::Failed { error, .. } => panic!("{error}"),
+            Event { job, kind: EventKind::Cancelled } if job == remote_tiles => remote_done = true,
+            Event { kind: EventKind::Failed { error, .. }, .. } => panic!("{error}"),
             _ => {}
         }
     }

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use engine::base::RgbImage;
 use engine::models::sam2::{self, Sam2};
-use engine::reasoner::processor::RgbImage;
 use serde_json::Value;
 
 #[path = "common/sam_cases.rs"]

@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use engine::base::RgbImage;
 use engine::models::sam_v1::SamV1;
 use engine::models::sam2;
-use engine::reasoner::processor::RgbImage;
 use engine::segment::{Method, SamModel};
 use serde_json::Value;
 

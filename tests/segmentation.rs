@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::base::PixelBox;
+use engine::base::Window;
 use engine::raster::RenderParams;
-use engine::reasoner::parse::PixelBox;
 use engine::segment::Method;
-use engine::tiles::Window;
-use engine::{Engine, EngineConfig, Event, Request};
+use engine::{Engine, EngineConfig, Event, EventKind, RequestKind};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -40,17 +40,17 @@ fn pixel_task_refinement_and_cache_through_the_engine() {
     let e = Engine::spawn(EngineConfig::default(), Arc::new(|| {}));
     e.open(root().join("assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif"));
     let (raster, info) = match next(&e) {
-        Event::Opened { raster, info, .. } => (raster, *info),
+        Event { kind: EventKind::Opened { raster, info, .. }, .. } => (raster, *info),
         other => panic!("{other:?}"),
     };
     let params = RenderParams::default_for(&info);
     let window = Window { x: 20, y: 10, width: 160, height: 180 };
-    let segment = |boxes: Vec<PixelBox>| e.send(move |job| Request::Segment { job, raster, window, params, boxes });
+    let segment = |boxes: Vec<PixelBox>| e.send(RequestKind::Segment { raster, window, params, boxes });
     let outcome = |job| loop {
         match next(&e) {
-            Event::Segmented { job: j, outcome } if j == job => return outcome,
-            Event::Failed { job: j, error } if j == job => panic!("{error}"),
-            Event::Cancelled { .. } | Event::Refined { .. } => {}
+            Event { job: j, kind: EventKind::Segmented { segments: outcome, .. } } if j == job => return outcome,
+            Event { job: j, kind: EventKind::Failed { error } } if j == job => panic!("{error}"),
+            Event { kind: EventKind::Cancelled { .. }, .. } | Event { kind: EventKind::Refined { .. }, .. } => {}
             other => panic!("{other:?}"),
         }
     };
@@ -71,9 +71,9 @@ fn pixel_task_refinement_and_cache_through_the_engine() {
 
     // SAM 2.1: the window is encoded once, later prompts on it reuse the encoding.
     let tmp = tempfile::tempdir().unwrap();
-    let job = e.send(|job| Request::LoadSegmenter { job, checkpoint: Some(seeded_sam(tmp.path())) });
+    let job = e.send(RequestKind::LoadSegmenter { checkpoint: Some(seeded_sam(tmp.path())) });
     match next(&e) {
-        Event::SegmenterLoaded { job: j, method } => {
+        Event { job: j, kind: EventKind::SegmenterLoaded { method } } => {
             assert!(j == job && method == Method::Sam2("sam2.1_hiera_tiny".into()));
         }
         other => panic!("{other:?}"),
@@ -90,13 +90,11 @@ fn pixel_task_refinement_and_cache_through_the_engine() {
 
     // Two clicks on one feature queued behind a new window's encoding: the older is dropped.
     let other = Window { x: 0, y: 0, width: 200, height: 200 };
-    let busy =
-        e.send(|job| Request::Segment { job, raster, window: other, params, boxes: vec![b(5.0, 5.0, 50.0, 50.0)] });
+    let busy = e.send(RequestKind::Segment { raster, window: other, params, boxes: vec![b(5.0, 5.0, 50.0, 50.0)] });
     let previous = Some(Box::new(first.per_box[0].1.clone()));
     let click = |clicks: Vec<(f64, f64, bool)>| {
         let previous = previous.clone();
-        e.send(move |job| Request::Refine {
-            job,
+        e.send(RequestKind::Refine {
             raster,
             window,
             params,
@@ -111,9 +109,9 @@ fn pixel_task_refinement_and_cache_through_the_engine() {
     let (mut busy_done, mut older_cancelled, mut refined) = (false, false, None);
     while refined.is_none() {
         match next(&e) {
-            Event::Segmented { job, .. } if job == busy => busy_done = true,
-            Event::Cancelled { job } if job == older => older_cancelled = true,
-            Event::Refined { job, feature, segment, polygons } if job == newer => {
+            Event { job, kind: EventKind::Segmented { .. } } if job == busy => busy_done = true,
+            Event { job, kind: EventKind::Cancelled } if job == older => older_cancelled = true,
+            Event { job, kind: EventKind::Refined { feature, segment, polygons } } if job == newer => {
                 assert!(!polygons.0.is_empty(), "the refined mask is traced");
                 refined = Some((feature, segment));
             }
@@ -126,17 +124,18 @@ fn pixel_task_refinement_and_cache_through_the_engine() {
     assert_ne!(refined_segment.mask, first.per_box[0].1.mask, "the clicks changed the mask");
 
     // A box outside the window fails clearly; the engine goes on.
-    let bad =
-        e.send(|job| Request::Segment { job, raster, window, params, boxes: vec![b(500.0, 500.0, 600.0, 600.0)] });
+    let bad = e.send(RequestKind::Segment { raster, window, params, boxes: vec![b(500.0, 500.0, 600.0, 600.0)] });
     match next(&e) {
-        Event::Failed { job, error } => {
+        Event { job, kind: EventKind::Failed { error } } => {
             assert!(job == bad && error.contains("box 1") && error.contains("outside"), "{error}");
         }
         other => panic!("{other:?}"),
     }
-    let job = e.send(|job| Request::LoadSegmenter { job, checkpoint: Some("/no/sam.pt".into()) });
+    let job = e.send(RequestKind::LoadSegmenter { checkpoint: Some("/no/sam.pt".into()) });
     match next(&e) {
-        Event::Failed { job: j, error } => assert!(j == job && error.contains("/no/sam.pt"), "{error}"),
+        Event { job: j, kind: EventKind::Failed { error } } => {
+            assert!(j == job && error.contains("/no/sam.pt"), "{error}")
+        }
         other => panic!("{other:?}"),
     }
     let o = outcome(segment(vec![b(40.0, 40.0, 100.0, 120.0)]));

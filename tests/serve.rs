@@ -25,7 +25,7 @@ fn sample() -> String {
 fn image_url() -> String {
     let raster = engine::raster::Raster::open(std::path::Path::new(&sample())).unwrap();
     let params = engine::raster::RenderParams::default_for(raster.info());
-    let view = engine::reasoner::read_window(&raster, engine::tiles::Window::full(200, 200), &params, 802_816).unwrap();
+    let view = engine::reasoner::read_window(&raster, engine::base::Window::full(200, 200), &params, 802_816).unwrap();
     let img = engine::reasoner::processor::resize_bicubic(&view.image, 196, 196).unwrap();
     engine::openai::data_url(&img).unwrap()
 }

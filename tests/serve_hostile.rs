@@ -18,7 +18,7 @@ use served::{Served, fixture, start, start_with};
 const RSS_SLACK_MIB: f64 = 256.0;
 
 fn png_url(w: usize, h: usize) -> String {
-    let img = engine::reasoner::processor::RgbImage::new(w, h, vec![90; w * h * 3]).unwrap();
+    let img = engine::base::RgbImage::new(w, h, vec![90; w * h * 3]).unwrap();
     engine::openai::data_url(&img).unwrap()
 }
 

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use geo::{Contains, Coord, LineString, MultiPolygon, Point, Polygon};
 
+use crate::base::Window;
 use crate::contour::SimplifyMethod;
 use crate::features::{Feature, FeatureSet, Geometry, Provenance};
 use crate::geo::GeoTransform;
 use crate::segment::Segment;
-use crate::tiles::Window;
 
 /// What SAM needs to refine a feature's mask with more clicks.
 #[derive(Clone, Debug, PartialEq)]

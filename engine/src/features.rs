@@ -6,8 +6,43 @@ use std::sync::Arc;
 
 use geo::{MultiPolygon, Polygon};
 
+use crate::base::Window;
 use crate::geo::GeoTransform;
-use crate::tiles::Window;
+use serde::{Deserialize, Serialize};
+
+/// How to simplify rings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimplifyMethod {
+    /// Douglas–Peucker: no vertex moves more than the tolerance. Where it would
+    /// make a polygon invalid (self-intersections on thin parts), that polygon
+    /// is simplified with the topology-preserving method instead (reported).
+    DouglasPeucker,
+    /// Visvalingam–Whyatt, topology-preserving: removes vertices whose triangle
+    /// is smaller than tolerance² without making rings cross.
+    #[default]
+    VisvalingamPreserve,
+}
+
+impl std::fmt::Display for SimplifyMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DouglasPeucker => "douglas-peucker",
+            Self::VisvalingamPreserve => "visvalingam-preserve",
+        })
+    }
+}
+
+impl std::str::FromStr for SimplifyMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().replace('_', "-").as_str() {
+            "dp" | "douglas-peucker" => Ok(Self::DouglasPeucker),
+            "vw" | "visvalingam" | "visvalingam-preserve" => Ok(Self::VisvalingamPreserve),
+            _ => Err(format!("unknown simplification '{s}' (dp or vw)")),
+        }
+    }
+}
 
 /// Where a result came from; shared by every feature of one run.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -34,6 +69,19 @@ pub struct Provenance {
 }
 
 impl Provenance {
+    /// For results not asked of the model: a box drawn by hand and segmented,
+    /// a mask polygonized; `task` says which.
+    pub fn manual(task: &str, source: &str, window: Option<Window>, segmenter: &impl std::fmt::Display) -> Arc<Self> {
+        Arc::new(Self {
+            task: task.into(),
+            segmenter: segmenter.to_string(),
+            source: source.into(),
+            window,
+            created_at: Self::now(),
+            ..Default::default()
+        })
+    }
+
     /// The current time as RFC 3339 (seconds, UTC).
     pub fn now() -> String {
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -53,7 +101,7 @@ pub struct Feature {
     /// Changed by hand since the model produced it.
     pub edited: bool,
     /// Simplification applied: method and tolerance in pixels.
-    pub simplify: Option<(crate::contour::SimplifyMethod, f64)>,
+    pub simplify: Option<(SimplifyMethod, f64)>,
 }
 
 impl Feature {

@@ -25,6 +25,7 @@
 //! - [`worker`]: the engine thread, its typed requests and events.
 
 pub mod atomic;
+pub mod base;
 pub mod cache;
 pub mod contour;
 pub mod edit;
@@ -38,18 +39,21 @@ pub mod models;
 pub mod openai;
 pub mod overviews;
 pub mod path_serde;
+pub mod pipeline;
 pub mod project;
 pub mod raster;
 pub mod reasoner;
+pub mod remote;
 pub mod segment;
 pub mod server;
 pub mod sweep;
+#[cfg(any(test, feature = "synthetic"))]
 pub mod synthetic;
 pub mod tiles;
 pub mod worker;
 
 pub use error::{EngineError, Result};
-pub use worker::{Engine, EngineConfig, Event, JobId, RasterId, Request};
+pub use worker::{Engine, EngineConfig, Event, EventKind, JobId, RasterId, Request, RequestKind};
 
 /// Where the program keeps state between runs (recovery file, export journal):
 /// `$XDG_STATE_HOME/remote-reasoner`, by default `~/.local/state/remote-reasoner`.

@@ -6,8 +6,8 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::base::RgbImage;
 use crate::error::{EngineError, Result};
-use crate::reasoner::processor::RgbImage;
 use crate::reasoner::prompt::IMAGE_PLACEHOLDER;
 
 /// `POST /v1/chat/completions` body.
@@ -323,10 +323,11 @@ pub fn to_chatml(messages: &[Message], default_system: &str) -> Result<(String, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reasoner::prompt::{Task, chat, user_content};
+    use crate::base::Goal;
+    use crate::reasoner::prompt::{chat, user_content};
 
     /// The parts a client sends for a task: the prompt text around the image, in order.
-    fn parts(task: Task, query: &str, url: &str) -> Vec<Part> {
+    fn parts(task: Goal, query: &str, url: &str) -> Vec<Part> {
         let content = user_content(task, query);
         let (before, after) = content.split_once("<image>").unwrap_or((&content, ""));
         let mut out = Vec::new();
@@ -345,7 +346,7 @@ mod tests {
         let img = RgbImage::new(2, 1, vec![255, 0, 0, 0, 255, 0]).unwrap();
         let url = data_url(&img).unwrap();
         assert_eq!(decode_data_url(&url).unwrap(), img);
-        for task in [Task::Region, Task::Vqa, Task::Caption] {
+        for task in [Goal::Region, Goal::Vqa, Goal::Caption] {
             let msgs = vec![Message { role: "user".into(), content: Content::Parts(parts(task, "where?", &url)) }];
             let (text, back) = to_chatml(&msgs, "SYS").unwrap();
             assert_eq!(text, chat("SYS", task, "where?"), "{task:?}");

@@ -12,6 +12,7 @@ use gdal::vector::{LayerAccess, ToGdal};
 use geo::{BoundingRect, MapCoords, MultiPolygon};
 use serde::{Deserialize, Serialize};
 
+use crate::base::Window;
 use crate::contour::SimplifyMethod;
 use crate::edit::WorkFeature;
 use crate::error::{EngineError, Result};
@@ -19,7 +20,6 @@ use crate::export::{ExportOptions, ExportReport, Format, export_with};
 use crate::features::{FeatureSet, Provenance};
 use crate::geo::GeoTransform;
 use crate::raster::gdal_reason;
-use crate::tiles::Window;
 
 /// Name of the settings table inside the GeoPackage.
 pub const TABLE: &str = "remote_reasoner_project";
@@ -104,7 +104,7 @@ pub fn load(path: &Path) -> Result<Project> {
     let flags = gdal::GdalOpenFlags::GDAL_OF_VECTOR | gdal::GdalOpenFlags::GDAL_OF_READONLY;
     let ds = crate::raster::source::open(path, &flags).map_err(|e| bad(gdal_reason(&e)))?;
     let mut table =
-        ds.layer_by_name(TABLE).map_err(|_| bad(format!("not a RemoteReasoner project (no {TABLE} table)")))?;
+        ds.layer_by_name(TABLE).map_err(|_missing| bad(format!("not a RemoteReasoner project (no {TABLE} table)")))?;
     let mut meta: Option<ProjectMeta> = None;
     let mut exact: HashMap<u64, MultiPolygon<f64>> = HashMap::new();
     for row in table.features() {

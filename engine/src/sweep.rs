@@ -10,34 +10,29 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use geo::{Coord, LineString, MultiPolygon, Polygon};
 use serde::{Deserialize, Serialize};
 
+use crate::base::Window;
+use crate::base::{Goal, PixelBox};
+use crate::edit::WorkFeature;
 use crate::error::{EngineError, Result};
 use crate::eval::box_iou;
+use crate::features::Provenance;
+use crate::pipeline::{Backend, Origin, Question};
 use crate::raster::{Raster, RenderParams};
-use crate::reasoner::{AskOptions, Backend, Task};
-use crate::segment::Segmenter;
-use crate::tiles::Window;
-
-/// How far each tile goes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SweepTask {
-    Region,
-    Pixel,
-    #[default]
-    Contour,
-}
+use crate::reasoner::AskOptions;
+use crate::segment::{Segmenter, WatershedSegmenter};
 
 /// The sweep's settings (a rerun must use the same ones to resume).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SweepOptions {
     pub query: String,
-    pub task: SweepTask,
+    /// Region, pixel or contour (the tiles' boxes, masks or polygons).
+    pub task: Goal,
     /// Tile side in pixels of the level read.
     pub tile: u64,
     /// Overlap between neighbouring tiles, in pixels of the level read.
@@ -136,6 +131,38 @@ pub struct SweepResult {
     pub polygons: Vec<Polygon<f64>>,
     /// Tiles done by this run (the rest came from the progress file).
     pub processed: usize,
+    /// The segmenter's name (empty for the region task).
+    pub segmenter: String,
+}
+
+impl SweepResult {
+    /// The merged results as features: boxes for the region task, polygons
+    /// otherwise, with the sweep's provenance.
+    pub fn features(&self, opts: &SweepOptions, origin: &Origin) -> Vec<WorkFeature> {
+        let provenance = self.provenance(opts, origin);
+        if opts.task == Goal::Region {
+            let none = || MultiPolygon::new(vec![]);
+            self.boxes.iter().map(|b| WorkFeature::new(Some(*b), none(), provenance.clone())).collect()
+        } else {
+            let one = |p: &Polygon<f64>| MultiPolygon::new(vec![p.clone()]);
+            self.polygons.iter().map(|p| WorkFeature::new(None, one(p), provenance.clone())).collect()
+        }
+    }
+
+    /// The provenance every feature of the sweep shares.
+    pub fn provenance(&self, opts: &SweepOptions, origin: &Origin) -> Arc<Provenance> {
+        Arc::new(Provenance {
+            task: format!("sweep:{}", opts.task),
+            query: opts.query.clone(),
+            model: origin.model.clone(),
+            weights_hash: origin.weights_hash.clone(),
+            segmenter: self.segmenter.clone(),
+            source: origin.source.clone(),
+            window: opts.aoi,
+            created_at: Provenance::now(),
+            ..Default::default()
+        })
+    }
 }
 
 /// Progress of a sweep: tiles done, tiles in all, seconds left (estimated).
@@ -203,6 +230,7 @@ pub fn sweep(
     let raster = Raster::open(raster_path)?;
     let (w, h) = (raster.info().width, raster.info().height);
     drop(raster);
+    opts.task.expect_one_of(&[Goal::Region, Goal::Pixel, Goal::Contour], "a sweep")?;
     let windows = tiles(w, h, opts)?;
     let header = Header {
         raster: std::path::absolute(raster_path).unwrap_or_else(|_| raster_path.to_owned()),
@@ -248,14 +276,24 @@ pub fn sweep(
     let processed = std::sync::atomic::AtomicUsize::new(0);
     let failure: Mutex<Option<EngineError>> = Mutex::new(None);
     let progress = Mutex::new(progress);
+    let segmenter_name = Mutex::new(String::new());
     std::thread::scope(|scope| {
         for backend in backends.iter_mut() {
-            let (queue, results, writer, failure, progress, processed, windows) =
-                (&queue, &results, &writer, &failure, &progress, &processed, &windows);
+            let (queue, results, writer, failure, progress, processed, windows, segmenter_name) =
+                (&queue, &results, &writer, &failure, &progress, &processed, &windows, &segmenter_name);
             scope.spawn(move || {
                 let mut work = || -> Result<()> {
                     let raster = Raster::open(raster_path)?;
-                    let mut seg = if opts.task == SweepTask::Region { None } else { Some(segmenter()?) };
+                    // The region task needs no SAM: the free fallback stands in, never asked.
+                    let mut seg = if opts.task.segments() {
+                        let s = segmenter()?;
+                        if let Ok(mut n) = segmenter_name.lock() {
+                            *n = s.method().to_string();
+                        }
+                        s
+                    } else {
+                        Box::new(WatershedSegmenter::default())
+                    };
                     loop {
                         if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                             return Ok(());
@@ -264,7 +302,7 @@ pub fn sweep(
                             return Err(EngineError::Cancelled);
                         }
                         let Some(index) = queue.lock().ok().and_then(|mut q| q.next()) else { return Ok(()) };
-                        let t = run_tile(&raster, params, opts, backend, &mut seg, index, windows[index])?;
+                        let t = run_tile(&raster, params, opts, backend, seg.as_mut(), index, windows[index])?;
                         let mut line = serde_json::to_string(&t).map_err(|e| EngineError::Internal(e.to_string()))?;
                         line.push('\n');
                         if let Ok(mut w) = writer.lock() {
@@ -296,43 +334,39 @@ pub fn sweep(
     if let Some(e) = failure.into_inner().ok().flatten() {
         return Err(e);
     }
-    let mut tiles_done = results.into_inner().map_err(|_| EngineError::Internal("poisoned".into()))?;
+    let mut tiles_done = results.into_inner().map_err(|_poisoned| EngineError::Internal("poisoned".into()))?;
     tiles_done.sort_by_key(|t| t.index);
     let edge = f64::from(1u32 << opts.level.min(20));
     let boxes = merge_boxes(&tiles_done, opts.aoi.unwrap_or(Window::full(w, h)), edge, 0.5);
     let polygons = merge_polygons(&tiles_done);
-    Ok(SweepResult { tiles: tiles_done, boxes, polygons, processed: processed.into_inner() })
+    let segmenter = segmenter_name.into_inner().unwrap_or_default();
+    Ok(SweepResult { tiles: tiles_done, boxes, polygons, processed: processed.into_inner(), segmenter })
 }
 
+/// One tile through the question pipeline, read at the sweep's level.
 fn run_tile(
     raster: &Raster,
     params: &RenderParams,
     opts: &SweepOptions,
     backend: &mut Backend,
-    segmenter: &mut Option<Box<dyn Segmenter>>,
+    segmenter: &mut dyn Segmenter,
     index: usize,
     window: Window,
 ) -> Result<TileResult> {
     let scale = 1u64 << opts.level.min(20);
     // Read at the level asked for (GDAL uses overviews), so the model sees tile² pixels at most.
     let budget = ((window.width / scale).max(1) * (window.height / scale).max(1)) as usize;
-    let image = crate::reasoner::read_window(raster, window, params, budget.max(3136) / 4 + 1)?;
-    let ask = AskOptions { max_pixels: Some(opts.max_pixels), ..Default::default() };
-    let answer = backend.ask(&image.image, Task::Region, &opts.query, &ask, |_| std::ops::ControlFlow::Continue(()))?;
-    let boxes: Vec<[f64; 4]> =
-        answer.boxes.iter().map(|b| image.to_raster(b)).map(|b| [b.x1, b.y1, b.x2, b.y2]).collect();
-    let mut polygons = Vec::new();
-    if let Some(seg) = segmenter.as_mut()
-        && !answer.boxes.is_empty()
-    {
-        let r = crate::segment::pixel_task(seg.as_mut(), None, &image.image, &answer.boxes)?;
-        let frame = crate::contour::ImageFrame { window, image_size: (image.image.width, image.image.height) };
-        for (_, s) in &r.per_box {
-            let mp: MultiPolygon<f64> = crate::contour::trace_to_raster(&s.mask, &frame);
-            polygons.extend(mp.0.iter().map(to_rings));
-        }
-    }
-    Ok(TileResult { index, window, boxes, polygons, think: answer.think, answer: answer.answer })
+    let image = crate::pipeline::read_window(raster, window, params, budget.max(3136) / 4 + 1)?;
+    let question = Question {
+        goal: opts.task,
+        query: opts.query.clone(),
+        options: AskOptions { max_pixels: Some(opts.max_pixels), ..Default::default() },
+    };
+    let continue_ = |_| std::ops::ControlFlow::Continue(());
+    let o = crate::pipeline::run(backend, segmenter, &image, None, &question, &Origin::default(), continue_)?;
+    let boxes = o.boxes.iter().map(PixelBox::to_array).collect();
+    let polygons = o.segments.iter().flat_map(|s| &s.polygons).flat_map(|mp| mp.0.iter().map(to_rings)).collect();
+    Ok(TileResult { index, window, boxes, polygons, think: o.answer.think, answer: o.answer.answer })
 }
 
 #[cfg(test)]
@@ -340,15 +374,7 @@ mod tests {
     use super::*;
 
     fn opts(tile: u64, overlap: u64, level: u32) -> SweepOptions {
-        SweepOptions {
-            query: "q".into(),
-            task: SweepTask::Region,
-            tile,
-            overlap,
-            level,
-            aoi: None,
-            max_pixels: 802_816,
-        }
+        SweepOptions { query: "q".into(), task: Goal::Region, tile, overlap, level, aoi: None, max_pixels: 802_816 }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::Window;
 use crate::cache::{ByteLru, ByteSize};
 
 /// Edge length of a tile in output pixels.
@@ -14,30 +15,6 @@ pub struct TileKey {
     pub level: u8,
     pub x: u32,
     pub y: u32,
-}
-
-/// A pixel rectangle in full-resolution raster coordinates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Window {
-    pub x: u64,
-    pub y: u64,
-    pub width: u64,
-    pub height: u64,
-}
-
-impl Window {
-    /// The whole raster.
-    pub fn full(width: u64, height: u64) -> Self {
-        Self { x: 0, y: 0, width, height }
-    }
-
-    /// True when the window is non-empty and lies inside a `width`×`height` raster.
-    pub fn fits(&self, width: u64, height: u64) -> bool {
-        self.width > 0
-            && self.height > 0
-            && self.x.checked_add(self.width).is_some_and(|r| r <= width)
-            && self.y.checked_add(self.height).is_some_and(|b| b <= height)
-    }
 }
 
 /// The shape of a raster's tile pyramid.

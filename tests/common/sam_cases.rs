@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
+use engine::base::RgbImage;
 use engine::models::sam2::{ImageEmbedding, Prompt};
-use engine::reasoner::processor::RgbImage;
 use serde_json::Value;
 
 pub fn rgb_png(path: &Path) -> RgbImage {

@@ -115,7 +115,9 @@ pub fn export_dialog_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
         if let Some(last) = &app.session.last_export {
             ui.label(last);
         }
-        let ready = !d.path.trim().is_empty() && (d.polygons || d.boxes) && app.session.export_job.is_none();
+        let ready = !d.path.trim().is_empty()
+            && (d.polygons || d.boxes)
+            && !app.jobs.any(|p| matches!(p, super::Pending::Export));
         if ui.add_enabled(ready, egui::Button::new("Export")).clicked() {
             go = true;
         }
@@ -125,7 +127,7 @@ pub fn export_dialog_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
         d.picked = Some(p);
     }
     if go {
-        app.export(&d);
+        app.commands.push(super::Command::Export(Box::new(d.clone())));
     }
     if open {
         app.session.export_dialog = Some(d);
@@ -145,16 +147,8 @@ impl WorkbenchApp {
         let (geotransform, crs_wkt) = (doc.info.geotransform.map(engine::geo::GeoTransform), doc.info.crs_wkt.clone());
         let options = ExportOptions { format: Some(d.format), crs: d.crs, polygons: d.polygons, boxes: d.boxes };
         let path = d.target();
-        let job = self.engine.send(|job| engine::Request::Export {
-            job,
-            path,
-            features,
-            simplify,
-            geotransform,
-            crs_wkt,
-            options,
-        });
-        self.session.export_job = Some(job);
+        let request = engine::RequestKind::Export { path, features, simplify, geotransform, crs_wkt, options };
+        self.start(request, super::Pending::Export);
     }
 }
 
@@ -163,7 +157,7 @@ pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
         return;
     }
     let mut open = true;
-    let pull = app.session.pull.clone();
+    let pull = app.jobs.pull().map(|(f, what)| (f, what.to_owned()));
     let is_repo = app.session.model_is_repo();
     let s = &mut app.session.settings;
     let mut browse = None;
@@ -271,7 +265,7 @@ pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
             ui.end_row();
         });
         ui.horizontal(|ui| match &pull {
-            Some((_, fraction, what)) => {
+            Some((fraction, what)) => {
                 ui.add(egui::ProgressBar::new(*fraction).show_percentage().desired_width(180.0));
                 ui.label(what);
             }
@@ -285,7 +279,7 @@ pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
         ui.label(RichText::new("Enter a hub repository (e.g. 1e12Leon/RemoteReasoner) and download it once.").weak());
     });
     if download {
-        app.session.start_pull(&app.engine);
+        app.commands.push(super::Command::PullModel);
     }
     if let Some(purpose) = browse {
         app.pick_file(purpose, false, "");
@@ -352,7 +346,7 @@ pub fn open_url_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
             && !url.trim().is_empty();
     });
     if go {
-        app.open_any(PathBuf::from(url.trim()));
+        app.commands.push(super::Command::OpenAny(PathBuf::from(url.trim())));
     } else if open {
         app.session.open_url = Some(url);
     }
@@ -366,8 +360,7 @@ pub fn recovery_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
         ui.horizontal(|ui| {
             if ui.button("Restore").clicked() {
                 app.session.recovery_offer = None;
-                app.load_project(path.clone());
-                app.restoring = app.session.load_job;
+                app.commands.push(super::Command::Restore(path.clone()));
             }
             if ui.button("Discard").clicked() {
                 app.session.recovery_offer = None;
@@ -405,7 +398,7 @@ pub fn close_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
                 app.session.confirm_close = false;
                 app.session.close_after_save = true;
                 match app.session.project_path.clone() {
-                    Some(p) => app.save_project(p, false),
+                    Some(p) => app.commands.push(super::Command::SaveProject(p)),
                     None => app.pick_file(super::DialogPurpose::SaveProject, true, "gpkg"),
                 }
             }

@@ -105,8 +105,8 @@ pub fn map_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     app.map_rect = Some(rect);
     let Some(doc) = app.doc.as_mut() else {
         app.cursor_source = None;
-        let text = match &app.opening {
-            Some((_, p)) => format!("Opening {} …", p.display()),
+        let text = match app.jobs.opening() {
+            Some(p) => format!("Opening {} …", p.display()),
             None => {
                 "Open a raster: File > Open… (Ctrl+O), drop a file here, or pass a path on the command line.".into()
             }
@@ -193,17 +193,10 @@ pub fn map_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     if level != top.level && !doc.tiles.contains(&top) && !doc.tiles.failed.contains(&top) {
         wanted.insert(0, top);
     }
-    let outstanding: &[TileKey] = doc.tile_job.as_ref().map_or(&[], |(_, owed)| owed.as_slice());
+    let outstanding: &[TileKey] = app.jobs.tiles().map_or(&[], |(_, owed)| owed);
     let same = wanted.len() == outstanding.len() && wanted.iter().all(|k| outstanding.contains(k));
-    if !same {
-        if wanted.is_empty() {
-            if let Some((job, _)) = doc.tile_job.take() {
-                app.engine.cancel(job);
-            }
-        } else {
-            let job = app.engine.request_tiles(doc.raster, doc.params, wanted.clone());
-            doc.tile_job = Some((job, wanted));
-        }
+    if !same && !(wanted.is_empty() && outstanding.is_empty()) {
+        app.commands.push(super::Command::RequestTiles(wanted));
     }
     doc.tiles.evict();
     // Results over the tiles.

@@ -3,6 +3,7 @@
 
 pub mod dialogs;
 mod features;
+pub mod jobs;
 mod map;
 pub mod overlay;
 mod panels;
@@ -17,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use engine::raster::{RasterInfo, RenderParams};
 use engine::tiles::TileKey;
-use engine::{Engine, EngineConfig, Event, JobId, RasterId};
+use engine::{Engine, EngineConfig, Event, EventKind, JobId, RasterId};
+
+pub use jobs::{Command, Jobs, Pending};
 
 pub use map::TileTextures;
 use view::ViewTransform;
@@ -90,10 +93,6 @@ pub struct Document {
     /// view since: a resized map (window, panels) is fitted again.
     pub fitted_to: Option<egui::Rect>,
     pub tiles: TileTextures,
-    /// The tile request in flight and the tiles it still owes.
-    pub tile_job: Option<(JobId, Vec<TileKey>)>,
-    /// Overview building in flight: job and fraction done.
-    pub overview_job: Option<(JobId, f32)>,
 }
 
 /// Application state. The UI functions in `map` and `panels` draw it and turn
@@ -101,8 +100,10 @@ pub struct Document {
 pub struct WorkbenchApp {
     pub engine: Engine,
     pub doc: Option<Document>,
-    /// The open request in flight, with the path asked for.
-    pub opening: Option<(JobId, PathBuf)>,
+    /// Every job in flight and what it is for.
+    pub jobs: Jobs,
+    /// What the `*_ui` functions asked for this frame, applied once it is drawn.
+    pub commands: Vec<Command>,
     pub notifications: Vec<Notification>,
     pub file_dialog: Option<mpsc::Receiver<Option<PathBuf>>>,
     /// Source pixel under the pointer, if it is over the map.
@@ -120,8 +121,6 @@ pub struct WorkbenchApp {
     pub recovery_path: PathBuf,
     /// How often unsaved work is written there.
     pub autosave_every: Duration,
-    /// The job restoring the recovery file: if it fails, the file is set aside.
-    pub restoring: Option<JobId>,
     /// A project's view, applied once its raster is open.
     pub pending_view: Option<[f64; 3]>,
     /// A native file dialog in flight (other than "open raster") and what it is for.
@@ -177,7 +176,8 @@ impl WorkbenchApp {
         let mut app = Self {
             engine,
             doc: None,
-            opening: None,
+            jobs: Jobs::default(),
+            commands: Vec::new(),
             notifications: Vec::new(),
             file_dialog: None,
             cursor_source: None,
@@ -188,7 +188,6 @@ impl WorkbenchApp {
             fills: overlay::FillCache::default(),
             recovery_path,
             autosave_every: Duration::from_secs(AUTOSAVE_SECONDS),
-            restoring: None,
             pending_view: None,
             picker: None,
             picked: None,
@@ -213,11 +212,9 @@ impl WorkbenchApp {
     pub fn open_any(&mut self, path: PathBuf) {
         let gpkg = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gpkg"));
         if gpkg {
-            let p = path.clone();
-            let job = self.engine.send(|job| engine::Request::LoadProject { job, path: p, or_raster: true });
             // Either a project arrives for this job, or the raster opens under it.
-            self.session.load_job = Some(job);
-            self.opening = Some((job, path));
+            let request = engine::RequestKind::LoadProject { path: path.clone(), or_raster: true };
+            self.start(request, Pending::Open { path, project: true });
         } else {
             self.open(path);
         }
@@ -225,8 +222,7 @@ impl WorkbenchApp {
 
     /// Asks the engine to open a raster; the current one stays until it succeeds.
     pub fn open(&mut self, path: PathBuf) {
-        let job = self.engine.open(path.clone());
-        self.opening = Some((job, path));
+        self.start(engine::RequestKind::Open { path: path.clone() }, Pending::Open { path, project: false });
     }
 
     /// Moves an unreadable recovery file out of the way (kept, renamed, for
@@ -319,323 +315,329 @@ impl WorkbenchApp {
         self.notifications.retain(|n| n.is_error || n.since.elapsed() < Duration::from_secs(6));
     }
 
-    fn on_event(&mut self, ctx: &egui::Context, event: Event) {
-        match event {
-            Event::Opened { job, raster, info } => {
-                if self.session.load_job == Some(job) {
-                    self.session.load_job = None; // it was a raster, not a project
-                }
-                if self.opening.as_ref().is_some_and(|(j, _)| *j == job) {
-                    self.opening = None;
-                    if let Some(old) = self.doc.take() {
-                        self.engine.close(old.raster);
-                    }
-                    let params = RenderParams::default_for(&info);
-                    self.doc = Some(Document {
-                        raster,
-                        params,
-                        info: *info,
-                        view: ViewTransform::default(),
-                        fit_pending: true,
-                        fitted_to: None,
-                        tiles: TileTextures::new(params.cache_hash()),
-                        tile_job: None,
-                        overview_job: None,
-                    });
-                    self.apply_pending_view();
-                } else {
-                    self.engine.close(raster);
-                }
+    /// One engine event, dispatched by kind to the method that applies it.
+    fn on_event(&mut self, ctx: &egui::Context, Event { job, kind }: Event) {
+        match kind {
+            EventKind::Opened { raster, info } => self.on_opened(job, raster, *info),
+            EventKind::Tile { raster, params, tile } => self.on_tile(ctx, job, raster, params, &tile),
+            EventKind::TilesDone => {
+                self.jobs.remove_where(|p| matches!(p, Pending::Tiles { .. }));
             }
-            Event::Tile { raster, params, tile, job } => {
-                if let Some(doc) = self.doc.as_mut().filter(|d| d.raster == raster && d.tiles.params == params) {
-                    doc.tiles.insert(ctx, &tile);
-                    if let Some((j, owed)) = doc.tile_job.as_mut().filter(|(j, _)| *j == job) {
-                        owed.retain(|k| *k != tile.key);
-                        let _ = j;
-                    }
-                }
-            }
-            Event::TilesDone { job } | Event::Cancelled { job } => {
-                if self.session.sweep.as_ref().is_some_and(|sw| sw.job == job) {
-                    self.session.sweep = None;
-                    self.notify_info("Sweep cancelled; the tiles done are kept and a new sweep resumes from them.");
-                }
-                if self.run_job() == Some(job) {
-                    self.session.finish_run(Some("Cancelled.".into()));
-                }
-                self.session.segment_jobs.retain(|(j, _)| *j != job);
-                self.session.refine_jobs.retain(|(j, _, _)| *j != job);
-                if let Some(doc) = self.doc.as_mut() {
-                    if doc.tile_job.as_ref().is_some_and(|(j, _)| *j == job) {
-                        doc.tile_job = None;
-                    }
-                    if doc.overview_job.is_some_and(|(j, _)| j == job) {
-                        doc.overview_job = None;
-                        self.notifications.push(Notification {
-                            text: "Overview building cancelled; nothing was written.".into(),
-                            is_error: false,
-                            since: Instant::now(),
-                        });
-                    }
-                }
-            }
-            Event::Progress { job, fraction, message } if self.session.pull.as_ref().is_some_and(|p| p.0 == job) => {
-                self.session.pull = Some((job, fraction, message));
-            }
-            Event::Progress { job, fraction, message }
-                if self.session.sweep.as_ref().is_some_and(|sw| sw.job == job) =>
-            {
-                if let Some(sw) = self.session.sweep.as_mut() {
-                    sw.fraction = fraction;
-                    sw.message = message;
-                }
-            }
-            Event::SweepDone { job, raster, result, segmenter } => {
-                let Some(sw) = self.session.sweep.take().filter(|sw| sw.job == job) else { return };
-                let source =
-                    self.doc.as_ref().filter(|d| d.raster == raster).map(|d| d.info.path.display().to_string());
-                let model = self.session.model_label();
-                let provenance = Arc::new(engine::features::Provenance {
-                    task: format!("sweep:{}", sw.task.name()),
-                    query: sw.query.clone(),
-                    model,
-                    segmenter,
-                    source: source.unwrap_or_default(),
-                    created_at: engine::features::Provenance::now(),
-                    ..Default::default()
-                });
-                let features: Vec<_> = if sw.task == session::AskTask::Region {
-                    result
-                        .boxes
-                        .iter()
-                        .map(|b| {
-                            engine::edit::WorkFeature::new(Some(*b), geo::MultiPolygon::new(vec![]), provenance.clone())
-                        })
-                        .collect()
-                } else {
-                    result
-                        .polygons
-                        .iter()
-                        .map(|p| {
-                            engine::edit::WorkFeature::new(
-                                None,
-                                geo::MultiPolygon::new(vec![p.clone()]),
-                                provenance.clone(),
-                            )
-                        })
-                        .collect()
-                };
-                let n = features.len();
-                if n > 0 {
-                    self.session.features.add("sweep", features);
-                }
-                self.notify_info(format!(
-                    "Sweep done: {} tiles ({} resumed), {n} feature(s) in {:.0} s",
-                    result.tiles.len(),
-                    result.tiles.len() - result.processed,
-                    sw.started.elapsed().as_secs_f64()
-                ));
-            }
-            Event::ModelPulled { job, path } => {
-                if self.session.pull.as_ref().is_some_and(|p| p.0 == job) {
-                    self.session.pull = None;
-                    self.notify_info(format!(
-                        "Downloaded and verified {} into {}",
-                        self.session.settings.model.trim(),
-                        path.display()
-                    ));
-                }
-            }
-            Event::Progress { job, fraction, .. } => {
-                if let Some((_, f)) = self.doc.as_mut().and_then(|d| d.overview_job.as_mut()).filter(|(j, _)| *j == job)
-                {
-                    *f = fraction;
-                }
-            }
-            Event::OverviewsBuilt { job, raster, info } => {
-                if let Some(doc) = self.doc.as_mut().filter(|d| d.raster == raster) {
-                    let levels = info.overviews.len();
-                    doc.info = *info;
-                    doc.tiles.clear();
-                    doc.tile_job = None;
-                    if doc.overview_job.is_some_and(|(j, _)| j == job) {
-                        doc.overview_job = None;
-                    }
-                    self.notify_info(format!("Built {levels} overview levels."));
-                }
-            }
-            Event::ReasonerLoaded { job, info } => {
-                // Loads run in order on the model thread: this is the one the settings asked for,
-                // even when the question that needed it was cancelled meanwhile.
-                if self.session.reasoner_key.is_some() {
-                    self.session.reasoner = Some(info);
-                }
-                if self.run_job() == Some(job)
-                    && self.session.pending_ask
-                    && let Some(doc) = &self.doc
-                {
-                    let params = doc.params;
-                    self.session.send_ask(&self.engine, params);
-                }
-                // A sweep was waiting for this model.
-                if let Some(sw) = self.session.sweep.as_mut().filter(|sw| sw.job == job)
-                    && let Some(engine::Request::Sweep {
-                        raster, params, options, sam, concurrency, progress_file, ..
-                    }) = self.session.pending_sweep.take()
-                {
-                    sw.job = self.engine.send(|job| engine::Request::Sweep {
-                        job,
-                        raster,
-                        params,
-                        options,
-                        sam,
-                        concurrency,
-                        progress_file,
-                    });
-                    sw.message = "starting".into();
-                }
-            }
-            Event::AskStage { job, stage } => {
+            EventKind::Progress { fraction, message } => self.on_progress(job, fraction, message),
+            EventKind::OverviewsBuilt { raster, info } => self.on_overviews_built(job, raster, *info),
+            EventKind::ReasonerLoaded { info } => self.session.reasoner = Some(info),
+            EventKind::SegmenterLoaded { method } => self.session.segmenter = Some(method),
+            EventKind::AskStage { stage } => {
                 if let Some(run) = self.session.run.as_mut().filter(|r| r.job == Some(job)) {
-                    run.stage = Some(session::Stage::Asking(stage));
+                    run.stage = Some(stage);
                 }
             }
-            Event::AskText { job, text } => {
+            EventKind::AskText { text } => {
                 if let Some(run) = self.session.run.as_mut().filter(|r| r.job == Some(job)) {
                     run.text.push_str(&text);
                 }
             }
-            Event::AskDone { job, outcome } => {
-                if self.run_job() == Some(job) {
-                    self.on_answer(outcome);
-                }
-            }
-            Event::SegmenterLoaded { job: _, method } => {
-                self.session.segmenter = Some(method);
-                if let Some((window, boxes, purpose)) = self.session.pending_segment.take()
-                    && let Some(doc) = &self.doc
-                {
-                    let (raster, params) = (doc.raster, doc.params);
-                    self.session.start_segment(&self.engine, raster, window, params, boxes, purpose);
-                }
-            }
-            Event::Segmented { job, outcome } => self.on_segmented(job, &outcome),
-            Event::Refined { job, feature, segment, polygons } => {
-                let Some(pos) = self.session.refine_jobs.iter().position(|(j, _, _)| *j == job) else { return };
-                let (_, _, clicks) = self.session.refine_jobs.remove(pos);
-                if let Some(f) = self.session.features.get(feature)
-                    && let Some(old) = &f.segment
-                {
-                    let state = engine::edit::SegmentState { window: old.window, segment: *segment, clicks };
-                    let refined = f.with_segment(state, polygons);
-                    let _ = self.session.features.replace("refine mask", refined);
-                }
-            }
-            Event::ProjectSaved { job, path } => {
-                if let Some((j, _, recovery, revision)) = self.session.save_job.take() {
-                    if j != job {
-                        self.session.save_job = Some((j, path, recovery, revision));
-                    } else if recovery {
-                        self.session.autosaved_revision = revision;
-                    } else {
-                        self.session.saved_revision = revision;
-                        self.session.autosaved_revision = revision;
-                        self.session.project_path = Some(path.clone());
-                        // Saved for real: the recovery copy is not needed any more.
-                        let _ = std::fs::remove_file(&self.recovery_path);
-                        self.notify_info(format!("Saved {}", path.display()));
-                        if self.session.close_after_save {
-                            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
-                        }
-                    }
-                }
-            }
-            Event::ProjectLoaded { job, path, project } => {
-                if self.opening.as_ref().is_some_and(|(j, _)| *j == job) {
-                    self.opening = None;
-                }
-                if self.session.load_job == Some(job) {
-                    self.session.load_job = None;
-                    self.restoring = None;
+            EventKind::Answered { outcome, .. } => self.on_answer(job, outcome),
+            EventKind::Segmented { segments, .. } => self.on_segmented(job, &segments),
+            EventKind::Refined { feature, segment, polygons } => self.on_refined(job, feature, *segment, polygons),
+            EventKind::ProjectSaved { path } => self.on_saved(ctx, job, path),
+            EventKind::ProjectLoaded { path, project } => {
+                if matches!(self.jobs.remove(job), Some(Pending::Open { .. } | Pending::LoadProject { .. })) {
                     self.apply_project(path, *project);
                 }
             }
-            Event::Exported { job, report } => {
-                if self.session.export_job == Some(job) {
-                    self.session.export_job = None;
-                    let layers: Vec<String> = report.layers.iter().map(|(l, n)| format!("{n} {l}")).collect();
-                    let mut text = format!(
-                        "Exported {} to {}",
-                        layers.join(", "),
-                        report.files.first().map_or_else(String::new, |f| f.display().to_string())
-                    );
-                    if !report.skipped.is_empty() {
-                        text.push_str(&format!("; skipped: {}", report.skipped.join("; ")));
-                    }
-                    for n in &report.notes {
-                        text.push_str(&format!("\n{n}"));
-                    }
-                    self.session.last_export = Some(text.clone());
-                    self.notify_info(text);
+            EventKind::Exported { report } => self.on_exported(job, &report),
+            EventKind::SweepDone { result, features, .. } => self.on_sweep_done(job, &result, features),
+            EventKind::ModelPulled { path } => {
+                if let Some(Pending::Pull { .. }) = self.jobs.remove(job) {
+                    let model = self.session.settings.model.trim().to_owned();
+                    self.notify_info(format!("Downloaded and verified {model} into {}", path.display()));
                 }
             }
-            Event::Failed { job, error } => {
-                if self.run_job() == Some(job) {
-                    self.session.finish_run(Some(error.clone()));
-                    if self.session.reasoner.is_none() {
-                        self.session.reasoner_key = None;
-                    }
-                    if self.session.segmenter.is_none() {
-                        self.session.segmenter_key = None;
-                        self.session.pending_segment = None;
-                    }
-                }
-                self.session.segment_jobs.retain(|(j, _)| *j != job);
-                self.session.refine_jobs.retain(|(j, _, _)| *j != job);
-                if self.session.save_job.as_ref().is_some_and(|(j, ..)| *j == job) {
-                    self.session.save_job = None;
-                }
-                if self.session.load_job == Some(job) {
-                    self.session.load_job = None;
-                }
-                if self.session.export_job == Some(job) {
-                    self.session.export_job = None;
-                }
-                if self.session.pull.as_ref().is_some_and(|p| p.0 == job) {
-                    self.session.pull = None;
-                }
-                if self.session.sweep.as_ref().is_some_and(|sw| sw.job == job) {
-                    self.session.sweep = None;
-                    self.session.pending_sweep = None;
-                }
-                if self.opening.as_ref().is_some_and(|(j, _)| *j == job) {
-                    self.opening = None;
-                }
-                if let Some(doc) = self.doc.as_mut() {
-                    if let Some((_, owed)) = doc.tile_job.take().filter(|(j, _)| *j == job) {
-                        // Do not ask again for tiles that cannot be read.
-                        doc.tiles.mark_failed(owed);
-                    }
-                    if doc.overview_job.is_some_and(|(j, _)| j == job) {
-                        doc.overview_job = None;
-                    }
-                }
-                if self.restoring.take_if(|j| *j == job).is_some() {
-                    self.set_recovery_aside(&error);
-                } else {
-                    self.notify_error(error);
-                }
+            EventKind::Cancelled => self.on_cancelled(job),
+            EventKind::Failed { error } => self.on_failed(job, error),
+        }
+    }
+
+    /// A raster opened: it replaces the one on screen when it is the one asked for.
+    fn on_opened(&mut self, job: JobId, raster: RasterId, info: RasterInfo) {
+        if !matches!(self.jobs.remove(job), Some(Pending::Open { .. })) {
+            self.engine.close(raster);
+            return;
+        }
+        if let Some(old) = self.doc.take() {
+            self.engine.close(old.raster);
+        }
+        self.jobs.remove_where(|p| matches!(p, Pending::Tiles { .. } | Pending::Overviews { .. }));
+        let params = RenderParams::default_for(&info);
+        self.doc = Some(Document {
+            raster,
+            params,
+            info,
+            view: ViewTransform::default(),
+            fit_pending: true,
+            fitted_to: None,
+            tiles: TileTextures::new(params.cache_hash()),
+        });
+        self.apply_pending_view();
+    }
+
+    fn on_tile(&mut self, ctx: &egui::Context, job: JobId, raster: RasterId, params: u64, tile: &engine::tiles::Tile) {
+        if let Some(doc) = self.doc.as_mut().filter(|d| d.raster == raster && d.tiles.params == params) {
+            doc.tiles.insert(ctx, tile);
+            if let Some(Pending::Tiles { owed }) = self.jobs.get_mut(job) {
+                owed.retain(|k| *k != tile.key);
             }
         }
     }
 
-    /// The job the current run waits on.
-    fn run_job(&self) -> Option<JobId> {
-        self.session.run.as_ref().filter(|r| r.is_running()).and_then(|r| r.job)
+    fn on_progress(&mut self, job: JobId, new_fraction: f32, new_message: String) {
+        match self.jobs.get_mut(job) {
+            Some(Pending::Pull { fraction, message }) => (*fraction, *message) = (new_fraction, new_message),
+            Some(Pending::Sweep(sw)) => (sw.fraction, sw.message) = (new_fraction, new_message),
+            Some(Pending::Overviews { fraction }) => *fraction = new_fraction,
+            _ => {}
+        }
     }
 
-    /// Asks the question in the query panel about the chosen area.
+    fn on_overviews_built(&mut self, job: JobId, raster: RasterId, info: RasterInfo) {
+        self.jobs.remove(job);
+        if let Some(doc) = self.doc.as_mut().filter(|d| d.raster == raster) {
+            let levels = info.overviews.len();
+            doc.info = info;
+            doc.tiles.clear();
+            self.jobs.remove_where(|p| matches!(p, Pending::Tiles { .. }));
+            self.notify_info(format!("Built {levels} overview levels."));
+        }
+    }
+
+    /// A question's answer, carried as far as its goal: its features join the store.
+    fn on_answer(&mut self, job: JobId, outcome: Box<engine::pipeline::Outcome>) {
+        if !matches!(self.jobs.remove(job), Some(Pending::Ask)) {
+            return;
+        }
+        let features = outcome.features.clone();
+        if let Some(run) = self.session.run.as_mut() {
+            run.outcome = Some(outcome);
+        }
+        if !features.is_empty() {
+            let ids = self.session.features.add("ask", features);
+            self.session.selected = ids.first().copied();
+            self.session.selected_vertex = None;
+        }
+        self.session.finish_run(None);
+    }
+
+    /// A box drawn by hand, segmented and traced: one feature.
+    fn on_segmented(&mut self, job: JobId, segments: &engine::pipeline::Segments) {
+        if !matches!(self.jobs.remove(job), Some(Pending::Segment)) {
+            return;
+        }
+        let source = self.doc.as_ref().map(|d| d.info.path.display().to_string()).unwrap_or_default();
+        let provenance =
+            engine::features::Provenance::manual("manual", &source, Some(segments.window), &segments.method);
+        let ids = self.session.features.add("draw box", segments.features(&provenance));
+        self.session.selected = ids.first().copied();
+        self.session.selected_vertex = None;
+    }
+
+    fn on_refined(
+        &mut self,
+        job: JobId,
+        feature: u64,
+        segment: engine::segment::Segment,
+        polygons: geo::MultiPolygon<f64>,
+    ) {
+        let Some(Pending::Refine { clicks, .. }) = self.jobs.remove(job) else { return };
+        if let Some(f) = self.session.features.get(feature)
+            && let Some(old) = &f.segment
+        {
+            let state = engine::edit::SegmentState { window: old.window, segment, clicks };
+            let refined = f.with_segment(state, polygons);
+            let _ = self.session.features.replace("refine mask", refined);
+        }
+    }
+
+    fn on_saved(&mut self, ctx: &egui::Context, job: JobId, path: PathBuf) {
+        let Some(Pending::Save { recovery, revision, .. }) = self.jobs.remove(job) else { return };
+        if recovery {
+            self.session.autosaved_revision = revision;
+            return;
+        }
+        self.session.saved_revision = revision;
+        self.session.autosaved_revision = revision;
+        self.session.project_path = Some(path.clone());
+        // Saved for real: the recovery copy is not needed any more.
+        let _ = std::fs::remove_file(&self.recovery_path);
+        self.notify_info(format!("Saved {}", path.display()));
+        if self.session.close_after_save {
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        }
+    }
+
+    fn on_exported(&mut self, job: JobId, report: &engine::export::ExportReport) {
+        if !matches!(self.jobs.remove(job), Some(Pending::Export)) {
+            return;
+        }
+        let layers: Vec<String> = report.layers.iter().map(|(l, n)| format!("{n} {l}")).collect();
+        let file = report.files.first().map_or_else(String::new, |f| f.display().to_string());
+        let mut text = format!("Exported {} to {file}", layers.join(", "));
+        if !report.skipped.is_empty() {
+            text.push_str(&format!("; skipped: {}", report.skipped.join("; ")));
+        }
+        for n in &report.notes {
+            text.push_str(&format!("\n{n}"));
+        }
+        self.session.last_export = Some(text.clone());
+        self.notify_info(text);
+    }
+
+    fn on_sweep_done(
+        &mut self,
+        job: JobId,
+        result: &engine::sweep::SweepResult,
+        features: Vec<engine::edit::WorkFeature>,
+    ) {
+        let Some(Pending::Sweep(sw)) = self.jobs.remove(job) else { return };
+        let n = features.len();
+        if n > 0 {
+            self.session.features.add("sweep", features);
+        }
+        self.notify_info(format!(
+            "Sweep done: {} tiles ({} resumed), {n} feature(s) in {:.0} s",
+            result.tiles.len(),
+            result.tiles.len() - result.processed,
+            sw.started.elapsed().as_secs_f64()
+        ));
+    }
+
+    fn on_cancelled(&mut self, job: JobId) {
+        match self.jobs.remove(job) {
+            Some(Pending::Sweep(_)) => {
+                self.notify_info("Sweep cancelled; the tiles done are kept and a new sweep resumes from them.");
+            }
+            Some(Pending::Ask) => self.session.finish_run(Some("Cancelled.".into())),
+            Some(Pending::Overviews { .. }) => self.notify_info("Overview building cancelled; nothing was written."),
+            _ => {}
+        }
+    }
+
+    fn on_failed(&mut self, job: JobId, error: String) {
+        match self.jobs.remove(job) {
+            Some(Pending::Ask) => {
+                if self.session.run.as_ref().is_some_and(|r| r.stage == Some(engine::worker::AskStage::LoadingModel)) {
+                    self.session.reasoner = None; // the engine let go of the old one before loading
+                }
+                self.session.finish_run(Some(error.clone()));
+            }
+            Some(Pending::Tiles { owed }) => {
+                if let Some(doc) = self.doc.as_mut() {
+                    // Do not ask again for tiles that cannot be read.
+                    doc.tiles.mark_failed(owed);
+                }
+            }
+            Some(Pending::LoadProject { restoring: true }) => return self.set_recovery_aside(&error),
+            _ => {}
+        }
+        self.notify_error(error);
+    }
+
+    /// Whether a question, a segmentation or a sweep is in flight.
+    pub fn busy(&self) -> bool {
+        self.session.running() || self.jobs.any(|p| matches!(p, Pending::Segment | Pending::Sweep(_)))
+    }
+
+    /// Sends `kind` to the engine and registers what its job is for.
+    pub fn start(&mut self, kind: engine::RequestKind, pending: Pending) -> JobId {
+        let job = self.engine.send(kind);
+        self.jobs.insert(job, pending);
+        job
+    }
+
+    /// Applies what the `*_ui` functions asked for while drawing.
+    pub fn apply(&mut self, command: Command) {
+        match command {
+            Command::OpenDialog => self.open_dialog(),
+            Command::OpenAny(path) => self.open_any(path),
+            Command::RunQuery => self.run_query(),
+            Command::CancelRun => self.cancel_run(),
+            Command::RunSweep => self.run_sweep(),
+            Command::Cancel(job) => self.engine.cancel(job),
+            Command::RequestTiles(keys) => self.request_tiles(keys),
+            Command::BuildOverviews => {
+                if let Some(doc) = &self.doc {
+                    let raster = doc.raster;
+                    self.start(engine::RequestKind::BuildOverviews { raster }, Pending::Overviews { fraction: 0.0 });
+                }
+            }
+            Command::SegmentBox { window, bbox } => self.segment_box(window, bbox),
+            Command::Refine { feature, at, positive } => self.refine(feature, at, positive),
+            Command::Export(dialog) => self.export(&dialog),
+            Command::PullModel => {
+                let request = self.session.pull_request();
+                self.start(request, Pending::Pull { fraction: 0.0, message: "starting".into() });
+            }
+            Command::SaveProject(path) => self.save_project(path, false),
+            Command::LoadProject(path) => self.load_project(path),
+            Command::Restore(path) => {
+                let job = self.engine.send(engine::RequestKind::LoadProject { path, or_raster: false });
+                self.jobs.insert(job, Pending::LoadProject { restoring: true });
+            }
+        }
+    }
+
+    /// Asks for the view's tiles, replacing the request in flight (none wanted: cancel it).
+    fn request_tiles(&mut self, keys: Vec<TileKey>) {
+        for old in self.jobs.remove_where(|p| matches!(p, Pending::Tiles { .. })) {
+            if keys.is_empty() {
+                self.engine.cancel(old);
+            }
+        }
+        if let (false, Some(doc)) = (keys.is_empty(), &self.doc) {
+            let (raster, params) = (doc.raster, doc.params);
+            let owed = keys.clone();
+            self.start(engine::RequestKind::Tiles { raster, params, keys }, Pending::Tiles { owed });
+        }
+    }
+
+    /// A box drawn by hand, segmented on `window` (read as for a question, so the encodings are shared).
+    fn segment_box(&mut self, window: engine::base::Window, bbox: engine::base::PixelBox) {
+        let Some(doc) = &self.doc else { return };
+        let (raster, params) = (doc.raster, doc.params);
+        let (max_pixels, sam) = (self.session.settings.max_pixels, self.session.sam());
+        let boxes = vec![bbox];
+        self.start(engine::RequestKind::Segment { raster, window, params, max_pixels, sam, boxes }, Pending::Segment);
+    }
+
+    /// A refinement click on a feature with a mask.
+    fn refine(&mut self, feature: u64, at: [f64; 2], positive: bool) {
+        let Some(doc) = &self.doc else { return };
+        let (raster, params) = (doc.raster, doc.params);
+        let Some(f) = self.session.features.get(feature) else { return };
+        let (Some(state), Some(b)) = (&f.segment, f.bbox) else {
+            self.notify_info(
+                "This feature has no mask to refine (drawn or loaded without one): draw its box again (B).",
+            );
+            return;
+        };
+        let mut clicks = state.clicks.clone();
+        clicks.push((at[0], at[1], positive));
+        let request = engine::RequestKind::Refine {
+            raster,
+            window: state.window,
+            params,
+            max_pixels: self.session.settings.max_pixels,
+            sam: self.session.sam(),
+            feature,
+            bbox: engine::base::PixelBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] },
+            previous: Some(Box::new(state.segment.clone())),
+            clicks: clicks.clone(),
+        };
+        self.start(request, Pending::Refine { feature, clicks });
+    }
+
+    /// Asks the question in the query panel about the chosen area: one request,
+    /// which loads the models it needs on the way.
     pub fn run_query(&mut self) {
         let Some(doc) = &self.doc else {
             self.notify_error("Open a raster first.");
@@ -646,8 +648,14 @@ impl WorkbenchApp {
             return;
         };
         let (raster, params) = (doc.raster, doc.params);
-        if let Err(e) = self.session.start_ask(&self.engine, raster, window, params) {
-            self.notify_error(e);
+        match self.session.ask(raster, window, params) {
+            Ok(request) => {
+                let job = self.start(request, Pending::Ask);
+                if let Some(run) = self.session.run.as_mut() {
+                    run.job = Some(job);
+                }
+            }
+            Err(e) => self.notify_error(e),
         }
     }
 
@@ -659,85 +667,21 @@ impl WorkbenchApp {
         };
         let (raster, params, path) = (doc.raster, doc.params, doc.info.path.clone());
         let dir = self.recovery_path.parent().map_or_else(std::env::temp_dir, |p| p.join("sweeps"));
-        if let Err(e) = self.session.start_sweep(&self.engine, raster, &path, params, &dir) {
-            self.notify_error(e);
+        match self.session.sweep(raster, &path, params, &dir) {
+            Ok((request, state)) => {
+                self.start(request, Pending::Sweep(state));
+            }
+            Err(e) => self.notify_error(e),
         }
     }
 
-    /// Stops the current run at whatever stage it is.
+    /// Stops the current question at whatever stage it is.
     pub fn cancel_run(&mut self) {
-        if let Some(job) = self.run_job() {
+        if let Some(job) = self.session.run.as_ref().filter(|r| r.is_running()).and_then(|r| r.job) {
             self.engine.cancel(job);
-            self.session.segment_jobs.retain(|(j, _)| *j != job);
+            self.jobs.remove(job);
         }
-        self.session.pending_segment = None;
         self.session.finish_run(Some("Cancelled.".into()));
-    }
-
-    fn on_answer(&mut self, outcome: Box<engine::worker::AskOutcome>) {
-        let Some(doc) = &self.doc else { return };
-        let (raster, params, source) = (doc.raster, doc.params, doc.info.path.clone());
-        let task = self.session.run.as_ref().map(|r| r.task).unwrap_or_default();
-        let boxes = outcome.boxes.clone();
-        let window = outcome.window;
-        let provenance = self.session.provenance_for(&outcome, &source, "");
-        if let Some(run) = self.session.run.as_mut() {
-            run.outcome = Some(outcome);
-        }
-        match task {
-            session::AskTask::Region => {
-                let features: Vec<_> = boxes
-                    .iter()
-                    .map(|b| {
-                        engine::edit::WorkFeature::new(
-                            Some([b.x1, b.y1, b.x2, b.y2]),
-                            geo::MultiPolygon::new(vec![]),
-                            provenance.clone(),
-                        )
-                    })
-                    .collect();
-                if !features.is_empty() {
-                    let ids = self.session.features.add("ask (region)", features);
-                    self.session.selected = ids.first().copied();
-                }
-                self.session.finish_run(None);
-            }
-            session::AskTask::Pixel | session::AskTask::Contour if !boxes.is_empty() => {
-                let purpose = session::SegmentPurpose::Ask { provenance };
-                self.session.start_segment(&self.engine, raster, window, params, boxes, purpose);
-            }
-            _ => self.session.finish_run(None),
-        }
-    }
-
-    fn on_segmented(&mut self, job: JobId, outcome: &engine::worker::SegmentOutcome) {
-        let Some(pos) = self.session.segment_jobs.iter().position(|(j, _)| *j == job) else { return };
-        let (_, purpose) = self.session.segment_jobs.remove(pos);
-        let segmenter = outcome.method.to_string();
-        let source = self.doc.as_ref().map(|d| d.info.path.display().to_string()).unwrap_or_default();
-        let (provenance, label) = match purpose {
-            session::SegmentPurpose::Ask { provenance, .. } => {
-                (Arc::new(engine::features::Provenance { segmenter, ..(*provenance).clone() }), "ask")
-            }
-            session::SegmentPurpose::Manual => (
-                Arc::new(engine::features::Provenance {
-                    task: "manual".into(),
-                    segmenter,
-                    source,
-                    window: Some(outcome.window),
-                    created_at: engine::features::Provenance::now(),
-                    ..Default::default()
-                }),
-                "draw box",
-            ),
-        };
-        let features = session::Session::features_from(outcome, &provenance);
-        let ids = self.session.features.add(label, features);
-        self.session.selected = ids.first().copied();
-        self.session.selected_vertex = None;
-        if self.run_job() == Some(job) {
-            self.session.finish_run(None);
-        }
     }
 
     /// Project settings for saving: the raster, the view, its georeferencing.
@@ -754,7 +698,7 @@ impl WorkbenchApp {
 
     /// Saves the project (on a file thread); `recovery` = the autosave copy.
     pub fn save_project(&mut self, path: PathBuf, recovery: bool) {
-        if self.session.save_job.is_some() {
+        if self.jobs.any(|p| matches!(p, Pending::Save { .. })) {
             return;
         }
         if recovery && let Some(dir) = path.parent() {
@@ -763,14 +707,15 @@ impl WorkbenchApp {
         let meta = Box::new(self.project_meta());
         let features: Vec<_> = self.session.features.iter().cloned().collect();
         let revision = self.session.features.revision();
-        let p = path.clone();
-        let job = self.engine.send(|job| engine::Request::SaveProject { job, path: p, meta, features });
-        self.session.save_job = Some((job, path, recovery, revision));
+        let request = engine::RequestKind::SaveProject { path: path.clone(), meta, features };
+        self.start(request, Pending::Save { path, recovery, revision });
     }
 
     pub fn load_project(&mut self, path: PathBuf) {
-        let job = self.engine.send(|job| engine::Request::LoadProject { job, path, or_raster: false });
-        self.session.load_job = Some(job);
+        self.start(
+            engine::RequestKind::LoadProject { path, or_raster: false },
+            Pending::LoadProject { restoring: false },
+        );
     }
 
     fn apply_project(&mut self, path: PathBuf, project: engine::project::Project) {
@@ -810,7 +755,11 @@ impl WorkbenchApp {
     fn autosave(&mut self) {
         let s = &self.session;
         let due = s.last_autosave.elapsed() >= self.autosave_every;
-        if due && s.features.revision() != s.autosaved_revision && s.is_dirty() && s.save_job.is_none() {
+        if due
+            && s.features.revision() != s.autosaved_revision
+            && s.is_dirty()
+            && !self.jobs.any(|p| matches!(p, Pending::Save { .. }))
+        {
             self.session.last_autosave = Instant::now();
             self.save_project(self.recovery_path.clone(), true);
         }
@@ -878,16 +827,15 @@ impl WorkbenchApp {
         if let Some(doc) = self.doc.as_mut().filter(|d| d.params != params) {
             doc.params = params;
             doc.tiles.reset(params.cache_hash());
-            doc.tile_job = None;
+            self.jobs.remove_where(|p| matches!(p, Pending::Tiles { .. }));
         }
     }
 
     /// True when nothing is loading: the raster (if any) is open and every tile
     /// of the current view has arrived (or failed).
     pub fn is_idle(&self) -> bool {
-        self.opening.is_none()
-            && self.session.load_job.is_none()
-            && self.doc.as_ref().is_none_or(|d| !d.fit_pending && d.tile_job.is_none() && !d.tiles.is_empty())
+        !self.jobs.any(|p| matches!(p, Pending::Open { .. } | Pending::LoadProject { .. } | Pending::Tiles { .. }))
+            && self.doc.as_ref().is_none_or(|d| !d.fit_pending && !d.tiles.is_empty())
     }
 
     /// Serves `--screenshot`: once idle, asks the renderer for the frame's pixels,
@@ -1030,9 +978,17 @@ impl eframe::App for WorkbenchApp {
         dialogs::recovery_ui(self, &ctx);
         dialogs::close_ui(self, &ctx);
         panels::notifications_ui(self, &ctx);
+        // What the panels asked for, done now that the frame is drawn.
+        for command in std::mem::take(&mut self.commands) {
+            self.apply(command);
+        }
         self.autosave();
         self.screenshot_when_loaded(&ctx);
-        if self.opening.is_some() || self.file_dialog.is_some() || self.picker.is_some() || self.session.is_dirty() {
+        if self.jobs.opening().is_some()
+            || self.file_dialog.is_some()
+            || self.picker.is_some()
+            || self.session.is_dirty()
+        {
             // Poll dialogs and the autosave clock; engine events wake us by themselves.
             ctx.request_repaint_after(Duration::from_millis(if self.session.is_dirty() { 1000 } else { 100 }));
         }

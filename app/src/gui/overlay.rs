@@ -7,14 +7,14 @@ use std::collections::HashMap;
 
 use egui::epaint::{Mesh, PathShape, PathStroke, Vertex};
 use egui::{Color32, Pos2, Rect, Response, Shape, Stroke};
+use engine::base::PixelBox;
+use engine::base::Window;
 use engine::edit::{FeatureStore, VertexRef, WorkFeature, nearest_edge, nearest_vertex};
-use engine::reasoner::parse::PixelBox;
-use engine::tiles::Window;
 use geo::{Coord, MultiPolygon, TriangulateEarcut};
 
-use super::WorkbenchApp;
-use super::session::{Drag, DragTarget, SegmentPurpose, Tool};
+use super::session::{Drag, DragTarget, Tool};
 use super::view::ViewTransform;
+use super::{Command, WorkbenchApp};
 
 /// Screen points within which a vertex or handle is grabbed.
 const GRAB: f64 = 7.0;
@@ -223,8 +223,6 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
     let Some(doc) = app.doc.as_ref() else { return false };
     let view = doc.view;
     let (rw, rh) = (doc.info.width, doc.info.height);
-    let raster = doc.raster;
-    let params = doc.params;
     let to_source = |p: Pos2| {
         let s = view.screen_to_source(rect, p);
         Coord { x: s[0], y: s[1] }
@@ -365,8 +363,8 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
                         x2: (win.x + win.width) as f64,
                         y2: (win.y + win.height) as f64,
                     };
-                    if let Some(context) = context_window(&bx, rw, rh) {
-                        s.start_segment(&app.engine, raster, context, params, vec![bx], SegmentPurpose::Manual);
+                    if let Some(window) = context_window(&bx, rw, rh) {
+                        app.commands.push(Command::SegmentBox { window, bbox: bx });
                     }
                 }
             }
@@ -380,38 +378,11 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
                 None
             };
             if let (Some(positive), Some(p)) = (click, response.interact_pointer_pos())
-                && let Some(id) = s.selected
-                && let Some(f) = s.features.get(id)
+                && let Some(feature) = s.selected
             {
                 consumed = true;
-                match (&f.segment, f.bbox) {
-                    (Some(state), Some(b)) => {
-                        let at = to_source(p);
-                        let mut clicks = state.clicks.clone();
-                        clicks.push((at.x, at.y, positive));
-                        let (window, previous) = (state.window, Some(Box::new(state.segment.clone())));
-                        let bbox = PixelBox { x1: b[0], y1: b[1], x2: b[2], y2: b[3] };
-                        let clicks_sent = clicks.clone();
-                        let job = app.engine.send(|job| engine::Request::Refine {
-                            job,
-                            raster,
-                            window,
-                            params,
-                            feature: id,
-                            bbox,
-                            previous,
-                            clicks: clicks_sent,
-                        });
-                        s.refine_jobs.push((job, id, clicks));
-                    }
-                    _ => app.notifications.push(super::Notification {
-                        text:
-                            "This feature has no mask to refine (drawn or loaded without one): draw its box again (B)."
-                                .into(),
-                        is_error: false,
-                        since: std::time::Instant::now(),
-                    }),
-                }
+                let at = to_source(p);
+                app.commands.push(Command::Refine { feature, at: [at.x, at.y], positive });
             }
         }
     }

@@ -10,7 +10,7 @@ pub fn menu_bar_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| {
                 if ui.button("Open raster…  (Ctrl+O)").clicked() {
-                    app.open_dialog();
+                    app.commands.push(super::Command::OpenDialog);
                     ui.close();
                 }
                 if ui.button("Open URL or STAC item…").clicked() {
@@ -24,7 +24,7 @@ pub fn menu_bar_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 }
                 if ui.button("Save project  (Ctrl+S)").clicked() {
                     match app.session.project_path.clone() {
-                        Some(p) => app.save_project(p, false),
+                        Some(p) => app.commands.push(super::Command::SaveProject(p)),
                         None => app.pick_file(super::DialogPurpose::SaveProject, true, "gpkg"),
                     }
                     ui.close();
@@ -151,7 +151,7 @@ pub fn status_bar_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 let ppp = f64::from(ui.ctx().pixels_per_point());
                 let level = doc.info.pyramid().level_for_zoom(doc.view.zoom * ppp);
                 ui.label(format!("Zoom {:.1}%   Level {level}", doc.view.zoom * ppp * 100.0));
-                if doc.tile_job.is_some() {
+                if app.jobs.tiles().is_some() {
                     ui.spinner();
                 }
             });
@@ -172,7 +172,7 @@ pub fn side_panel_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             };
             let mut params = doc.params;
             let info = doc.info.clone();
-            let overview_job = doc.overview_job;
+            let overview_job = app.jobs.overviews();
             display_ui(ui, &info, &mut params);
             app.set_params(params);
             ui.separator();
@@ -273,7 +273,7 @@ fn overviews_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, info: &RasterInfo, jo
             ui.horizontal(|ui| {
                 ui.add(egui::ProgressBar::new(fraction).show_percentage().desired_width(160.0));
                 if ui.button("Cancel").clicked() {
-                    app.engine.cancel(job);
+                    app.commands.push(super::Command::Cancel(job));
                 }
             });
         }
@@ -284,10 +284,8 @@ fn overviews_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, info: &RasterInfo, jo
                 .add_enabled(enabled, egui::Button::new(label))
                 .on_hover_text("Writes an external .ovr file next to the raster; the raster is not modified.")
                 .clicked()
-                && let Some(doc) = app.doc.as_mut()
             {
-                let job = app.engine.build_overviews(doc.raster);
-                doc.overview_job = Some((job, 0.0));
+                app.commands.push(super::Command::BuildOverviews);
             }
         }
     }

@@ -3,8 +3,10 @@
 
 use egui::{Color32, RichText};
 
+use super::Command;
 use super::WorkbenchApp;
-use super::session::{AreaMode, AskTask, NO_MODEL, Tool};
+use super::session::{AreaMode, NO_MODEL, Tool};
+use engine::base::Goal;
 
 pub fn query_panel_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     egui::Panel::right("query_panel").default_size(340.0).show(ui, |ui| {
@@ -18,14 +20,14 @@ pub fn query_panel_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 egui::ComboBox::from_id_salt("task")
                     .selected_text(s.task.label())
                     .show_ui(ui, |ui| {
-                        for t in AskTask::ALL {
+                        for t in Goal::ALL {
                             ui.selectable_value(&mut s.task, t, t.label());
                         }
                     })
                     .response
                     .labelled_by(label.id);
             });
-            let enabled = s.task != AskTask::Caption;
+            let enabled = s.task != Goal::Caption;
             let label = ui.label("Question");
             let edit = ui.add_enabled(
                 enabled,
@@ -125,10 +127,10 @@ fn run_buttons_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, enter: bool) {
         let run = ui.add_enabled(can_run, egui::Button::new("Run")).on_hover_text("Ask (Ctrl+Enter)").clicked();
         let ctrl_enter = ui.input(|i| i.modifiers.command && i.key_pressed(egui::Key::Enter));
         if (run || enter || ctrl_enter) && can_run {
-            app.run_query();
+            app.commands.push(Command::RunQuery);
         }
         if ui.add_enabled(running, egui::Button::new("Cancel")).clicked() {
-            app.cancel_run();
+            app.commands.push(Command::CancelRun);
         }
         if let Some(r) = &app.session.run {
             if let Some(stage) = &r.stage {
@@ -145,25 +147,25 @@ fn run_buttons_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui, enter: bool) {
 
 /// Sweeping the whole raster tile by tile, with progress and Cancel.
 fn sweep_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
-    match app.session.sweep.clone() {
-        Some(sw) => {
+    match app.jobs.sweep().map(|(job, sw)| (job, sw.clone())) {
+        Some((job, sw)) => {
             ui.horizontal(|ui| {
                 ui.add(egui::ProgressBar::new(sw.fraction).show_percentage().desired_width(120.0));
                 ui.label(&sw.message);
                 if ui.button("Cancel sweep").clicked() {
-                    app.engine.cancel(sw.job);
+                    app.commands.push(Command::Cancel(job));
                 }
             });
             ui.ctx().request_repaint_after(std::time::Duration::from_millis(200));
         }
         None => {
-            let idle = app.doc.is_some() && !app.session.busy();
+            let idle = app.doc.is_some() && !app.busy();
             if ui
                 .add_enabled(idle, egui::Button::new("Sweep whole raster"))
                 .on_hover_text("Ask about every 1024-px tile (128 px overlap) and merge across the seams; resumable")
                 .clicked()
             {
-                app.run_sweep();
+                app.commands.push(Command::RunSweep);
             }
         }
     }
@@ -185,7 +187,7 @@ fn trace_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         ui.add(egui::Label::new(a).wrap());
     }
     if let Some(o) = &run.outcome {
-        if matches!(run.task, AskTask::Region | AskTask::Pixel | AskTask::Contour) {
+        if run.task.grounds() {
             ui.label(format!("{} box(es) found", o.boxes.len()));
         }
         for r in &o.answer.repairs {

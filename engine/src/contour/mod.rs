@@ -18,39 +18,7 @@ use crate::geo::GeoTransform;
 pub use linemap::line_map;
 pub use trace::{Traced, polygonize_bool, polygonize_u8};
 
-/// How to simplify rings.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SimplifyMethod {
-    /// Douglas–Peucker: no vertex moves more than the tolerance. Where it would
-    /// make a polygon invalid (self-intersections on thin parts), that polygon
-    /// is simplified with the topology-preserving method instead (reported).
-    DouglasPeucker,
-    /// Visvalingam–Whyatt, topology-preserving: removes vertices whose triangle
-    /// is smaller than tolerance² without making rings cross.
-    #[default]
-    VisvalingamPreserve,
-}
-
-impl std::fmt::Display for SimplifyMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::DouglasPeucker => "douglas-peucker",
-            Self::VisvalingamPreserve => "visvalingam-preserve",
-        })
-    }
-}
-
-impl std::str::FromStr for SimplifyMethod {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().replace('_', "-").as_str() {
-            "dp" | "douglas-peucker" => Ok(Self::DouglasPeucker),
-            "vw" | "visvalingam" | "visvalingam-preserve" => Ok(Self::VisvalingamPreserve),
-            _ => Err(format!("unknown simplification '{s}' (dp or vw)")),
-        }
-    }
-}
+pub use crate::features::SimplifyMethod;
 
 /// Units of tolerances and areas.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,7 +208,7 @@ pub fn to_map(polygons: &[Polygon<f64>], gt: &GeoTransform) -> MultiPolygon<f64>
 /// `image_size`: where its pixel corners fall in the raster's own pixels.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ImageFrame {
-    pub window: crate::tiles::Window,
+    pub window: crate::base::Window,
     pub image_size: (usize, usize),
 }
 
@@ -282,11 +250,11 @@ pub struct ContourResult {
     pub report: CleanupReport,
 }
 
-/// RemoteReasoner's contour task after its pixel task: `segments` are (box,
-/// mask) pairs in image pixels of `frame`. `map_pixel` is the map length of one
+/// RemoteReasoner's contour task after its pixel task: `segments` are (box in
+/// raster pixels, mask on `frame`'s image) pairs. `map_pixel` is the map length of one
 /// raster pixel (for tolerances in map units).
 pub fn contour_task(
-    segments: &[(crate::reasoner::parse::PixelBox, crate::segment::Segment)],
+    segments: &[(crate::base::PixelBox, crate::segment::Segment)],
     frame: &ImageFrame,
     cleanup: &Cleanup,
     map_pixel: f64,
@@ -297,8 +265,6 @@ pub fn contour_task(
     let mut out = ContourResult::default();
     for (i, (b, seg)) in segments.iter().enumerate() {
         let id = i as i64 + 1;
-        let (x1, y1) = frame.to_raster(b.x1, b.y1);
-        let (x2, y2) = frame.to_raster(b.x2, b.y2);
         let feature = |geometry| Feature {
             id,
             geometry,
@@ -311,7 +277,7 @@ pub fn contour_task(
                 .simplify
                 .map(|(m, _)| (m, cleanup.tolerance_px(image_pixel).unwrap_or_default() * (sx * sy).sqrt())),
         };
-        out.boxes.push(feature(Geometry::Box([x1, y1, x2, y2])));
+        out.boxes.push(feature(Geometry::Box(b.to_array())));
         let traced = polygonize_bool(seg.mask.width, seg.mask.height, &seg.mask.data);
         // Kept only when simplifying: parts of one mask may touch at corners, and
         // if simplified they overlap, the exact parts are used instead.

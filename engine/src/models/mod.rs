@@ -34,7 +34,7 @@ impl std::str::FromStr for DeviceChoice {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let (kind, index) = s.split_once(':').unwrap_or((s, "0"));
-        let index: usize = index.parse().map_err(|_| format!("bad device index in {s:?}"))?;
+        let index: usize = index.parse().map_err(|e| format!("bad device index in {s:?}: {e}"))?;
         match kind {
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda(index)),
@@ -138,7 +138,7 @@ impl std::str::FromStr for Precision {
             "q4k" | "q4_k" => Ok(Self::Q4K),
             other => parse_dtype(other)
                 .map(Self::Float)
-                .map_err(|_| format!("unknown precision {s:?} (expected f32, bf16, f16, q8_0 or q4k)")),
+                .map_err(|_unknown| format!("unknown precision {s:?} (expected f32, bf16, f16, q8_0 or q4k)")),
         }
     }
 }
@@ -254,7 +254,7 @@ pub fn read_checkpoint(path: &Path, device: &Device) -> Result<HashMap<String, T
     }
     let mut head = [0u8; 4];
     std::io::Read::read_exact(&mut std::fs::File::open(path).map_err(|e| err(e.to_string()))?, &mut head)
-        .map_err(|_| err("file too short to be a checkpoint".into()))?;
+        .map_err(|_short| err("file too short to be a checkpoint".into()))?;
     if &head == b"PK\x03\x04" {
         pth::read(path, Some("model"), device)
     } else {

@@ -87,7 +87,7 @@ fn check_pickle(p: &[u8]) -> std::result::Result<(), String> {
         let op = p[i];
         i += 1;
         match op {
-            b'.' => return Ok(()),
+            // b'.' (STOP) ends the pickle; other opcodes carry no text to bound.
             0x80 | b'q' | b'h' | b'K' => drop(take(&mut i, 1)?),
             b'M' => drop(take(&mut i, 2)?),
             b'r' | b'j' | b'J' => drop(take(&mut i, 4)?),
@@ -95,7 +95,7 @@ fn check_pickle(p: &[u8]) -> std::result::Result<(), String> {
             b'X' => {
                 let at = take(&mut i, 4)?;
                 let len = le(&p[at..at + 4]);
-                take(&mut i, len).map_err(|_| format!("a string of {len} bytes where {} remain", p.len() - i))?;
+                take(&mut i, len).map_err(|_short| format!("a string of {len} bytes where {} remain", p.len() - i))?;
             }
             0x8a => {
                 let at = take(&mut i, 1)?;

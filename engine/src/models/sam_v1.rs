@@ -17,6 +17,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::segment_anything::image_encoder::ImageEncoderViT;
 
+use crate::base::RgbImage;
 use crate::error::{EngineError, Result};
 use crate::models::ops;
 use crate::models::pil_resize::{self, Filter};
@@ -24,7 +25,6 @@ use crate::models::sam2::decoder::{Generation, MaskDecoder, PromptEncoder};
 use crate::models::sam2::{Heads, IMAGE_SIZE, ImageEmbedding, LOW_RES, Prediction, Prompt};
 use crate::models::tiny_vit::TinyVit;
 use crate::models::trace::Trace;
-use crate::reasoner::processor::RgbImage;
 
 const EMBED_DIM: usize = 256;
 const PATCH: usize = 16;

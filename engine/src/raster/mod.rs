@@ -13,9 +13,10 @@ use gdal::raster::{ColorInterpretation, GdalDataType, RasterBand, ResampleAlg};
 use gdal::{Dataset, GdalOpenFlags};
 use serde::{Deserialize, Serialize};
 
+use crate::base::Window;
 use crate::error::{EngineError, Result};
 use crate::geo::GeoTransform;
-use crate::tiles::{Pyramid, Tile, TileKey, Window};
+use crate::tiles::{Pyramid, Tile, TileKey};
 pub use stretch::{BandSample, LinearMap, Stretch};
 
 /// Longest side of the decimated read that stretch statistics are computed from.
@@ -517,8 +518,11 @@ fn describe(ds: &Dataset, path: &Path) -> Result<RasterInfo> {
 /// GDAL's own message for an error, without the Rust wrapper's noise.
 pub(crate) fn gdal_reason(e: &gdal::errors::GdalError) -> String {
     match e {
-        gdal::errors::GdalError::CplError { msg, .. } if !msg.is_empty() => msg.trim().to_owned(),
-        gdal::errors::GdalError::NullPointer { msg, .. } if !msg.is_empty() => msg.trim().to_owned(),
+        gdal::errors::GdalError::CplError { msg, .. } | gdal::errors::GdalError::NullPointer { msg, .. }
+            if !msg.is_empty() =>
+        {
+            msg.trim().to_owned()
+        }
         gdal::errors::GdalError::NullPointer { .. } => "format not recognised".to_owned(),
         gdal::errors::GdalError::BadArgument(msg) => msg.clone(),
         gdal::errors::GdalError::FfiNulError(_) => "the name holds a NUL byte".to_owned(),

@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::{Raster, RasterInfo, RenderParams, Tile};
+use crate::base::panic_message;
 use crate::error::EngineError;
 use crate::tiles::TileKey;
-use crate::worker::panic_message;
 
 /// Work for a reader thread.
 pub enum ReaderMsg {

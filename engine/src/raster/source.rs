@@ -75,7 +75,8 @@ pub fn create_u8(
     options: &gdal::raster::RasterCreationOptions,
 ) -> gdal::errors::Result<Dataset> {
     let c = c_path(path)?;
-    let dim = |n: usize| i32::try_from(n).map_err(|_| gdal::errors::GdalError::BadArgument(format!("raster size {n}")));
+    let dim =
+        |n: usize| i32::try_from(n).map_err(|e| gdal::errors::GdalError::BadArgument(format!("raster size {n}: {e}")));
     let (cw, ch, cb) = (dim(w)?, dim(h)?, dim(bands)?);
     // SAFETY: valid driver handle, C string and option list (GDAL copies what it keeps).
     let handle = unsafe {

@@ -5,7 +5,6 @@ pub mod generate;
 pub mod parse;
 pub mod processor;
 pub mod prompt;
-pub mod remote;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -15,13 +14,14 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use crate::base::Goal;
+use crate::base::{PixelBox, RgbImage};
 use crate::error::{EngineError, Result};
 use crate::models::qwen2_5_vl::{Config, Qwen25Vl};
 use crate::models::{self, DeviceChoice};
 use generate::{Decoding, GenerationConfig, Sampler, TextStream};
-use parse::{Completion, PixelBox, Repair};
-use processor::{PreprocessorConfig, ProcessedImage, RgbImage};
-pub use prompt::Task;
+use parse::{Completion, Repair};
+use processor::{PreprocessorConfig, ProcessedImage};
 
 /// How to load a checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -103,7 +103,7 @@ impl StopReason {
 /// Everything one question produced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
-    pub task: Task,
+    pub task: Goal,
     pub query: String,
     /// The chat text given to the tokenizer (image placeholder not expanded).
     pub prompt: String,
@@ -258,7 +258,7 @@ impl Reasoner {
     pub fn ask(
         &mut self,
         image: &RgbImage,
-        task: Task,
+        task: Goal,
         query: &str,
         opts: &AskOptions,
         on_event: impl FnMut(AskEvent) -> ControlFlow<()>,
@@ -404,46 +404,6 @@ impl Reasoner {
     }
 }
 
-/// Who answers: a checkpoint loaded here, or an OpenAI-compatible endpoint.
-#[derive(Debug)]
-pub enum Backend {
-    Local(Box<Reasoner>),
-    Remote(remote::RemoteBackend),
-}
-
-impl Backend {
-    /// One question; the same events and answer either way.
-    pub fn ask(
-        &mut self,
-        image: &RgbImage,
-        task: Task,
-        query: &str,
-        opts: &AskOptions,
-        on_event: impl FnMut(AskEvent) -> ControlFlow<()>,
-    ) -> Result<Answer> {
-        match self {
-            Self::Local(r) => r.ask(image, task, query, opts, on_event),
-            Self::Remote(r) => r.ask(image, task, query, opts, on_event),
-        }
-    }
-
-    /// For provenance: the checkpoint directory, or `model@endpoint`.
-    pub fn model_id(&self) -> String {
-        match self {
-            Self::Local(r) => r.dir.display().to_string(),
-            Self::Remote(r) => format!("{}@{}", r.options.model, r.options.endpoint),
-        }
-    }
-
-    /// For provenance: the weights' fingerprint (a remote server's is unknown here).
-    pub fn weights_hash(&self) -> String {
-        match self {
-            Self::Local(r) => crate::hub::weights_fingerprint(&r.dir).unwrap_or_default(),
-            Self::Remote(_) => String::new(),
-        }
-    }
-}
-
 /// A generated reply before parsing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawCompletion {
@@ -461,9 +421,9 @@ pub struct RawCompletion {
 impl Answer {
     /// Parses a reply to the `task` prompt: think/answer, and for the region
     /// task the boxes, mapped from the resized frame to the image given.
-    pub fn from_completion(task: Task, query: &str, prompt: String, c: RawCompletion) -> Self {
+    pub fn from_completion(task: Goal, query: &str, prompt: String, c: RawCompletion) -> Self {
         let Completion { think, answer, format_ok, mut repairs } = parse::split(&c.raw_text);
-        let (boxes_resized, boxes) = if task == Task::Region {
+        let (boxes_resized, boxes) = if task.grounds() {
             let (raw, r) = parse::parse_boxes(&answer);
             repairs.extend(r);
             let (mapped, r) = parse::to_source(&raw, c.resized, c.original);
@@ -491,44 +451,4 @@ impl Answer {
             timings: c.timings,
         }
     }
-}
-
-/// A window of a raster as the RGB image a model sees, and how its pixels map
-/// back to the raster's.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WindowImage {
-    pub image: RgbImage,
-    pub window: crate::tiles::Window,
-}
-
-impl WindowImage {
-    /// Raster pixel coordinates of a box given in this image's pixels.
-    pub fn to_raster(&self, b: &PixelBox) -> PixelBox {
-        let sx = self.window.width as f64 / self.image.width as f64;
-        let sy = self.window.height as f64 / self.image.height as f64;
-        PixelBox { x1: b.x1 * sx, y1: b.y1 * sy, x2: b.x2 * sx, y2: b.y2 * sy }
-            .offset(self.window.x as f64, self.window.y as f64)
-    }
-}
-
-/// Reads `window` of `raster` for a model whose pixel budget is `max_pixels`,
-/// through the same display path as the viewer (band mapping, stretch; nodata
-/// and transparent pixels become black). Windows up to 4× the budget are read
-/// at full resolution so the model's own resize does the downsampling, exactly as
-/// in training; larger ones are first decimated by GDAL (overviews when present)
-/// to about 4× the budget.
-pub fn read_window(
-    raster: &crate::raster::Raster,
-    window: crate::tiles::Window,
-    params: &crate::raster::RenderParams,
-    max_pixels: usize,
-) -> Result<WindowImage> {
-    let area = window.width as f64 * window.height as f64;
-    let limit = 4.0 * max_pixels as f64;
-    let scale = if area > limit { (limit / area).sqrt() } else { 1.0 };
-    let out =
-        (((window.width as f64 * scale).round() as u32).max(1), ((window.height as f64 * scale).round() as u32).max(1));
-    let rgba = raster.render_window(window, out, params)?;
-    let data = rgba.rgba.chunks_exact(4).flat_map(|p| if p[3] == 0 { [0, 0, 0] } else { [p[0], p[1], p[2]] }).collect();
-    Ok(WindowImage { image: RgbImage::new(out.0 as usize, out.1 as usize, data)?, window })
 }

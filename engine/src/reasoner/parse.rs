@@ -14,6 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::PixelBox;
+
 /// Something the parser had to work around; reported with the result.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -191,31 +193,6 @@ pub fn parse_boxes(answer: &str) -> (Vec<[f64; 4]>, Vec<Repair>) {
         }
     }
     (boxes, repairs)
-}
-
-/// A box in source-image pixels (continuous coordinates, x right, y down).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PixelBox {
-    pub x1: f64,
-    pub y1: f64,
-    pub x2: f64,
-    pub y2: f64,
-}
-
-impl PixelBox {
-    pub fn width(&self) -> f64 {
-        self.x2 - self.x1
-    }
-    pub fn height(&self) -> f64 {
-        self.y2 - self.y1
-    }
-    pub fn center(&self) -> (f64, f64) {
-        ((self.x1 + self.x2) / 2.0, (self.y1 + self.y2) / 2.0)
-    }
-    /// Shifted by (dx, dy), e.g. from a window into the whole raster.
-    pub fn offset(&self, dx: f64, dy: f64) -> Self {
-        Self { x1: self.x1 + dx, y1: self.y1 + dy, x2: self.x2 + dx, y2: self.y2 + dy }
-    }
 }
 
 /// Maps boxes from the resized frame (`resized` = (w′, h′)) to the source image

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::base::RgbImage;
 use crate::error::{EngineError, Result};
 use crate::models::pil_resize::{self, Filter};
 
@@ -118,27 +119,6 @@ pub fn smart_resize(
         w_bar = (w * beta / f).ceil() * f;
     }
     Ok((h_bar as usize, w_bar as usize))
-}
-
-/// An 8-bit RGB image, row-major, 3 bytes per pixel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RgbImage {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
-}
-
-impl RgbImage {
-    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Self> {
-        if data.len() != width * height * 3 {
-            return Err(EngineError::InvalidRequest(format!(
-                "RGB image of {width}×{height} needs {} bytes, got {}",
-                width * height * 3,
-                data.len()
-            )));
-        }
-        Ok(Self { width, height, data })
-    }
 }
 
 /// Resizes like Pillow's `Image.resize((w, h), Image.BICUBIC)` on an RGB image.

@@ -1,7 +1,7 @@
 //! The prompts RemoteReasoner was trained with (data files in `assets/prompts/`,
 //! compiled in) and the Qwen ChatML text built from them.
 
-use serde::{Deserialize, Serialize};
+use crate::base::Goal;
 
 /// The grounding instruction (region, pixel and contour tasks).
 pub const GROUNDING: &str = include_str!("../../../assets/prompts/grounding.txt");
@@ -15,42 +15,18 @@ pub const DEFAULT_SYSTEM: &str = include_str!("../../../assets/prompts/system_de
 /// The image placeholder in a prompt before expansion to one pad per visual token.
 pub const IMAGE_PLACEHOLDER: &str = "<|vision_start|><|image_pad|><|vision_end|>";
 
-/// What the model is asked to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    /// Boxes around the objects the query describes.
-    Region,
-    /// A free-text answer to a question.
-    Vqa,
-    /// A description of the image.
-    Caption,
-}
-
-impl std::str::FromStr for Task {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "region" => Ok(Self::Region),
-            "vqa" => Ok(Self::Vqa),
-            "caption" => Ok(Self::Caption),
-            _ => Err(format!("unknown task {s:?} (expected region, vqa or caption)")),
-        }
-    }
-}
-
 /// The user message for a task, with `<image>` where the image goes.
-pub fn user_content(task: Task, query: &str) -> String {
-    match task {
-        Task::Region => format!("{GROUNDING}\n<image>\nText description: {query}"),
-        Task::Vqa => format!("{VQA}\n<image>\nQuestion: {query}"),
-        Task::Caption => format!("<image>{CAPTION}"),
+pub fn user_content(goal: Goal, query: &str) -> String {
+    match goal.prompt() {
+        Goal::Vqa => format!("{VQA}\n<image>\nQuestion: {query}"),
+        Goal::Caption => format!("<image>{CAPTION}"),
+        _ => format!("{GROUNDING}\n<image>\nText description: {query}"),
     }
 }
 
 /// The ChatML text given to the tokenizer, image placeholder not yet expanded.
-pub fn chat(system: &str, task: Task, query: &str) -> String {
-    let content = user_content(task, query).replace("<image>", IMAGE_PLACEHOLDER);
+pub fn chat(system: &str, goal: Goal, query: &str) -> String {
+    let content = user_content(goal, query).replace("<image>", IMAGE_PLACEHOLDER);
     format!("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n")
 }
 
@@ -82,16 +58,16 @@ mod tests {
 
     #[test]
     fn chat_text_places_the_image_per_task() {
-        let t = chat("SYS", Task::Region, "where can planes take off?");
+        let t = chat("SYS", Goal::Region, "where can planes take off?");
         assert!(t.starts_with("<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nYou are an object localization"));
         assert!(t.ends_with(
             "input:\n<|vision_start|><|image_pad|><|vision_end|>\nText description: where can planes take off?<|im_end|>\n<|im_start|>assistant\n"
         ));
-        let c = chat("S", Task::Caption, "ignored");
+        let c = chat("S", Goal::Caption, "ignored");
         assert!(
             c.contains("user\n<|vision_start|><|image_pad|><|vision_end|>You are an useful assistant. Please discribe")
         );
-        assert!(chat("S", Task::Vqa, "how many ships?").contains("\nQuestion: how many ships?<|im_end|>"));
+        assert!(chat("S", Goal::Vqa, "how many ships?").contains("\nQuestion: how many ships?<|im_end|>"));
     }
 
     #[test]

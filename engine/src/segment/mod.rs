@@ -13,14 +13,14 @@ use std::sync::Arc;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use crate::base::PixelBox;
+use crate::base::RgbImage;
+use crate::base::Window;
 use crate::cache::ByteLru;
 use crate::error::{EngineError, Result};
 use crate::models::sam_v1::{self, Backbone, SamV1};
 use crate::models::sam2::{self, ImageEmbedding, Prediction, Prompt, Sam2};
 use crate::models::trace::Trace;
-use crate::reasoner::parse::PixelBox;
-use crate::reasoner::processor::RgbImage;
-use crate::tiles::Window;
 
 /// A binary mask, row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]

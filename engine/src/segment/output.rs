@@ -24,7 +24,7 @@ impl Georef {
     pub fn for_window(
         raster_gt: [f64; 6],
         crs_wkt: Option<String>,
-        window: crate::tiles::Window,
+        window: crate::base::Window,
         mask_size: (usize, usize),
     ) -> Self {
         let g = raster_gt;

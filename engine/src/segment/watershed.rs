@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use crate::reasoner::processor::RgbImage;
+use crate::base::RgbImage;
 
 /// Colour gradient magnitude (Sobel per channel after a 3×3 binomial blur,
 /// largest channel), as u16 priorities.

@@ -419,7 +419,7 @@ fn admit(s: &Shared, headers: &HeaderMap) -> std::result::Result<tokio::sync::Ow
     s.bodies
         .clone()
         .try_acquire_many_owned(kib(want).max(1))
-        .map_err(|_| ApiError::new(503, "overloaded", "too many request bodies are in flight; try again later"))
+        .map_err(|_full| ApiError::new(503, "overloaded", "too many request bodies are in flight; try again later"))
 }
 
 fn too_big(max_body: usize) -> ApiError {
@@ -461,7 +461,7 @@ async fn chat_checked(
             Ok::<_, ApiError>((req, tokens))
         })
         .await
-        .map_err(|_| ApiError::new(500, "server_error", "internal error"))??
+        .map_err(|_panicked| ApiError::new(500, "server_error", "internal error"))??
     };
     if prompt_tokens > s.max_prompt {
         return Err(ApiError::invalid(format!(

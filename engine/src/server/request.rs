@@ -169,8 +169,8 @@ pub fn bearer_token(header: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::RgbImage;
     use crate::openai::data_url;
-    use crate::reasoner::processor::RgbImage;
 
     fn limits() -> RequestLimits {
         RequestLimits { max_image_pixels: 100, max_tokens: 64 }

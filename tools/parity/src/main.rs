@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use candle_core::{DType, Device, Tensor};
 use clap::{Parser, Subcommand};
+use engine::base::RgbImage;
 use engine::models::sam2::Prompt;
 use engine::models::trace::Trace;
-use engine::reasoner::processor::RgbImage;
 use engine::segment::SamModel;
 use serde::Deserialize;
 

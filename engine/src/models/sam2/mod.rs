@@ -6,6 +6,7 @@
 
 pub mod decoder;
 pub mod hiera;
+#[cfg(any(test, feature = "synthetic"))]
 pub mod synthetic;
 
 use std::collections::HashMap;
@@ -14,10 +15,10 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::base::RgbImage;
 use crate::error::{EngineError, Result};
 use crate::models::ops;
 use crate::models::trace::Trace;
-use crate::reasoner::processor::RgbImage;
 use decoder::{Generation, MaskDecoder, PointPrompt, PromptEncoder};
 use hiera::{FpnNeck, Hiera, HieraConfig};
 

@@ -7,13 +7,13 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use engine::base::PixelBox;
+use engine::base::Window;
 use engine::models::sam2::Prompt;
+use engine::pipeline::{WindowImage, read_window};
 use engine::raster::{Raster, RenderParams};
-use engine::reasoner::parse::PixelBox;
-use engine::reasoner::{WindowImage, read_window};
 use engine::segment::output::{Georef, is_geotiff, write_mask};
 use engine::segment::{Mask, Segment, Segmenter, box_prompt, clip_box, load_segmenter};
-use engine::tiles::Window;
 use serde_json::json;
 
 /// Pixels the segmenter's image is read at, at most: SAM sees 1024² anyway.
@@ -138,7 +138,7 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<()> {
     let raster = Raster::open(&args.image)?;
     let info = raster.info().clone();
     let window = match &args.window {
-        Some(w) => crate::cli::parse_window(w)?,
+        Some(w) => super::args::parse_window(w)?,
         None => Window::full(info.width, info.height),
     };
     let view = read_window(&raster, window, &RenderParams::default_for(&info), SEGMENT_PIXEL_BUDGET)?;

@@ -7,23 +7,17 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use engine::base::Goal;
+use engine::base::Window;
 use engine::eval::{
     Protocol, SampleResult, box_iou, intersection_union, iou, letterbox, mask_box, read_results, samples, summarize,
 };
+use engine::pipeline::{Origin, Progress, Question};
 use engine::raster::{Raster, RenderParams};
-use engine::reasoner::{AskOptions, Task};
+use engine::reasoner::AskOptions;
 use engine::segment::Mask;
-use engine::tiles::Window;
 
-use crate::ask::{BackendArgs, open_backend};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum EvalTask {
-    /// Masks (boxes → SAM or the watershed fallback) against the labels.
-    Pixel,
-    /// The first box against the label's bounding box (Acc@0.5), and the box as a mask.
-    Region,
-}
+use super::args::{BackendArgs, open_backend};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -32,8 +26,10 @@ pub struct EvalArgs {
     pub dataset: PathBuf,
     #[arg(long, default_value = "val")]
     pub split: String,
-    #[arg(long, value_enum, default_value = "pixel")]
-    pub task: EvalTask,
+    /// pixel: masks (boxes → SAM or the watershed fallback) against the labels; region: the
+    /// first box against the label's bounding box (Acc@0.5), and the box as a mask.
+    #[arg(long, default_value = "pixel")]
+    pub task: Goal,
     #[command(flatten)]
     pub backend: BackendArgs,
     /// SAM checkpoint for --task pixel (default: the watershed fallback).
@@ -75,10 +71,10 @@ fn resize_mask(m: &Mask, w: usize, h: usize) -> Mask {
 }
 
 /// A sample's image as the model sees it, and its label (same size as the image).
-fn read_sample(s: &engine::eval::Sample, max_pixels: usize) -> anyhow::Result<(engine::reasoner::WindowImage, Mask)> {
+fn read_sample(s: &engine::eval::Sample, max_pixels: usize) -> anyhow::Result<(engine::pipeline::WindowImage, Mask)> {
     let raster = Raster::open(&s.image)?;
     let info = raster.info().clone();
-    let view = engine::reasoner::read_window(
+    let view = engine::pipeline::read_window(
         &raster,
         Window::full(info.width, info.height),
         &RenderParams::default_for(&info),
@@ -92,6 +88,7 @@ fn read_sample(s: &engine::eval::Sample, max_pixels: usize) -> anyhow::Result<(e
 }
 
 pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
+    args.task.expect_one_of(&[Goal::Region, Goal::Pixel], "eval")?;
     let mut all = samples(&args.dataset, &args.split, args.protocol)?;
     if let Some(n) = args.limit {
         all.truncate(n);
@@ -110,12 +107,8 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     );
     if !todo.is_empty() {
         let (mut backend, _, _) = open_backend(&args.backend)?;
-        let mut segmenter = match args.task {
-            EvalTask::Pixel => {
-                Some(engine::segment::load_segmenter(args.sam.as_deref(), &args.backend.device.open()?)?)
-            }
-            EvalTask::Region => None,
-        };
+        let sam = args.sam.as_deref().filter(|_| args.task == Goal::Pixel);
+        let mut segmenter = engine::segment::load_segmenter(sam, &args.backend.device.open()?)?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -124,7 +117,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
         let max_pixels = args.max_pixels.unwrap_or(engine::reasoner::processor::TRAINING_MAX_PIXELS);
         let started = Instant::now();
         // Questions about the same image are consecutive (ids sort by image): read each image once.
-        let mut current: Option<(PathBuf, engine::reasoner::WindowImage, Mask)> = None;
+        let mut current: Option<(PathBuf, engine::pipeline::WindowImage, Mask)> = None;
         for (k, s) in todo.iter().enumerate() {
             if current.as_ref().is_none_or(|(p, _, _)| p != &s.image) {
                 let (view, truth) = read_sample(s, max_pixels)?;
@@ -132,19 +125,31 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             }
             let Some((_, view, truth)) = current.as_ref() else { continue };
             let t = Instant::now();
-            let opts = AskOptions { max_pixels: Some(max_pixels), ..Default::default() };
-            let answer =
-                backend.ask(&view.image, Task::Region, &s.question, &opts, |_| std::ops::ControlFlow::Continue(()))?;
-            let ask_ms = t.elapsed().as_secs_f64() * 1e3;
-            let boxes: Vec<[f64; 4]> =
-                answer.boxes.iter().map(|b| view.to_raster(b)).map(|b| [b.x1, b.y1, b.x2, b.y2]).collect();
-            let t = Instant::now();
-            let pred = match segmenter.as_mut() {
-                Some(seg) => {
-                    let r = engine::segment::pixel_task(seg.as_mut(), None, &view.image, &answer.boxes)?;
-                    resize_mask(&r.merged, truth.width, truth.height)
-                }
-                None => {
+            let options = AskOptions { max_pixels: Some(max_pixels), ..Default::default() };
+            let question = Question { goal: args.task, query: s.question.clone(), options };
+            let mut segmenting = None;
+            let o = engine::pipeline::run(
+                &mut backend,
+                segmenter.as_mut(),
+                view,
+                None,
+                &question,
+                &Origin::default(),
+                |p| {
+                    if p == Progress::Segmenting {
+                        segmenting = Some(Instant::now());
+                    }
+                    std::ops::ControlFlow::Continue(())
+                },
+            )?;
+            let ask_ms = segmenting.unwrap_or_else(Instant::now).duration_since(t).as_secs_f64() * 1e3;
+            let answer = o.answer;
+            let boxes: Vec<[f64; 4]> = o.boxes.iter().map(engine::base::PixelBox::to_array).collect();
+            let t = segmenting.unwrap_or_else(Instant::now);
+            let pred = match (&o.segments, args.task) {
+                (Some(seg), _) => resize_mask(&seg.merged, truth.width, truth.height),
+                (None, Goal::Pixel) => Mask::empty(truth.width, truth.height),
+                (None, _) => {
                     // Region task: the boxes as a mask (pixel centres inside).
                     let mut m = Mask::empty(truth.width, truth.height);
                     for b in &boxes {
@@ -166,7 +171,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
                 Protocol::Full => (pred, truth.clone()),
             };
             let (i, u) = intersection_union(&p, &g);
-            let box_iou = (args.task == EvalTask::Region).then(|| match (boxes.first(), mask_box(truth)) {
+            let box_iou = (args.task == Goal::Region).then(|| match (boxes.first(), mask_box(truth)) {
                 (Some(&b), Some(t)) => box_iou(b, t),
                 (None, None) => 1.0,
                 _ => 0.0,
@@ -209,7 +214,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
             "split": args.split,
             "task": format!("{:?}", args.task).to_lowercase(),
             "protocol": args.protocol,
-            "model": crate::ask::model_label(&args.backend),
+            "model": args.backend.model.as_ref().map_or_else(|| args.backend.endpoint.clone().unwrap_or_default(), |m| m.display().to_string()),
             "summary": summary,
         }))?,
     )?;

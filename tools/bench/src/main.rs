@@ -1,4 +1,5 @@
-//! `remote-reasoner bench`: the benchmarks of BENCHMARKS.md.
+//! `rr-bench`: the benchmarks of BENCHMARKS.md, a binary of its own so that
+//! none of this is in the product's.
 //!
 //! - `bench viewer`: the raster viewer, side by side with GDAL itself in one run,
 //!   reported as Markdown.
@@ -10,12 +11,38 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod contours;
+
 use anyhow::{Context, bail};
 use clap::Args;
 use engine::raster::{Raster, RenderParams};
 use engine::synthetic::Fill;
 use engine::tiles::{Pyramid, TileKey};
 use engine::{Engine, EngineConfig, Event};
+
+/// The benchmarks of BENCHMARKS.md.
+#[derive(Debug, clap::Parser)]
+#[command(name = "rr-bench", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+/// The product binary's allocator, so the timings are what ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> std::process::ExitCode {
+    rr_app::alloc::keep_freed_memory();
+    let cli = <Cli as clap::Parser>::parse();
+    match run(&cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rr-bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -26,7 +53,7 @@ pub enum BenchCommand {
     /// SAM image-encoder time and decoder time per click (SAM 2.1, SAM v1, MobileSAM).
     Segmenter(SegmenterBenchArgs),
     /// Mask → polygons (vs GDALPolygonize in-process) and 100k polygons → GeoPackage; JSON.
-    Contours(crate::bench_contours::ContoursBenchArgs),
+    Contours(contours::ContoursBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -57,7 +84,7 @@ fn segmenter(args: &SegmenterBenchArgs) -> anyhow::Result<()> {
     let info = raster.info().clone();
     let view = engine::reasoner::read_window(
         &raster,
-        engine::tiles::Window::full(info.width, info.height),
+        engine::base::Window::full(info.width, info.height),
         &RenderParams::default_for(&info),
         4 << 20,
     )?;
@@ -173,7 +200,7 @@ pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Viewer(args) => viewer(args),
         BenchCommand::Reasoner(args) => reasoner(args),
         BenchCommand::Segmenter(args) => segmenter(args),
-        BenchCommand::Contours(args) => crate::bench_contours::run(args),
+        BenchCommand::Contours(args) => contours::run(args),
     }
 }
 
@@ -264,7 +291,7 @@ fn rayon_threads() -> usize {
 }
 
 fn viewer(args: &BenchArgs) -> anyhow::Result<()> {
-    let (vw, vh) = crate::cli::parse_size(&args.viewport)?;
+    let (vw, vh) = rr_app::cli::args::parse_size(&args.viewport)?;
     if let Some(path) = &args.pan_only {
         return pan(path, args.cache_mib, (vw, vh));
     }

@@ -12,13 +12,15 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use super::processor::{self, RgbImage};
-use super::prompt::{Task, user_content};
-use super::{Answer, AskEvent, AskOptions, RawCompletion, StopReason, Timings};
+use crate::base::Goal;
+use crate::base::RgbImage;
 use crate::error::{EngineError, Result};
 use crate::openai::{
     ChatRequest, Content, ImageUrl, Message, ModelList, Part, StreamEnd, StreamItem, data_url, read_event_stream,
 };
+use crate::reasoner::processor;
+use crate::reasoner::prompt::user_content;
+use crate::reasoner::{Answer, AskEvent, AskOptions, RawCompletion, StopReason, Timings};
 
 /// Where and how to reach the endpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -135,11 +137,11 @@ impl RemoteBackend {
         Ok(list.data.into_iter().map(|m| m.id).collect())
     }
 
-    /// One question, streamed: the same contract as [`super::Reasoner::ask`].
+    /// One question, streamed: the same contract as [`crate::reasoner::Reasoner::ask`].
     pub fn ask(
         &self,
         image: &RgbImage,
-        task: Task,
+        task: Goal,
         query: &str,
         opts: &AskOptions,
         mut on_event: impl FnMut(AskEvent) -> ControlFlow<()>,

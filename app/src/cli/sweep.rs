@@ -6,22 +6,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
+use engine::base::Goal;
 use engine::export::{ExportOptions, export};
 use engine::features::{Feature, FeatureSet, Geometry, Provenance};
 use engine::geo::GeoTransform;
+use engine::pipeline::Backend;
 use engine::raster::{Raster, RenderParams};
-use engine::reasoner::Backend;
-use engine::sweep::{SweepOptions, SweepTask, sweep};
+use engine::sweep::{SweepOptions, sweep};
 use serde_json::json;
 
-use crate::ask::{BackendArgs, open_backend};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum SweepTaskArg {
-    Region,
-    Pixel,
-    Contour,
-}
+use super::args::{BackendArgs, open_backend};
 
 #[derive(Debug, Args)]
 pub struct SweepArgs {
@@ -31,8 +25,8 @@ pub struct SweepArgs {
     /// What to look for.
     #[arg(long)]
     pub query: String,
-    #[arg(long, value_enum, default_value = "contour")]
-    pub task: SweepTaskArg,
+    #[arg(long, default_value = "contour")]
+    pub task: Goal,
     /// Tile side in pixels of the level read.
     #[arg(long, default_value_t = 1024)]
     pub tile: u64,
@@ -71,15 +65,11 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     drop(raster);
     let opts = SweepOptions {
         query: args.query.clone(),
-        task: match args.task {
-            SweepTaskArg::Region => SweepTask::Region,
-            SweepTaskArg::Pixel => SweepTask::Pixel,
-            SweepTaskArg::Contour => SweepTask::Contour,
-        },
+        task: args.task.expect_one_of(&[Goal::Region, Goal::Pixel, Goal::Contour], "sweep")?,
         tile: args.tile,
         overlap: args.overlap,
         level: args.level,
-        aoi: args.aoi.as_deref().map(crate::cli::parse_window).transpose()?,
+        aoi: args.aoi.as_deref().map(super::args::parse_window).transpose()?,
         max_pixels: args.max_pixels.unwrap_or(engine::reasoner::processor::TRAINING_MAX_PIXELS),
     };
     let (first, _, _) = open_backend(&args.backend)?;
@@ -94,14 +84,7 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     };
     let device = args.backend.device.open()?;
     let sam = args.sam.clone();
-    let segmenter_name = std::sync::Mutex::new(String::new());
-    let make_segmenter = || -> engine::Result<Box<dyn engine::segment::Segmenter>> {
-        let s = engine::segment::load_segmenter(sam.as_deref(), &device)?;
-        if let Ok(mut n) = segmenter_name.lock() {
-            *n = s.method().to_string();
-        }
-        Ok(s)
-    };
+    let make_segmenter = || engine::segment::load_segmenter(sam.as_deref(), &device);
     let params = RenderParams::default_for(&info);
     let mut last = 0;
     let mut progress = |done: usize, total: usize, eta: f64| {
@@ -113,29 +96,19 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     };
     let cancel = std::sync::atomic::AtomicBool::new(false);
     let result = sweep(&args.image, &params, &opts, &mut backends, &make_segmenter, &args.out, &cancel, &mut progress)?;
-    let provenance = Arc::new(Provenance {
-        task: format!("sweep:{:?}", args.task).to_lowercase(),
-        query: args.query.clone(),
-        model: crate::ask::model_label(&args.backend),
-        segmenter: segmenter_name.into_inner().unwrap_or_default(),
+    let origin = engine::pipeline::Origin {
+        model: super::args::model_label(&args.backend, &backends[0]),
+        weights_hash: String::new(),
         source: args.image.display().to_string(),
-        window: opts.aoi,
-        created_at: Provenance::now(),
-        ..Default::default()
-    });
-    let boxes: Vec<Feature> = result
-        .boxes
-        .iter()
-        .enumerate()
-        .map(|(i, b)| Feature::new(i as i64 + 1, Geometry::Box(*b), provenance.clone()))
-        .collect();
+    };
+    let provenance = result.provenance(&opts, &origin);
+    let feature = |i: usize, g| Feature::new(i as i64 + 1, g, provenance.clone());
+    let boxes: Vec<Feature> = result.boxes.iter().enumerate().map(|(i, b)| feature(i, Geometry::Box(*b))).collect();
     let polygons: Vec<Feature> = result
         .polygons
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            Feature::new(i as i64 + 1, Geometry::Polygons(geo::MultiPolygon::new(vec![p.clone()])), provenance.clone())
-        })
+        .map(|(i, p)| feature(i, Geometry::Polygons(geo::MultiPolygon::new(vec![p.clone()]))))
         .collect();
     let set = FeatureSet {
         geotransform: info.geotransform.map(GeoTransform),
@@ -146,7 +119,7 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     let written = export(
         &args.out,
         &set,
-        &ExportOptions { boxes: true, polygons: opts.task != SweepTask::Region, ..Default::default() },
+        &ExportOptions { boxes: true, polygons: opts.task != Goal::Region, ..Default::default() },
         &mut |_, _| true,
     )
     .with_context(|| format!("{}: cannot write the result", args.out.display()))?;

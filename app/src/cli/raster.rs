@@ -5,53 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use engine::base::Window;
 use engine::raster::{BandMapping, Raster, RasterInfo, RenderParams, Stretch};
-use engine::tiles::Window;
 
-use crate::gui::RendererChoice;
-
-/// RemoteReasoner: geospatial reasoning workbench for remote-sensing imagery.
-#[derive(Debug, Parser)]
-#[command(name = "remote-reasoner", version, about)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Raster, or project (.gpkg saved by the workbench or `ask --save-project`), to open (GUI only).
-    pub file: Option<PathBuf>,
-    /// GPU backend of the window.
-    #[arg(long, value_enum, default_value = "wgpu", env = "RR_RENDERER")]
-    pub renderer: RendererChoice,
-    /// Save a PNG of the window once FILE's first view has loaded, then quit (GUI only).
-    #[arg(long, value_name = "PNG")]
-    pub screenshot: Option<PathBuf>,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Print a raster's metadata.
-    Info(InfoArgs),
-    /// Render a window of a raster to PNG through the viewer's tile path.
-    Render(RenderArgs),
-    /// Build external overviews (.ovr) for a raster.
-    Overviews(OverviewArgs),
-    /// Ask a RemoteReasoner checkpoint about a window of a raster (region, pixel, contour, vqa, caption).
-    Ask(Box<crate::ask::AskArgs>),
-    /// Masks for boxes (and clicks) on a raster window: SAM 2.1 (or SAM v1 / MobileSAM), or the watershed fallback.
-    Segment(crate::segment::SegmentArgs),
-    /// Trace a mask raster into georeferenced polygons with holes (GPKG, Shapefile, GeoJSON, FlatGeobuf).
-    Polygonize(crate::contour::PolygonizeArgs),
-    /// Serve a checkpoint behind the OpenAI chat-completions API (/v1/models, /v1/chat/completions).
-    Serve(crate::serve::ServeArgs),
-    /// Ask about a whole scene tile by tile, merged across seams, resumable.
-    Sweep(Box<crate::sweep::SweepArgs>),
-    /// Evaluate on an EarthReason-layout dataset (gIoU, cIoU, Pr@τ, Acc@0.5); resumable.
-    Eval(Box<crate::eval::EvalArgs>),
-    /// Download (`pull`) and list (`list`) checkpoints.
-    Models(crate::models::ModelsArgs),
-    /// Run a benchmark (viewer: Markdown report; reasoner: JSON timings).
-    #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
-}
+use super::args::{parse_bands, parse_size, parse_window};
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
@@ -87,49 +44,6 @@ pub struct OverviewArgs {
     /// Resampling: nearest, average, bilinear, cubic, mode …
     #[arg(long, default_value = "average")]
     pub resampling: String,
-}
-
-fn parse_numbers(s: &str, sep: char, n: usize, what: &str) -> anyhow::Result<Vec<u64>> {
-    let v: Vec<u64> = s
-        .split(sep)
-        .map(|p| p.trim().parse::<u64>())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{what} '{s}' must be {n} non-negative integers separated by '{sep}'"))?;
-    if v.len() != n {
-        bail!("{what} '{s}' must have {n} numbers, it has {}", v.len());
-    }
-    Ok(v)
-}
-
-/// Parses `--window x,y,w,h`.
-pub fn parse_window(s: &str) -> anyhow::Result<Window> {
-    let v = parse_numbers(s, ',', 4, "--window")?;
-    Ok(Window { x: v[0], y: v[1], width: v[2], height: v[3] })
-}
-
-/// Parses `--size WxH`.
-pub fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
-    let v = parse_numbers(&s.to_lowercase(), 'x', 2, "--size")?;
-    let w = u32::try_from(v[0]).context("--size width too large")?;
-    let h = u32::try_from(v[1]).context("--size height too large")?;
-    if w == 0 || h == 0 {
-        bail!("--size {s}: width and height must be positive");
-    }
-    Ok((w, h))
-}
-
-/// Parses `--bands r,g,b` or `--bands b`.
-pub fn parse_bands(s: &str) -> anyhow::Result<BandMapping> {
-    let v: Vec<usize> = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>())
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("--bands '{s}' must be band numbers like 1,2,3 or 1"))?;
-    match v.as_slice() {
-        [b] => Ok(BandMapping::Grey(*b)),
-        [r, g, b] => Ok(BandMapping::Rgb([*r, *g, *b])),
-        _ => bail!("--bands '{s}' must name 1 or 3 bands, it names {}", v.len()),
-    }
 }
 
 /// Opens a raster and checks that its pixels can be read, so `info` also catches
