@@ -10,7 +10,7 @@ use std::time::Duration;
 use engine::base::Window;
 use engine::raster::{BandMapping, Raster, RenderParams, Stretch};
 use engine::tiles::TileKey;
-use engine::{Engine, EngineConfig, EngineError, Event};
+use engine::{Engine, EngineConfig, EngineError, Event, EventKind};
 
 /// `../shared/data` beside the repository, or `$RR_SHARED_DATA`.
 fn shared(name: &str) -> PathBuf {

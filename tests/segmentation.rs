@@ -45,7 +45,7 @@ fn pixel_task_refinement_and_cache_through_the_engine() {
     };
     let params = RenderParams::default_for(&info);
     let window = Window { x: 20, y: 10, width: 160, height: 180 };
-    let segment = |boxes: Vec<PixelBox>| e.send(RequestKind::Segment { raster, window, params, boxes });
+    let segment = |boxes: Vec<PixelBox>| e.send(RequestKind::Segment { max_pixels: MAX_PIXELS, sam: sam.clone(), raster, window, params, boxes });
     let outcome = |job| loop {
         match next(&e) {
             Event { job: j, kind: EventKind::Segmented { segments: outcome, .. } } if j == job => return outcome,
@@ -90,7 +90,7 @@ fn pixel_task_refinement_and_cache_through_the_engine() {
 
     // Two clicks on one feature queued behind a new window's encoding: the older is dropped.
     let other = Window { x: 0, y: 0, width: 200, height: 200 };
-    let busy = e.send(RequestKind::Segment { raster, window: other, params, boxes: vec![b(5.0, 5.0, 50.0, 50.0)] });
+    let busy = e.send(RequestKind::Segment { max_pixels: MAX_PIXELS, sam: sam.clone(), raster, window: other, params, boxes: vec![b(5.0, 5.0, 50.0, 50.0)] });
     let previous = Some(Box::new(first.per_box[0].1.clone()));
     let click = |clicks: Vec<(f64, f64, bool)>| {
         let previous = previous.clone();
@@ -124,7 +124,7 @@ fn pixel_task_refinement_and_cache_through_the_engine() {
     assert_ne!(refined_segment.mask, first.per_box[0].1.mask, "the clicks changed the mask");
 
     // A box outside the window fails clearly; the engine goes on.
-    let bad = e.send(RequestKind::Segment { raster, window, params, boxes: vec![b(500.0, 500.0, 600.0, 600.0)] });
+    let bad = e.send(RequestKind::Segment { max_pixels: MAX_PIXELS, sam: sam.clone(), raster, window, params, boxes: vec![b(500.0, 500.0, 600.0, 600.0)] });
     match next(&e) {
         Event { job, kind: EventKind::Failed { error } } => {
             assert!(job == bad && error.contains("box 1") && error.contains("outside"), "{error}");
