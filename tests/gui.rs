@@ -120,14 +120,11 @@ fn open_pan_zoom_and_status_bar_map_coordinates() {
         h.hover_at(p);
         h.step();
     }
-    h.event(egui::Event {
-        kind: EventKind::PointerButton {
-            pos: p,
-            button: egui::PointerButton::Primary,
-            pressed: false,
-            modifiers: egui::Modifiers::NONE,
-        },
-        ..
+    h.event(egui::Event::PointerButton {
+        pos: p,
+        button: egui::PointerButton::Primary,
+        pressed: false,
+        modifiers: egui::Modifiers::NONE,
     });
     settle(&mut h);
     let after = source_under(&mut h, p);
@@ -140,15 +137,12 @@ fn open_pan_zoom_and_status_bar_map_coordinates() {
     // Wheel zoom keeps the pixel under the cursor where it is.
     let anchor = rect.center() + vec2(120.0, 60.0);
     let before = source_under(&mut h, anchor);
-    h.event(egui::Event {
-        kind: EventKind::MouseWheel {
-            unit: egui::MouseWheelUnit::Point,
-            delta: vec2(0.0, 120.0),
-            phase: egui::TouchPhase::Move,
-            source: egui::MouseWheelSource::Wheel,
-            modifiers: egui::Modifiers::NONE,
-        },
-        ..
+    h.event(egui::Event::MouseWheel {
+        unit: egui::MouseWheelUnit::Point,
+        delta: vec2(0.0, 120.0),
+        phase: egui::TouchPhase::Move,
+        source: egui::MouseWheelSource::Wheel,
+        modifiers: egui::Modifiers::NONE,
     });
     settle(&mut h);
     let zoomed = h.state().doc.as_ref().unwrap().view.zoom;
@@ -192,7 +186,7 @@ fn large_raster_streams_tiles_at_the_overview_level_of_the_zoom() {
     // 8192 px in ~670 points: each screen pixel covers > 8 source pixels.
     assert_eq!(check_level(&h), 3);
     h.hover_at(rect.center());
-    h.event(egui::EventKind::Zoom(8.0));
+    h.event(egui::Event::Zoom(8.0));
     settle(&mut h);
     assert_eq!(check_level(&h), 0, "zoomed in 8x: full resolution");
     // What is on screen at full resolution matches the synthetic pattern: the view's

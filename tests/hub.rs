@@ -47,10 +47,10 @@ fn pull_downloads_verifies_lists_and_the_model_answers() {
     let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif");
     let raster = engine::raster::Raster::open(&sample).unwrap();
     let params = engine::raster::RenderParams::default_for(raster.info());
-    let view = engine::reasoner::read_window(&raster, engine::base::Window::full(200, 200), &params, 802_816).unwrap();
+    let view = engine::pipeline::read_window(&raster, engine::base::Window::full(200, 200), &params, 802_816).unwrap();
     let rgb = view.image;
     let a = r
-        .ask(&rgb, engine::reasoner::Task::Region, "where are the ships?", &Default::default(), |_| {
+        .ask(&rgb, engine::base::Goal::Region, "where are the ships?", &Default::default(), |_| {
             std::ops::ControlFlow::Continue(())
         })
         .unwrap();

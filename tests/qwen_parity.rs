@@ -9,11 +9,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use engine::base::Goal;
 use engine::base::RgbImage;
 use engine::models::qwen2_5_vl::rope_index;
 use engine::reasoner::generate::{Decoding, Sampler};
 use engine::reasoner::processor;
-use engine::reasoner::{AskOptions, LoadOptions, Reasoner, Task, prompt};
+use engine::reasoner::{AskOptions, LoadOptions, Reasoner, prompt};
 use serde_json::Value;
 
 fn fixture_dir() -> PathBuf {
@@ -97,7 +98,7 @@ fn prompt_tokens_and_rope_positions_equal_transformers() {
     let f = fixture();
     let r = load(&f.dir);
     let query = f.json["query"].as_str().unwrap();
-    let chat = prompt::chat(&r.system_prompt, Task::Region, query);
+    let chat = prompt::chat(&r.system_prompt, Goal::Region, query);
     assert_eq!(chat, f.json["chat"].as_str().unwrap());
     let want = u32s(&f.json["input_ids"]);
     let tokens = want.iter().filter(|&&t| t == r.config().image_token_id).count();
@@ -162,7 +163,7 @@ fn ask_runs_end_to_end_and_streams_the_same_tokens() {
     let mut streamed = String::new();
     let mut stages = Vec::new();
     let answer = r
-        .ask(&img, Task::Region, f.json["query"].as_str().unwrap(), &opts, |e| {
+        .ask(&img, Goal::Region, f.json["query"].as_str().unwrap(), &opts, |e| {
             match e {
                 engine::reasoner::AskEvent::Text(t) => streamed.push_str(&t),
                 other => stages.push(other),
@@ -181,7 +182,7 @@ fn ask_runs_end_to_end_and_streams_the_same_tokens() {
     // Cancelling between tokens stops at once.
     let mut seen = 0;
     let e = r
-        .ask(&img, Task::Region, "x", &opts, |e| {
+        .ask(&img, Goal::Region, "x", &opts, |e| {
             if matches!(e, engine::reasoner::AskEvent::Text(_)) {
                 seen += 1;
                 return std::ops::ControlFlow::Break(());
@@ -278,10 +279,10 @@ fn q8_0_projections_stay_close_and_keep_the_answer() {
     let sample = f.dir.join("../../../assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif");
     let raster = engine::raster::Raster::open(&sample).unwrap();
     let params = engine::raster::RenderParams::default_for(raster.info());
-    let view = engine::reasoner::read_window(&raster, engine::base::Window::full(200, 200), &params, 802_816).unwrap();
+    let view = engine::pipeline::read_window(&raster, engine::base::Window::full(200, 200), &params, 802_816).unwrap();
     let mut r = Reasoner::load(&trained, &q8).unwrap();
     let a = r
-        .ask(&view.image, Task::Region, "where are the ships?", &AskOptions::default(), |_| {
+        .ask(&view.image, Goal::Region, "where are the ships?", &AskOptions::default(), |_| {
             std::ops::ControlFlow::Continue(())
         })
         .unwrap();

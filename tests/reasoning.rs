@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::base::Goal;
 use engine::base::Window;
+use engine::pipeline::{Question, ReasonerSpec};
 use engine::raster::RenderParams;
-use engine::reasoner::{AskOptions, LoadOptions, Task};
+use engine::reasoner::{AskOptions, LoadOptions};
 use engine::tiles::TileKey;
 use engine::worker::AskStage;
+use engine::worker::Models;
 use engine::{Engine, EngineConfig, Event, EventKind, RequestKind};
 
 fn root() -> PathBuf {
@@ -31,16 +34,23 @@ fn open_sample(e: &Engine) -> (u64, engine::raster::RasterInfo) {
     }
 }
 
+fn tiny() -> PathBuf {
+    root().join("tests/fixtures/qwen2_5_vl_tiny_trained")
+}
+
+fn models(dir: PathBuf) -> Models {
+    let label = Some(dir.display().to_string());
+    Models { reasoner: ReasonerSpec::Local { dir, options: LoadOptions::default() }, label, sam: None }
+}
+
+fn ask_with(e: &Engine, raster: u64, info: &engine::raster::RasterInfo, query: &str, models: Models) -> u64 {
+    let question = Question { goal: Goal::Region, query: query.to_owned(), options: AskOptions::default() };
+    let params = RenderParams::default_for(info);
+    e.send(RequestKind::Ask { raster, window: Window::full(200, 200), params, question, models })
+}
+
 fn ask(e: &Engine, raster: u64, info: &engine::raster::RasterInfo, query: &str) -> u64 {
-    let (query, params) = (query.to_owned(), RenderParams::default_for(info));
-    e.send(RequestKind::Ask {
-        raster,
-        window: Window::full(200, 200),
-        params,
-        task: Task::Region,
-        query,
-        options: AskOptions::default(),
-    })
+    ask_with(e, raster, info, query, models(tiny()))
 }
 
 #[test]
@@ -48,18 +58,26 @@ fn a_question_streams_its_trace_and_returns_raster_boxes() {
     let e = Engine::spawn(EngineConfig::default(), Arc::new(|| {}));
     let (raster, info) = open_sample(&e);
 
-    // Asking before any checkpoint is loaded fails clearly.
-    let job = ask(&e, raster, &info, "where are the ships?");
-    assert!(matches!(next(&e), Event { kind: EventKind::AskStage { stage: AskStage::Queued, .. }, .. }));
-    match next(&e) {
+    // A question naming a broken checkpoint fails, naming it; the engine keeps serving.
+    let job = ask_with(&e, raster, &info, "where are the ships?", models("/no/checkpoint".into()));
+    let mut stages = Vec::new();
+    let last = loop {
+        match next(&e) {
+            Event { job: j, kind: EventKind::AskStage { stage } } if j == job => stages.push(stage),
+            other => break other,
+        }
+    };
+    match last {
         Event { job: j, kind: EventKind::Failed { error } } => {
-            assert!(j == job && error.contains("no RemoteReasoner checkpoint"), "{error}");
+            assert!(j == job && error.contains("/no/checkpoint"), "{error}");
         }
         other => panic!("{other:?}"),
     }
+    assert_eq!(stages, [AskStage::Queued, AskStage::LoadingModel]);
 
-    // A broken directory fails and names it; the engine keeps serving.
-    let job = e.send(RequestKind::LoadReasoner { dir: "/no/checkpoint".into(), options: LoadOptions::default() });
+    // So does an explicit load.
+    let spec = ReasonerSpec::Local { dir: "/no/checkpoint".into(), options: LoadOptions::default() };
+    let job = e.send(RequestKind::LoadReasoner { spec });
     match next(&e) {
         Event { job: j, kind: EventKind::Failed { error } } => {
             assert!(j == job && error.contains("/no/checkpoint"), "{error}")
@@ -67,16 +85,24 @@ fn a_question_streams_its_trace_and_returns_raster_boxes() {
         other => panic!("{other:?}"),
     }
 
-    let dir = root().join("tests/fixtures/qwen2_5_vl_tiny_trained");
-    let job = e.send(RequestKind::LoadReasoner { dir: dir.clone(), options: LoadOptions::default() });
-    match next(&e) {
-        Event { job: j, kind: EventKind::ReasonerLoaded { info } } => {
-            assert_eq!(j, job);
-            assert_eq!((info.dir, info.parameters), (dir, 232_096));
+    // The first question loads the model it names (one request, no round trip).
+    let job = ask(&e, raster, &info, "where are the ships?");
+    let mut stages = Vec::new();
+    loop {
+        match next(&e) {
+            Event { job: j, kind: EventKind::AskStage { stage } } if j == job => stages.push(stage),
+            Event { job: j, kind: EventKind::ReasonerLoaded { info } } if j == job => {
+                assert_eq!((info.dir, info.parameters), (tiny(), 232_096));
+                assert_eq!(info.weights_hash.len(), 12, "fingerprinted on load");
+            }
+            Event { job: j, kind: EventKind::AskText { .. } } if j == job => {}
+            Event { job: j, kind: EventKind::Answered { .. } } if j == job => break,
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
     }
+    assert_eq!(stages[..2], [AskStage::Queued, AskStage::LoadingModel]);
 
+    // The next one finds it loaded.
     let job = ask(&e, raster, &info, "where are the ships?");
     let (mut stages, mut text) = (Vec::new(), String::new());
     let outcome = loop {

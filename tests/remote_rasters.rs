@@ -197,9 +197,9 @@ fn rasters_open_by_url_vsicurl_s3_and_stac_item_through_range_requests() {
 
 #[test]
 fn the_engine_thread_serves_other_rasters_while_remote_tiles_trickle_in() {
-    use engine::Event;
     use engine::raster::RenderParams;
     use engine::tiles::TileKey;
+    use engine::{Event, EventKind};
     // 150 ms per request: a screen of tiles takes seconds.
     let s = site(Duration::from_millis(150));
     let e = engine::Engine::spawn(engine::EngineConfig::default(), Arc::new(|| {}));

@@ -25,13 +25,13 @@ fn sample() -> String {
 fn image_url() -> String {
     let raster = engine::raster::Raster::open(std::path::Path::new(&sample())).unwrap();
     let params = engine::raster::RenderParams::default_for(raster.info());
-    let view = engine::reasoner::read_window(&raster, engine::base::Window::full(200, 200), &params, 802_816).unwrap();
+    let view = engine::pipeline::read_window(&raster, engine::base::Window::full(200, 200), &params, 802_816).unwrap();
     let img = engine::reasoner::processor::resize_bicubic(&view.image, 196, 196).unwrap();
     engine::openai::data_url(&img).unwrap()
 }
 
 fn grounding_request(stream: bool) -> serde_json::Value {
-    let content = engine::reasoner::prompt::user_content(engine::reasoner::Task::Region, "where are the ships?");
+    let content = engine::reasoner::prompt::user_content(engine::base::Goal::Region, "where are the ships?");
     let (before, after) = content.split_once("<image>").unwrap();
     serde_json::json!({
         "model": "qwen2_5_vl_tiny_trained",

@@ -14,6 +14,7 @@ use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use gdal::vector::LayerAccess;
 use rr_app::gui::WorkbenchApp;
+use rr_app::gui::jobs::Pending;
 use rr_app::gui::session::Settings;
 
 #[path = "common/hub_server.rs"]
@@ -124,8 +125,8 @@ fn ask_trace_features_drag_undo_redo_export() {
     h.step();
     h.get_by_label("Run").click();
     h.step();
-    assert!(h.state().session.busy(), "the run started");
-    step_until(&mut h, "the answer and the masks", |a| !a.session.busy());
+    assert!(h.state().busy(), "the run started");
+    step_until(&mut h, "the answer and the masks", |a| !a.busy());
     let run = h.state().session.run.clone().unwrap();
     assert!(run.error.is_none(), "{:?}", run.error);
     assert!(run.text.starts_with("<think>Ships are long hulls"), "{}", run.text);
@@ -167,7 +168,9 @@ fn ask_trace_features_drag_undo_redo_export() {
     h.get_by_label("Save to").type_text(out.to_str().unwrap());
     h.step();
     h.get_by_label("Export").click();
-    step_until(&mut h, "the export", |a| a.session.export_job.is_none() && a.session.last_export.is_some());
+    step_until(&mut h, "the export", |a| {
+        !a.jobs.any(|p| matches!(p, Pending::Export)) && a.session.last_export.is_some()
+    });
     let last = h.state().session.last_export.clone().unwrap();
     assert!(last.contains("2 polygons") && last.contains("2 boxes"), "{last}");
     // Read back: feature `id` has the dragged vertex, in map coordinates, and is flagged edited.
@@ -230,7 +233,7 @@ fn manual_box_without_weights_then_project_round_trip() {
     // Save, then open the project in a fresh workbench.
     let project = tmp.path().join("work.gpkg");
     h.state_mut().save_project(project.clone(), false);
-    step_until(&mut h, "the save", |a| a.session.save_job.is_none());
+    step_until(&mut h, "the save", |a| !a.jobs.any(|p| matches!(p, Pending::Save { .. })));
     assert!(!h.state().session.is_dirty());
     let saved: Vec<_> = h.state().session.features.iter().cloned().collect();
     let view = h.state().doc.as_ref().unwrap().view;
@@ -324,13 +327,11 @@ fn download_from_settings_then_ask_by_repository_id() {
     h.step();
     h.get_by_label("Download model").click();
     h.step();
-    assert!(h.state().session.pull.is_some(), "download started");
+    assert!(h.state().jobs.pull().is_some(), "download started");
     let mut seen = 0.0f32;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while h.state().session.pull.is_some() {
-        if let Some((_, f, _)) = &h.state().session.pull {
-            seen = seen.max(*f);
-        }
+    while let Some((f, _)) = h.state().jobs.pull() {
+        seen = seen.max(f);
         h.step();
         assert!(Instant::now() < deadline, "download did not finish");
         std::thread::sleep(Duration::from_millis(2));
@@ -342,19 +343,34 @@ fn download_from_settings_then_ask_by_repository_id() {
     // Ask by repository id: resolved in the models cache.
     h.state_mut().session.query = "where are the ships?".into();
     h.state_mut().run_query();
-    step_until(&mut h, "the answer", |a| !a.session.busy());
+    step_until(&mut h, "the answer", |a| !a.busy());
     let run = h.state().session.run.clone().unwrap();
     assert!(run.error.is_none(), "{:?}", run.error);
     assert_eq!(h.state().session.features.len(), 2);
     // A question (VQA): the answer is shown with its trace, no features are made.
-    h.state_mut().session.task = rr_app::gui::session::AskTask::Vqa;
+    h.state_mut().session.task = engine::base::Goal::Vqa;
     h.state_mut().session.query = "how many ships are there?".into();
     h.state_mut().run_query();
-    step_until(&mut h, "the VQA answer", |a| !a.session.busy());
+    step_until(&mut h, "the VQA answer", |a| !a.busy());
     let run = h.state().session.run.clone().unwrap();
     assert!(run.error.is_none() && run.text.contains("<answer>2</answer>"), "{}", run.text);
     h.get_by_label_contains("I count the hulls along the quays.");
     assert_eq!(h.state().session.features.len(), 2);
+}
+
+/// An endpoint that accepts connections and closes each after `delay`, unanswered.
+fn slow_endpoint(delay: Duration) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                drop(conn);
+            });
+        }
+    });
+    url
 }
 
 /// SAM (seeded tiny SAM 2.1 weights) for a hand-drawn box, then a refinement
@@ -382,7 +398,7 @@ fn refine_resize_insert_and_cancel() {
     h.step();
     let p = screen_of(&h, [85.0, 100.0]);
     click(&mut h, p);
-    step_until(&mut h, "the refined mask", |a| a.session.refine_jobs.is_empty());
+    step_until(&mut h, "the refined mask", |a| !a.jobs.any(|p| matches!(p, Pending::Refine { .. })));
     let refined = h.state().session.features.get(f.id).unwrap().clone();
     let clicks = &refined.segment.as_ref().unwrap().clicks;
     assert_eq!(clicks.len(), 1);
@@ -399,18 +415,22 @@ fn refine_resize_insert_and_cancel() {
     assert!((bb[2] - 120.0).abs() < 0.2 && (bb[3] - 140.0).abs() < 0.2 && bb[0] == 60.0 && bb[1] == 70.0, "{bb:?}");
     assert_eq!(h.state().session.features.undo_label(), Some("resize box"));
 
-    // Cancel a question while its model loads; the next one is answered.
+    // Cancel a question while its model loads (an endpoint slow to answer: the
+    // tiny local model would answer before a click lands); the engine gets
+    // past it and the next question, to the local model, is answered.
+    h.state_mut().session.settings.endpoint = slow_endpoint(Duration::from_millis(1500));
     h.state_mut().session.query = "where are the ships?".into();
     h.state_mut().run_query();
     h.step();
-    assert!(h.state().session.busy());
+    assert!(h.state().busy());
     h.get_by_label("Cancel").click();
     h.step();
     let run = h.state().session.run.clone().unwrap();
     assert!(!run.is_running() && run.error.as_deref() == Some("Cancelled."), "{run:?}");
     let n = h.state().session.features.len();
+    h.state_mut().session.settings.endpoint.clear();
     h.state_mut().run_query();
-    step_until(&mut h, "the second question", |a| !a.session.busy());
+    step_until(&mut h, "the second question", |a| !a.busy());
     assert!(h.state().session.run.as_ref().unwrap().error.is_none());
     assert_eq!(h.state().session.features.len(), n + 2, "answered after the cancelled one");
 }
@@ -426,7 +446,7 @@ fn ask_through_an_endpoint() {
     idle(&mut h);
     h.state_mut().session.query = "where are the ships?".into();
     h.state_mut().run_query();
-    step_until(&mut h, "the answer through the endpoint", |a| !a.session.busy());
+    step_until(&mut h, "the answer through the endpoint", |a| !a.busy());
     let run = h.state().session.run.clone().unwrap();
     assert!(run.error.is_none(), "{:?}", run.error);
     assert!(run.text.starts_with("<think>Ships are long hulls"), "{run:?}");
@@ -453,8 +473,8 @@ fn sweep_from_the_panel_and_resume() {
     h.step();
     h.get_by_label("Sweep whole raster").click();
     h.step();
-    assert!(h.state().session.sweep.is_some());
-    step_until(&mut h, "the sweep", |a| a.session.sweep.is_none());
+    assert!(h.state().jobs.sweep().is_some());
+    step_until(&mut h, "the sweep", |a| a.jobs.sweep().is_none());
     let note = h.state().notifications.last().unwrap().text.clone();
     assert!(note.starts_with("Sweep done: 1 tiles (0 resumed)"), "{note}");
     let n = h.state().session.features.len();
@@ -467,8 +487,8 @@ fn sweep_from_the_panel_and_resume() {
     assert!(std::fs::read_dir(tmp.path().join("state/sweeps")).unwrap().count() >= 1);
     h.get_by_label("Sweep whole raster").click();
     h.step();
-    assert!(h.state().session.sweep.is_some());
-    step_until(&mut h, "the resumed sweep", |a| a.session.sweep.is_none());
+    assert!(h.state().jobs.sweep().is_some());
+    step_until(&mut h, "the resumed sweep", |a| a.jobs.sweep().is_none());
     let note = h.state().notifications.last().unwrap().text.clone();
     assert!(note.starts_with("Sweep done: 1 tiles (1 resumed)"), "{note}");
     assert_eq!(h.state().session.features.len(), 2 * n);

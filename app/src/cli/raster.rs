@@ -3,10 +3,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use anyhow::Context;
+use clap::Args;
 use engine::base::Window;
-use engine::raster::{BandMapping, Raster, RasterInfo, RenderParams, Stretch};
+use engine::raster::{Raster, RasterInfo, RenderParams, Stretch};
 
 use super::args::{parse_bands, parse_size, parse_window};
 
@@ -179,6 +179,7 @@ pub fn overviews(args: &OverviewArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use engine::raster::BandMapping;
 
     #[test]
     fn argument_parsers() {

@@ -2,13 +2,12 @@
 //! bounded parallel requests, merged across seams, resumable; written to GIS.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use engine::base::Goal;
 use engine::export::{ExportOptions, export};
-use engine::features::{Feature, FeatureSet, Geometry, Provenance};
+use engine::features::{Feature, FeatureSet, Geometry};
 use engine::geo::GeoTransform;
 use engine::pipeline::Backend;
 use engine::raster::{Raster, RenderParams};

@@ -3,7 +3,6 @@
 //! cause; the `*_ui` functions in `query`, `overlay` and `features` draw it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::base::{Goal, Window};
@@ -271,7 +270,8 @@ impl Session {
                 ..Default::default()
             }),
         };
-        Some(Models { reasoner, label: model.to_owned(), sam: self.sam() })
+        let label = matches!(reasoner, ReasonerSpec::Local { .. }).then(|| model.to_owned());
+        Some(Models { reasoner, label, sam: self.sam() })
     }
 
     /// How the model answers, from the settings.

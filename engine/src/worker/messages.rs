@@ -32,8 +32,9 @@ pub struct Request {
 pub struct Models {
     pub reasoner: ReasonerSpec,
     /// The model as the analyst named it, for provenance (a repository id reads
-    /// better than its snapshot path).
-    pub label: String,
+    /// better than its snapshot path); `None`: the backend's own id
+    /// (`model@endpoint` for an endpoint, known once it answers).
+    pub label: Option<String>,
     /// SAM checkpoint; `None`: the watershed fallback.
     pub sam: Option<PathBuf>,
 }

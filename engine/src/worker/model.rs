@@ -106,7 +106,7 @@ impl Held {
                     return Err(EngineError::Internal("no reasoner".into()));
                 };
                 let origin = Origin {
-                    model: models.label,
+                    model: models.label.unwrap_or_else(|| backend.model_id()),
                     weights_hash: info.weights_hash.clone(),
                     source: source.display().to_string(),
                 };
@@ -215,6 +215,7 @@ impl Held {
         let Some((spec, backend, info)) = self.reasoner.take() else {
             return Err(EngineError::Internal("no reasoner".into()));
         };
+        let model = models.label.clone().unwrap_or_else(|| backend.model_id());
         let mut backends = match backend {
             Backend::Remote(r) => (0..concurrency.max(1)).map(|_| Backend::Remote(r.clone())).collect(),
             local => vec![local],
@@ -225,11 +226,7 @@ impl Held {
             let message = format!("{done}/{total} tiles, about {eta:.0} s left");
             out.emit(job, EventKind::Progress { fraction: done as f32 / total.max(1) as f32, message });
         };
-        let origin = Origin {
-            model: models.label.clone(),
-            weights_hash: info.weights_hash.clone(),
-            source: path.display().to_string(),
-        };
+        let origin = Origin { model, weights_hash: info.weights_hash.clone(), source: path.display().to_string() };
         let result =
             crate::sweep::sweep(path, params, options, &mut backends, &make, progress_file, cancel, &mut progress);
         if let Some(backend) = backends.into_iter().next() {

@@ -18,7 +18,7 @@ use clap::Args;
 use engine::raster::{Raster, RenderParams};
 use engine::synthetic::Fill;
 use engine::tiles::{Pyramid, TileKey};
-use engine::{Engine, EngineConfig, Event};
+use engine::{Engine, EngineConfig, Event, EventKind};
 
 /// The benchmarks of BENCHMARKS.md.
 #[derive(Debug, clap::Parser)]
@@ -82,7 +82,7 @@ fn segmenter(args: &SegmenterBenchArgs) -> anyhow::Result<()> {
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let raster = Raster::open(&args.image)?;
     let info = raster.info().clone();
-    let view = engine::reasoner::read_window(
+    let view = engine::pipeline::read_window(
         &raster,
         engine::base::Window::full(info.width, info.height),
         &RenderParams::default_for(&info),
@@ -177,9 +177,9 @@ fn wait_tiles_done(engine: &Engine, job: u64) -> anyhow::Result<usize> {
     let mut tiles = 0;
     loop {
         match engine.recv_timeout(Duration::from_secs(120)) {
-            Some(Event::Tile { job: j, .. }) if j == job => tiles += 1,
-            Some(Event::TilesDone { job: j }) if j == job => return Ok(tiles),
-            Some(Event::Failed { job: j, error }) if j == job => bail!("tile job failed: {error}"),
+            Some(Event { job: j, kind: EventKind::Tile { .. } }) if j == job => tiles += 1,
+            Some(Event { job: j, kind: EventKind::TilesDone }) if j == job => return Ok(tiles),
+            Some(Event { job: j, kind: EventKind::Failed { error } }) if j == job => bail!("tile job failed: {error}"),
             Some(_) => {}
             None => bail!("engine did not answer within 120 s"),
         }
@@ -189,8 +189,8 @@ fn wait_tiles_done(engine: &Engine, job: u64) -> anyhow::Result<usize> {
 fn open(engine: &Engine, path: &Path) -> anyhow::Result<(u64, engine::raster::RasterInfo)> {
     let job = engine.open(path);
     match engine.recv_timeout(Duration::from_secs(60)) {
-        Some(Event::Opened { raster, info, .. }) => Ok((raster, *info)),
-        Some(Event::Failed { error, .. }) => bail!("{error}"),
+        Some(Event { kind: EventKind::Opened { raster, info }, .. }) => Ok((raster, *info)),
+        Some(Event { kind: EventKind::Failed { error }, .. }) => bail!("{error}"),
         other => bail!("unexpected answer to open job {job}: {other:?}"),
     }
 }

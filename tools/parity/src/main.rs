@@ -148,8 +148,9 @@ fn sam(args: &SamArgs, v2: bool) -> anyhow::Result<()> {
 
 /// The reasoner's stages on one image and question, f32, through `Reasoner::load`.
 fn qwen(args: &QwenArgs) -> anyhow::Result<()> {
+    use engine::base::Goal;
     use engine::reasoner::generate::{Decoding, Sampler};
-    use engine::reasoner::{AskOptions, LoadOptions, Reasoner, Task, processor, prompt};
+    use engine::reasoner::{AskOptions, LoadOptions, Reasoner, processor, prompt};
     let dev = Device::Cpu;
     let mut r = Reasoner::load(&args.model, &LoadOptions { precision: Some("f32".into()), ..Default::default() })?;
     let pre = r.preprocessor_for(&AskOptions::default());
@@ -158,7 +159,7 @@ fn qwen(args: &QwenArgs) -> anyhow::Result<()> {
     let pixels = Tensor::from_vec(p.pixel_values.clone(), (p.pixel_values.len() / p.patch_dim, p.patch_dim), &dev)?;
     let merge = r.config().vision.spatial_merge_size;
     let image_tokens = grid[0].iter().product::<usize>() / (merge * merge);
-    let chat = prompt::chat(&r.system_prompt, Task::Region, &args.query);
+    let chat = prompt::chat(&r.system_prompt, Goal::Region, &args.query);
     let ids = r.prompt_ids(&chat, image_tokens)?;
     let model = r.model_mut();
     let embeds = model.encode_images(&pixels, &grid)?;
