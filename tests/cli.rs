@@ -215,3 +215,26 @@ fn bad_input_exits_non_zero_with_one_clear_message() {
     let err = failure(&[os("render"), port.as_os_str(), os("--out"), unwritable.as_os_str()]);
     assert!(err.contains("out.png"), "{err}");
 }
+
+/// Benchmarks live in `rr-bench` (tools/bench), not in the product: the
+/// release binary neither links GDALPolygonize (only the contour benchmark
+/// calls it) nor carries the benchmarks' help, and has no `bench` command.
+#[test]
+fn the_product_binary_carries_no_benchmark_code() {
+    let product = Path::new(env!("CARGO_BIN_EXE_remote-reasoner"));
+    let marks: [&[u8]; 2] = [b"GDALPolygonize", b"tile throughput vs GDAL"];
+    let contains = |bin: &[u8], mark: &[u8]| bin.windows(mark.len()).any(|w| w == mark);
+    let bytes = std::fs::read(product).unwrap();
+    for mark in marks {
+        assert!(!contains(&bytes, mark), "{} contains {:?}", product.display(), String::from_utf8_lossy(mark));
+    }
+    let help = rr(&[os("--help")]);
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    assert!(help.lines().any(|l| l.trim_start().starts_with("ask ")), "{help}");
+    assert!(!help.lines().any(|l| l.trim_start().starts_with("bench")), "bench is not a subcommand: {help}");
+    // The same check finds them in the benchmark binary when it was built beside it.
+    let bench = product.with_file_name("rr-bench");
+    if let Ok(bytes) = std::fs::read(&bench) {
+        assert!(marks.iter().all(|m| contains(&bytes, m)), "{} lacks the benchmarks", bench.display());
+    }
+}

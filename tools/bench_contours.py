@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Contour level, side by side in one run on the same data (one process each):
 
-- a 4096² mask with ~1000 objects (holes, islands): ours (`bench contours`,
+- a 4096² mask with ~1000 objects (holes, islands): ours (`rr-bench contours`,
   in-process) vs GDALPolygonize in the same process, vs OpenCV findContours
   (RETR_CCOMP = outer borders and holes, CHAIN_APPROX_SIMPLE), and end to end
   `remote-reasoner polygonize` vs `gdal_polygonize.py`, both to GeoPackage;
@@ -27,6 +27,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/remote-reasoner/target"))
 BIN = os.path.join(TARGET, "release", "remote-reasoner")
+BENCH = os.path.join(TARGET, "release", "rr-bench")
 
 
 def best(runs, f):
@@ -50,7 +51,7 @@ def main():
     os.makedirs(a.work, exist_ok=True)
     cv2.setNumThreads(1)
 
-    ours = json.loads(subprocess.check_output([BIN, "bench", "contours", "--work", a.work, "--runs", str(a.runs)]))
+    ours = json.loads(subprocess.check_output([BENCH, "contours", "--work", a.work, "--runs", str(a.runs)]))
     mask = cv2.imread(ours["mask"], cv2.IMREAD_UNCHANGED)
     assert mask.shape == (ours["size"], ours["size"]), mask.shape
 

@@ -129,7 +129,7 @@ def bench_torch(work, inputs, grid, dtype, decode):
 
 def bench_candle(binary, work, inputs, grid, dtype, decode, threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
-    out = subprocess.run([binary, "bench", "reasoner", "--model", work, "--inputs", inputs, "--grid",
+    out = subprocess.run([binary, "reasoner", "--model", work, "--inputs", inputs, "--grid",
                           ",".join(map(str, grid)), "--precision", dtype, "--decode", str(decode)],
                          check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout)
@@ -151,7 +151,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--work", default="/tmp/rr-qwen-bench")
     ap.add_argument("--binary", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(
-        os.path.expanduser("~"), ".cache", "remote-reasoner", "target")), "release", "remote-reasoner"))
+        os.path.expanduser("~"), ".cache", "remote-reasoner", "target")), "release", "rr-bench"))
     ap.add_argument("--pairs", default="f32:f32,bf16:bf16,bf16:q8_0",
                     help="transformers dtype : candle precision, comma separated")
     args = ap.parse_args()

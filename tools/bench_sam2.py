@@ -65,7 +65,7 @@ def main():
     ap.add_argument("--work", default="/tmp/rr-sam2-bench")
     ap.add_argument("--geometries", default="tiny,large")
     ap.add_argument("--binary", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(
-        os.path.expanduser("~"), ".cache", "remote-reasoner", "target")), "release", "remote-reasoner"))
+        os.path.expanduser("~"), ".cache", "remote-reasoner", "target")), "release", "rr-bench"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
@@ -84,7 +84,7 @@ def main():
             del model
         t = bench_torch(cfg, ckpt, image, args.prompts)
         env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
-        out = subprocess.run([args.binary, "bench", "segmenter", "--sam", ckpt, "--image", png,
+        out = subprocess.run([args.binary, "segmenter", "--sam", ckpt, "--image", png,
                               "--prompts", str(args.prompts), "--encodes", "2"],
                              check=True, capture_output=True, text=True, env=env)
         c = json.loads(out.stdout)

@@ -310,6 +310,7 @@ fn report_json(
             "method": r.method.to_string(),
             "mask_size": [r.merged.width, r.merged.height],
             "mask_pixels": r.merged.count(),
+            "mask_sha256": r.merged.digest(),
             "out": args.out,
             "georeferenced": written.georeferenced,
             "masks": r.per_box.iter().map(|(b, s)| super::segment::segment_json(b, s)).collect::<Vec<_>>(),

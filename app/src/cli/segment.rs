@@ -130,6 +130,7 @@ pub fn segment_json(b: &PixelBox, s: &Segment) -> serde_json::Value {
         "iou": s.iou,
         "object_score": s.object_score,
         "pixels": s.mask.count(),
+        "sha256": s.mask.digest(),
     })
 }
 

@@ -49,6 +49,26 @@ impl Mask {
         }
         out
     }
+
+    /// SHA-256 (hex) of the size and the pixels: masks made in different
+    /// processes compared without shipping them (`ask --json` reports it).
+    ///
+    /// ```
+    /// use engine::segment::Mask;
+    /// let mut m = Mask::empty(3, 2);
+    /// let blank = m.digest();
+    /// m.data[4] = true;
+    /// assert_ne!(m.digest(), blank);
+    /// assert_ne!(Mask::empty(2, 3).digest(), blank, "the size counts");
+    /// ```
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update((self.width as u64).to_le_bytes());
+        h.update((self.height as u64).to_le_bytes());
+        h.update(self.data.iter().map(|&v| u8::from(v)).collect::<Vec<u8>>());
+        format!("{:x}", h.finalize())
+    }
 }
 
 /// Which method produced a mask: provenance for every result.
