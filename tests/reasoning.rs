@@ -80,7 +80,7 @@ fn a_question_streams_its_trace_and_returns_raster_boxes() {
     let job = e.send(RequestKind::LoadReasoner { spec });
     match next(&e) {
         Event { job: j, kind: EventKind::Failed { error } } => {
-            assert!(j == job && error.contains("/no/checkpoint"), "{error}")
+            assert!(j == job && error.contains("/no/checkpoint"), "{error}");
         }
         other => panic!("{other:?}"),
     }
@@ -149,7 +149,7 @@ fn a_question_streams_its_trace_and_returns_raster_boxes() {
     let outcome = loop {
         match next(&e) {
             Event { job: j, kind: EventKind::Answered { outcome, .. } } if j == job => break outcome,
-            Event { kind: EventKind::TilesDone { .. }, .. }
+            Event { kind: EventKind::TilesDone, .. }
             | Event { kind: EventKind::AskStage { .. }, .. }
             | Event { kind: EventKind::AskText { .. }, .. } => {}
             other => panic!("{other:?}"),

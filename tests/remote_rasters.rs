@@ -232,7 +232,7 @@ fn the_engine_thread_serves_other_rasters_while_remote_tiles_trickle_in() {
         match e.recv_timeout(Duration::from_secs(60)).expect("engine answered") {
             Event { job, kind: EventKind::Tile { .. } } if job == remote_tiles => remote_seen += 1,
             Event { job, kind: EventKind::TilesDone } if job == local_tiles => {
-                local_done = Some((t.elapsed(), remote_seen))
+                local_done = Some((t.elapsed(), remote_seen));
             }
             Event { job, kind: EventKind::TilesDone } if job == remote_tiles => remote_done = true,
             // The newer view replaced the remote one (one view at a time): ask again for it.

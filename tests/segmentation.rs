@@ -61,7 +61,7 @@ fn pixel_task_refinement_and_cache_through_the_engine() {
         match next(&e) {
             Event { job: j, kind: EventKind::Segmented { segments: outcome, .. } } if j == job => return outcome,
             Event { job: j, kind: EventKind::Failed { error } } if j == job => panic!("{error}"),
-            Event { kind: EventKind::Cancelled { .. }, .. } | Event { kind: EventKind::Refined { .. }, .. } => {}
+            Event { kind: EventKind::Cancelled, .. } | Event { kind: EventKind::Refined { .. }, .. } => {}
             other => panic!("{other:?}"),
         }
     };
@@ -150,14 +150,14 @@ fn pixel_task_refinement_and_cache_through_the_engine() {
     let job = e.send(RequestKind::LoadSegmenter { checkpoint: Some("/no/sam.pt".into()) });
     match next(&e) {
         Event { job: j, kind: EventKind::Failed { error } } => {
-            assert!(j == job && error.contains("/no/sam.pt"), "{error}")
+            assert!(j == job && error.contains("/no/sam.pt"), "{error}");
         }
         other => panic!("{other:?}"),
     }
     let job = segment(&Some("/no/sam.pt".into()), vec![b(40.0, 40.0, 100.0, 120.0)]);
     match next(&e) {
         Event { job: j, kind: EventKind::Failed { error } } => {
-            assert!(j == job && error.contains("/no/sam.pt"), "{error}")
+            assert!(j == job && error.contains("/no/sam.pt"), "{error}");
         }
         other => panic!("{other:?}"),
     }

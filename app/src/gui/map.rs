@@ -195,7 +195,7 @@ pub fn map_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
     }
     let outstanding: &[TileKey] = app.jobs.tiles().map_or(&[], |(_, owed)| owed);
     let same = wanted.len() == outstanding.len() && wanted.iter().all(|k| outstanding.contains(k));
-    if !same && !(wanted.is_empty() && outstanding.is_empty()) {
+    if !same {
         app.commands.push(super::Command::RequestTiles(wanted));
     }
     doc.tiles.evict();

@@ -466,10 +466,10 @@ impl WorkbenchApp {
         }
         self.session.saved_revision = revision;
         self.session.autosaved_revision = revision;
-        self.session.project_path = Some(path.clone());
+        self.notify_info(format!("Saved {}", path.display()));
+        self.session.project_path = Some(path);
         // Saved for real: the recovery copy is not needed any more.
         let _ = std::fs::remove_file(&self.recovery_path);
-        self.notify_info(format!("Saved {}", path.display()));
         if self.session.close_after_save {
             ctx.send_viewport_cmd(egui::ViewportCommand::Close);
         }

@@ -12,7 +12,7 @@ use engine::base::Window;
 use engine::edit::{FeatureStore, VertexRef, WorkFeature, nearest_edge, nearest_vertex};
 use geo::{Coord, MultiPolygon, TriangulateEarcut};
 
-use super::session::{Drag, DragTarget, Tool};
+use super::session::{Drag, DragTarget, Session, Tool};
 use super::view::ViewTransform;
 use super::{Command, WorkbenchApp};
 
@@ -241,100 +241,7 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
     }
 
     match s.tool {
-        Tool::Select => {
-            // Where the button went down, not where the drag threshold was crossed.
-            let origin = response.ctx.input(|i| i.pointer.press_origin());
-            if response.drag_started()
-                && let Some(p) = origin.or(response.interact_pointer_pos())
-                && let Some(id) = s.selected
-                && let Some(f) = s.features.get(id)
-            {
-                let at = to_source(p);
-                // Box handles first (drawn larger), then the polygons' vertices, then the box's edges.
-                let corner =
-                    f.bbox.and_then(|b| box_corners(b).iter().position(|c| (c[0] - at.x).hypot(c[1] - at.y) <= tol));
-                let on_box_edge = f.bbox.filter(|b| {
-                    let inside = at.x >= b[0] - tol && at.x <= b[2] + tol && at.y >= b[1] - tol && at.y <= b[3] + tol;
-                    let near = [(at.x - b[0]).abs(), (at.x - b[2]).abs(), (at.y - b[1]).abs(), (at.y - b[3]).abs()];
-                    inside && near.iter().any(|&d| d <= tol)
-                });
-                let target = if let Some(i) = corner {
-                    Some(DragTarget::BoxCorner(i))
-                } else if let Some((v, _)) = nearest_vertex(&f.polygons, at, tol) {
-                    Some(DragTarget::Vertex(v))
-                } else {
-                    on_box_edge.map(|b| DragTarget::BoxMove { grab: [at.x, at.y], start: b })
-                };
-                if let Some(target) = target {
-                    s.drag = Some(Drag { feature: id, target, preview: f.clone() });
-                    if let DragTarget::Vertex(v) = target {
-                        s.selected_vertex = Some(v);
-                    }
-                }
-            }
-            if let Some(drag) = s.drag.as_mut() {
-                consumed = true;
-                if let Some(p) = response.interact_pointer_pos().or(pointer)
-                    && let Some(base) = s.features.get(drag.feature)
-                {
-                    let at = to_source(p);
-                    let edited = match drag.target {
-                        DragTarget::Vertex(v) => base.with_vertex_moved(v, at).ok(),
-                        // The dragged corner follows the pointer; the opposite one stays.
-                        DragTarget::BoxCorner(i) => base.bbox.map(|b| {
-                            let opposite = box_corners(b)[(i + 2) % 4];
-                            base.with_box([at.x, at.y, opposite[0], opposite[1]])
-                        }),
-                        DragTarget::BoxMove { grab, start } => {
-                            let (dx, dy) = (at.x - grab[0], at.y - grab[1]);
-                            Some(base.with_box([start[0] + dx, start[1] + dy, start[2] + dx, start[3] + dy]))
-                        }
-                    };
-                    if let Some(e) = edited {
-                        drag.preview = e;
-                    }
-                }
-                if response.drag_stopped() {
-                    let drag = s.drag.take();
-                    if let Some(d) = drag {
-                        let label = match d.target {
-                            DragTarget::Vertex(_) => "move vertex",
-                            DragTarget::BoxCorner(_) => "resize box",
-                            DragTarget::BoxMove { .. } => "move box",
-                        };
-                        let _ = s.features.replace(label, d.preview);
-                    }
-                }
-            }
-            // A click just before counts the pair as a triple-click: it is a double-click too.
-            if (response.double_clicked() || response.triple_clicked())
-                && let Some(p) = response.interact_pointer_pos()
-                && let Some(id) = s.selected
-                && let Some(f) = s.features.get(id)
-                && let Some((v, at)) = nearest_edge(&f.polygons, to_source(p), tol)
-                && let Ok(e) = f.with_vertex_inserted(v, at)
-            {
-                let _ = s.features.replace("insert vertex", e);
-                s.selected_vertex = Some(VertexRef { index: v.index + 1, ..v });
-                consumed = true;
-            } else if response.clicked()
-                && let Some(p) = response.interact_pointer_pos()
-            {
-                let at = to_source(p);
-                let selected = s.selected.and_then(|id| s.features.get(id));
-                let vertex = selected.and_then(|f| nearest_vertex(&f.polygons, at, tol));
-                let on_edge = selected.is_some_and(|f| nearest_edge(&f.polygons, at, tol).is_some());
-                match vertex {
-                    Some((v, _)) => s.selected_vertex = Some(v),
-                    // On the selected feature's outline: keep it (a double-click there inserts a vertex).
-                    None if on_edge => s.selected_vertex = None,
-                    None => {
-                        s.selected = s.features.feature_at(at);
-                        s.selected_vertex = None;
-                    }
-                }
-            }
-        }
+        Tool::Select => consumed |= select_input(s, response, &to_source, tol),
         Tool::DrawBox | Tool::DrawArea => {
             consumed = response.dragged() || response.drag_stopped();
             let origin = response.ctx.input(|i| i.pointer.press_origin());
@@ -387,6 +294,112 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
         }
     }
 
+    consumed
+}
+
+/// The select tool: grabbing a box corner, a vertex or a box edge and dragging
+/// it (one undoable step when released), then clicks. True while dragging.
+fn select_input(s: &mut Session, response: &Response, to_source: &impl Fn(Pos2) -> Coord, tol: f64) -> bool {
+    let mut consumed = false;
+    // Where the button went down, not where the drag threshold was crossed.
+    let origin = response.ctx.input(|i| i.pointer.press_origin());
+    if response.drag_started()
+        && let Some(p) = origin.or(response.interact_pointer_pos())
+        && let Some(id) = s.selected
+        && let Some(f) = s.features.get(id)
+    {
+        let at = to_source(p);
+        // Box handles first (drawn larger), then the polygons' vertices, then the box's edges.
+        let corner = f.bbox.and_then(|b| box_corners(b).iter().position(|c| (c[0] - at.x).hypot(c[1] - at.y) <= tol));
+        let on_box_edge = f.bbox.filter(|b| {
+            let inside = at.x >= b[0] - tol && at.x <= b[2] + tol && at.y >= b[1] - tol && at.y <= b[3] + tol;
+            let near = [(at.x - b[0]).abs(), (at.x - b[2]).abs(), (at.y - b[1]).abs(), (at.y - b[3]).abs()];
+            inside && near.iter().any(|&d| d <= tol)
+        });
+        let target = if let Some(i) = corner {
+            Some(DragTarget::BoxCorner(i))
+        } else if let Some((v, _)) = nearest_vertex(&f.polygons, at, tol) {
+            Some(DragTarget::Vertex(v))
+        } else {
+            on_box_edge.map(|b| DragTarget::BoxMove { grab: [at.x, at.y], start: b })
+        };
+        if let Some(target) = target {
+            s.drag = Some(Drag { feature: id, target, preview: f.clone() });
+            if let DragTarget::Vertex(v) = target {
+                s.selected_vertex = Some(v);
+            }
+        }
+    }
+    if let Some(drag) = s.drag.as_mut() {
+        consumed = true;
+        if let Some(p) = response.interact_pointer_pos().or(response.hover_pos())
+            && let Some(base) = s.features.get(drag.feature)
+        {
+            let at = to_source(p);
+            let edited = match drag.target {
+                DragTarget::Vertex(v) => base.with_vertex_moved(v, at).ok(),
+                // The dragged corner follows the pointer; the opposite one stays.
+                DragTarget::BoxCorner(i) => base.bbox.map(|b| {
+                    let opposite = box_corners(b)[(i + 2) % 4];
+                    base.with_box([at.x, at.y, opposite[0], opposite[1]])
+                }),
+                DragTarget::BoxMove { grab, start } => {
+                    let (dx, dy) = (at.x - grab[0], at.y - grab[1]);
+                    Some(base.with_box([start[0] + dx, start[1] + dy, start[2] + dx, start[3] + dy]))
+                }
+            };
+            if let Some(e) = edited {
+                drag.preview = e;
+            }
+        }
+        if response.drag_stopped() {
+            let drag = s.drag.take();
+            if let Some(d) = drag {
+                let label = match d.target {
+                    DragTarget::Vertex(_) => "move vertex",
+                    DragTarget::BoxCorner(_) => "resize box",
+                    DragTarget::BoxMove { .. } => "move box",
+                };
+                let _ = s.features.replace(label, d.preview);
+            }
+        }
+    }
+    consumed |= select_clicks(s, response, to_source, tol);
+    consumed
+}
+
+/// Double-click on the selected outline inserts a vertex; a click selects a
+/// vertex, keeps the feature (on its outline) or selects what is under it.
+fn select_clicks(s: &mut Session, response: &Response, to_source: &impl Fn(Pos2) -> Coord, tol: f64) -> bool {
+    let mut consumed = false;
+    // A click just before counts the pair as a triple-click: it is a double-click too.
+    if (response.double_clicked() || response.triple_clicked())
+        && let Some(p) = response.interact_pointer_pos()
+        && let Some(id) = s.selected
+        && let Some(f) = s.features.get(id)
+        && let Some((v, at)) = nearest_edge(&f.polygons, to_source(p), tol)
+        && let Ok(e) = f.with_vertex_inserted(v, at)
+    {
+        let _ = s.features.replace("insert vertex", e);
+        s.selected_vertex = Some(VertexRef { index: v.index + 1, ..v });
+        consumed = true;
+    } else if response.clicked()
+        && let Some(p) = response.interact_pointer_pos()
+    {
+        let at = to_source(p);
+        let selected = s.selected.and_then(|id| s.features.get(id));
+        let vertex = selected.and_then(|f| nearest_vertex(&f.polygons, at, tol));
+        let on_edge = selected.is_some_and(|f| nearest_edge(&f.polygons, at, tol).is_some());
+        match vertex {
+            Some((v, _)) => s.selected_vertex = Some(v),
+            // On the selected feature's outline: keep it (a double-click there inserts a vertex).
+            None if on_edge => s.selected_vertex = None,
+            None => {
+                s.selected = s.features.feature_at(at);
+                s.selected_vertex = None;
+            }
+        }
+    }
     consumed
 }
 

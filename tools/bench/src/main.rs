@@ -230,7 +230,8 @@ fn reasoner(args: &ReasonerBenchArgs) -> anyhow::Result<()> {
     use candle_core::DType;
     let grid: Vec<usize> =
         args.grid.split(',').map(|v| v.trim().parse()).collect::<Result<_, _>>().context("--grid t,h,w")?;
-    let grid: [usize; 3] = grid.try_into().map_err(|_| anyhow::anyhow!("--grid needs three numbers"))?;
+    let grid: [usize; 3] =
+        grid.try_into().map_err(|g: Vec<usize>| anyhow::anyhow!("--grid needs three numbers, not {}", g.len()))?;
     let config_path = args.model.join("config.json");
     let config = engine::models::qwen2_5_vl::Config::from_json(&std::fs::read_to_string(&config_path)?)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?;
