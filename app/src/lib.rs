@@ -4,3 +4,4 @@
 pub mod alloc;
 pub mod cli;
 pub mod gui;
+pub mod png;

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::gui::RendererChoice;
-pub use raster::write_png_atomic;
 
 /// RemoteReasoner: geospatial reasoning workbench for remote-sensing imagery.
 #[derive(Debug, Parser)]

@@ -858,7 +858,7 @@ impl WorkbenchApp {
                 height: image.size[1] as u32,
                 rgba: image.pixels.iter().flat_map(|c| c.to_array()).collect(),
             };
-            let written = crate::cli::write_png_atomic(&path, &img);
+            let written = crate::png::write_png_atomic(&path, &img);
             if let Ok(mut slot) = result.lock() {
                 *slot = Some(written);
             }
