@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::bail;
@@ -188,12 +187,7 @@ pub fn polygonize(args: &PolygonizeArgs) -> anyhow::Result<()> {
     let traced = polygonize_u8(mask.width, mask.height, &mask.data);
     let trace_ms = t1.elapsed().as_secs_f64() * 1e3;
     let (polygons, cleaned) = clean(traced.polygons, &cleanup, gt.as_ref().map_or(1.0, map_pixel));
-    let provenance = Arc::new(Provenance {
-        task: "polygonize".into(),
-        source: args.mask.display().to_string(),
-        created_at: Provenance::now(),
-        ..Default::default()
-    });
+    let provenance = Provenance::manual("polygonize", &args.mask.display().to_string(), None, &"");
     let simplify = cleanup.tolerance_px(gt.as_ref().map_or(1.0, map_pixel)).map(|t| (args.contour.simplify_method, t));
     let polygons = polygons
         .into_iter()

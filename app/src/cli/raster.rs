@@ -113,7 +113,6 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<()> {
     crate::png::write_png_atomic(&args.out, &img)
 }
 
-
 pub fn overviews(args: &OverviewArgs) -> anyhow::Result<()> {
     let raster = Raster::open(&args.file)?;
     let factors = engine::overviews::default_factors(raster.info().width, raster.info().height);

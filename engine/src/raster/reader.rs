@@ -6,13 +6,12 @@
 //! unfinished one, checked between tiles.
 
 use std::collections::VecDeque;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::{Raster, RasterInfo, RenderParams, Tile};
-use crate::base::panic_message;
+use crate::base::guard;
 use crate::error::EngineError;
 use crate::tiles::TileKey;
 
@@ -53,10 +52,9 @@ pub fn spawn(
 }
 
 fn run(path: &std::path::Path, inbox: &Receiver<ReaderMsg>, report: &dyn Fn(ReaderReport)) {
-    let raster = match catch_unwind(|| Raster::open(path)) {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return report(ReaderReport::Opened(Err(e))),
-        Err(p) => return report(ReaderReport::Opened(Err(EngineError::Internal(panic_message(&*p))))),
+    let raster = match guard(|| Raster::open(path)) {
+        Ok(r) => r,
+        Err(e) => return report(ReaderReport::Opened(Err(e))),
     };
     report(ReaderReport::Opened(Ok(Box::new(raster.info().clone()))));
     let mut tiles: Option<(u64, RenderParams, u64, VecDeque<TileKey>)> = None;
@@ -77,7 +75,10 @@ fn run(path: &std::path::Path, inbox: &Receiver<ReaderMsg>, report: &dyn Fn(Read
             Some(ReaderMsg::Tiles { job, params, hash, keys }) => tiles = Some((job, params, hash, keys)),
             Some(ReaderMsg::Run(f)) => {
                 // A panic in one job must not end the raster's thread.
-                let _ = catch_unwind(AssertUnwindSafe(|| f(&raster)));
+                let _ = guard(|| {
+                    f(&raster);
+                    Ok(())
+                });
             }
             None => {
                 let Some((job, params, hash, queue)) = tiles.as_mut() else { continue };
@@ -87,8 +88,7 @@ fn run(path: &std::path::Path, inbox: &Receiver<ReaderMsg>, report: &dyn Fn(Read
                     report(ReaderReport::TilesDone { job });
                     continue;
                 };
-                let result = catch_unwind(AssertUnwindSafe(|| raster.render_tile(key, params)))
-                    .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p))));
+                let result = guard(|| raster.render_tile(key, params));
                 if result.is_err() {
                     tiles = None;
                 }

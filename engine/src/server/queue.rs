@@ -99,7 +99,7 @@ fn run_job(reasoner: &mut Reasoner, job: &mut Job, stopping: &AtomicBool, max_im
     options.decoding = Some(d);
     let (reply, abandoned) = (job.reply.clone(), job.abandoned.clone());
     let mut sent = 0usize;
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let result = crate::base::guard(|| {
         reasoner.complete(&image, &job.chat, &options, |event| {
             let gone = abandoned.load(Ordering::SeqCst) || stopping.load(Ordering::SeqCst);
             match event {
@@ -115,9 +115,9 @@ fn run_job(reasoner: &mut Reasoner, job: &mut Job, stopping: &AtomicBool, max_im
                 _ => std::ops::ControlFlow::Continue(()),
             }
         })
-    }));
+    });
     let piece = match result {
-        Ok(Ok(c)) => {
+        Ok(c) => {
             let t = &c.timings;
             let ms = t.preprocess_ms + t.vision_ms + t.prefill_ms + t.decode_ms;
             tracing::info!(
@@ -128,13 +128,17 @@ fn run_job(reasoner: &mut Reasoner, job: &mut Job, stopping: &AtomicBool, max_im
             );
             Piece::Done(Box::new(c))
         }
-        Ok(Err(EngineError::Cancelled)) => {
+        Err(EngineError::Cancelled) => {
             tracing::info!(pieces = sent, "client gone: generation stopped");
             return;
         }
-        Ok(Err(EngineError::InvalidRequest(e))) => Piece::Failed(ApiError::invalid(e)),
-        Ok(Err(e)) => Piece::Failed(ApiError::new(500, "server_error", e.to_string())),
-        Err(_) => Piece::Failed(ApiError::new(500, "server_error", "internal error")),
+        Err(EngineError::InvalidRequest(e)) => Piece::Failed(ApiError::invalid(e)),
+        // A bug (a panic included) is logged here, not described to the client.
+        Err(EngineError::Internal(e)) => {
+            tracing::error!(error = %e, "internal error");
+            Piece::Failed(ApiError::new(500, "server_error", "internal error"))
+        }
+        Err(e) => Piece::Failed(ApiError::new(500, "server_error", e.to_string())),
     };
     let _ = job.reply.send(piece);
 }
