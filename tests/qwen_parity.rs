@@ -263,7 +263,9 @@ fn sharded_and_transformers_5_layouts_load_to_the_same_model() {
 }
 
 /// The language model's projections quantized to Q8_0 as they load: close to
-/// f32 on the random checkpoint, and the same answer from the trained one.
+/// f32 on the random checkpoint, and the same answer from the trained one. The
+/// int8 kernel quantises activations per 32 too (as llama.cpp's Q8_0 does), in
+/// prefill as in decoding: within 5 % of the largest logit on this random model.
 #[test]
 fn q8_0_projections_stay_close_and_keep_the_answer() {
     let f = fixture();
@@ -273,7 +275,7 @@ fn q8_0_projections_stay_close_and_keep_the_answer() {
     let d = max_abs_diff(&first_logits(&mut r, &f), &want);
     let scale = want.abs().unwrap().max_keepdim(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
     eprintln!("q8_0 first-step logits vs f32: max |Δ| = {d:e} (largest |logit| {scale})");
-    assert!(d > 0.0 && d < 0.03 * scale, "{d} vs {scale}");
+    assert!(d > 0.0 && d < 0.05 * scale, "{d} vs {scale}");
 
     let trained = f.dir.with_file_name("qwen2_5_vl_tiny_trained");
     let sample = f.dir.join("../../../assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif");

@@ -4,6 +4,7 @@
 // candle's convention: constructors take `VarBuilder` by value (it is a cheap handle).
 #![allow(clippy::needless_pass_by_value)]
 
+pub mod int8;
 pub mod ops;
 pub mod pil_resize;
 pub mod pth;

@@ -1,8 +1,12 @@
 //! Building blocks shared by the vision tower and the language model.
 
+use std::sync::Arc;
+
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{D, DType, Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
+
+use crate::models::int8::Int8Weight;
 
 /// Rows of input from which a quantized projection dequantizes its weight and
 /// runs a float GEMM instead of the quantized vector kernel (prefill).
@@ -13,7 +17,45 @@ const DEQUANTIZE_FROM_ROWS: usize = 16;
 #[derive(Debug, Clone)]
 pub(crate) enum Proj {
     Float(candle_nn::Linear),
-    Quantized { weight: QMatMul, qtensor: std::sync::Arc<QTensor>, bias: Option<Tensor> },
+    Quantized {
+        weight: QMatMul,
+        qtensor: Arc<QTensor>,
+        bias: Option<Tensor>,
+    },
+    /// Q8_0 on the CPU: our int8 kernel, for one row (decode) and many (prefill).
+    Int8 {
+        weight: Int8Op,
+        bias: Option<Tensor>,
+    },
+}
+
+/// [`Int8Weight::matmul`] as a candle op on the last dimension.
+#[derive(Debug, Clone)]
+pub(crate) struct Int8Op(Arc<Int8Weight>);
+
+impl CustomOp1 for Int8Op {
+    fn name(&self) -> &'static str {
+        "int8-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else { candle_core::bail!("int8 projection: f32 input expected") };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("int8 projection: the input must be contiguous")
+        };
+        let (k, n) = (self.0.in_dim(), self.0.out_dim());
+        let mut dims = layout.shape().dims().to_vec();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("int8 projection: input {:?} does not end in {k}", layout.shape())
+        }
+        let m = (end - start) / k;
+        let mut y = vec![0f32; m * n];
+        self.0.matmul(&x[start..end], m, &mut y);
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
 }
 
 impl Proj {
@@ -29,7 +71,11 @@ impl Proj {
         };
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        let qtensor = std::sync::Arc::new(QTensor::quantize(&weight.to_dtype(DType::F32)?, q)?);
+        if q == GgmlDType::Q8_0 && weight.device().is_cpu() {
+            let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            return Ok(Self::Int8 { weight: Int8Op(Arc::new(Int8Weight::new(&w, out_dim, in_dim))), bias });
+        }
+        let qtensor = Arc::new(QTensor::quantize(&weight.to_dtype(DType::F32)?, q)?);
         Ok(Self::Quantized { weight: QMatMul::from_arc(qtensor.clone())?, qtensor, bias })
     }
 }
@@ -38,6 +84,13 @@ impl Module for Proj {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Self::Float(l) => l.forward(xs),
+            Self::Int8 { weight, bias } => {
+                let ys = xs.contiguous()?.apply_op1_no_bwd(weight)?;
+                match bias {
+                    Some(b) => ys.broadcast_add(b),
+                    None => Ok(ys),
+                }
+            }
             Self::Quantized { weight, qtensor, bias } => {
                 let rows = xs.elem_count() / xs.dim(D::Minus1)?;
                 let ys = if rows >= DEQUANTIZE_FROM_ROWS {
