@@ -24,6 +24,10 @@ const LANES: usize = 16;
 const GROUP_BLOCK: usize = BLOCK * LANES;
 /// Rows of activations sharing each weight load.
 const ROWS: usize = 6;
+/// Groups per tile: each broadcast activation word feeds two registers of outputs.
+const GROUPS: usize = 2;
+/// Outputs per tile.
+const TILE: usize = LANES * GROUPS;
 
 /// A `[n, k]` weight (outputs × inputs), quantised and packed.
 #[derive(Clone)]
@@ -119,12 +123,13 @@ impl Int8Weight {
         let kernel = pick_kernel();
         (0..groups.div_ceil(per_item)).into_par_iter().for_each(|item| {
             let out = &out;
-            for g in item * per_item..((item + 1) * per_item).min(groups) {
+            for g in (item * per_item..((item + 1) * per_item).min(groups)).step_by(GROUPS) {
+                let ng = GROUPS.min(groups - g);
                 for r0 in (0..m).step_by(ROWS) {
                     let tile = ROWS.min(m - r0);
-                    let mut acc = [[0f32; LANES]; ROWS];
-                    kernel(self, &rows, g, r0, tile, &mut acc);
-                    let cols = LANES.min(self.n - g * LANES);
+                    let mut acc = [[0f32; TILE]; ROWS];
+                    kernel(self, &rows, (g, ng), r0, tile, &mut acc);
+                    let cols = TILE.min(self.n - g * LANES);
                     for (r, sums) in acc.iter().enumerate().take(tile) {
                         // SAFETY: each (row, group) is written by exactly one work item,
                         // inside `y`, whose length was checked above.
@@ -171,8 +176,8 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
-/// Sums of `tile` rows from `r0` against group `g`, into `acc[row][lane]`.
-type Kernel = fn(&Int8Weight, &Int8Rows, usize, usize, usize, &mut [[f32; LANES]; ROWS]);
+/// Sums of `tile` rows from `r0` against `ng` groups from `g`, into `acc[row][output]`.
+type Kernel = fn(&Int8Weight, &Int8Rows, (usize, usize), usize, usize, &mut [[f32; TILE]; ROWS]);
 
 fn pick_kernel() -> Kernel {
     #[cfg(target_arch = "x86_64")]
@@ -181,9 +186,15 @@ fn pick_kernel() -> Kernel {
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512f")
         {
-            return |w, x, g, r0, tile, acc| {
+            return |w, x, (g, ng), r0, tile, acc| {
                 // SAFETY: the CPU has the features `vnni` is compiled for (checked above).
-                unsafe { vnni::group(w, x, g, r0, tile, acc) }
+                unsafe {
+                    if ng == 2 {
+                        vnni::groups::<2>(w, x, g, r0, tile, acc);
+                    } else {
+                        vnni::groups::<1>(w, x, g, r0, tile, acc);
+                    }
+                }
             };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
@@ -199,12 +210,29 @@ fn pick_kernel() -> Kernel {
 /// [`group_portable`] compiled for AVX2 (the compiler vectorises its loops).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn group_avx2(w: &Int8Weight, x: &Int8Rows, g: usize, r0: usize, tile: usize, acc: &mut [[f32; LANES]; ROWS]) {
+fn group_avx2(w: &Int8Weight, x: &Int8Rows, g: (usize, usize), r0: usize, tile: usize, acc: &mut [[f32; TILE]; ROWS]) {
     group_portable(w, x, g, r0, tile, acc);
 }
 
 /// The arithmetic every kernel does, in plain loops.
-fn group_portable(w: &Int8Weight, x: &Int8Rows, g: usize, r0: usize, tile: usize, acc: &mut [[f32; LANES]; ROWS]) {
+fn group_portable(
+    w: &Int8Weight,
+    x: &Int8Rows,
+    (g, ng): (usize, usize),
+    r0: usize,
+    tile: usize,
+    acc: &mut [[f32; TILE]; ROWS],
+) {
+    for j in 0..ng {
+        let mut part = [[0f32; LANES]; ROWS];
+        group_one(w, x, g + j, r0, tile, &mut part);
+        for (a, p) in acc.iter_mut().zip(&part) {
+            a[j * LANES..(j + 1) * LANES].copy_from_slice(p);
+        }
+    }
+}
+
+fn group_one(w: &Int8Weight, x: &Int8Rows, g: usize, r0: usize, tile: usize, acc: &mut [[f32; LANES]; ROWS]) {
     let blocks = w.blocks;
     for b in 0..blocks {
         let packed = &w.quants[(g * blocks + b) * GROUP_BLOCK..][..GROUP_BLOCK];
@@ -233,46 +261,58 @@ fn group_portable(w: &Int8Weight, x: &Int8Rows, g: usize, r0: usize, tile: usize
 mod vnni {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, GROUP_BLOCK, Int8Rows, Int8Weight, LANES, ROWS};
+    use super::{BLOCK, GROUP_BLOCK, Int8Rows, Int8Weight, LANES, ROWS, TILE};
 
-    /// [`super::group_portable`] with `vpdpbusd`: per step of 4 inputs one load of
-    /// the group's 64 weight bytes, shared by every row of the tile.
+    /// [`super::group_portable`] with `vpdpbusd` on `G` groups: per step of 4
+    /// inputs one load of each group's 64 weight bytes, shared by every row of
+    /// the tile, and one broadcast of each row's 4 inputs, shared by the groups.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-    pub(super) fn group(
+    pub(super) fn groups<const G: usize>(
         w: &Int8Weight,
         x: &Int8Rows,
         g: usize,
         r0: usize,
         tile: usize,
-        acc: &mut [[f32; LANES]; ROWS],
+        acc: &mut [[f32; TILE]; ROWS],
     ) {
         let blocks = w.blocks;
-        let mut facc = [_mm512_setzero_ps(); ROWS];
+        let mut facc = [[_mm512_setzero_ps(); G]; ROWS];
         for b in 0..blocks {
-            let packed = &w.quants[(g * blocks + b) * GROUP_BLOCK..][..GROUP_BLOCK];
-            let scales = &w.scales[(g * blocks + b) * LANES..][..LANES];
-            let mut iacc = [_mm512_setzero_si512(); ROWS];
+            let packed: [&[u8]; G] =
+                std::array::from_fn(|j| &w.quants[((g + j) * blocks + b) * GROUP_BLOCK..][..GROUP_BLOCK]);
+            let mut iacc = [[_mm512_setzero_si512(); G]; ROWS];
             for step in 0..BLOCK / 4 {
-                // SAFETY: `packed` holds 8 steps of 64 bytes; unaligned load.
-                let wv = unsafe { _mm512_loadu_si512(packed.as_ptr().add(step * LANES * 4).cast()) };
+                // SAFETY: each packed block holds 8 steps of 64 bytes; unaligned loads.
+                let wv: [__m512i; G] = std::array::from_fn(|j| unsafe {
+                    _mm512_loadu_si512(packed[j].as_ptr().add(step * LANES * 4).cast())
+                });
                 for (r, ia) in iacc.iter_mut().enumerate().take(tile) {
                     let a = &x.quants[((r0 + r) * x.blocks + b) * BLOCK + step * 4..][..4];
                     let av = _mm512_set1_epi32(i32::from_le_bytes([a[0] as u8, a[1] as u8, a[2] as u8, a[3] as u8]));
-                    *ia = _mm512_dpbusd_epi32(*ia, wv, av);
+                    for j in 0..G {
+                        ia[j] = _mm512_dpbusd_epi32(ia[j], wv[j], av);
+                    }
                 }
             }
-            // SAFETY: 16 f16 scales, unaligned load.
-            let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(scales.as_ptr().cast()) });
+            let dw: [__m512; G] = std::array::from_fn(|j| {
+                let scales = &w.scales[((g + j) * blocks + b) * LANES..][..LANES];
+                // SAFETY: 16 f16 scales, unaligned load.
+                _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(scales.as_ptr().cast()) })
+            });
             for (r, (fa, ia)) in facc.iter_mut().zip(iacc).enumerate().take(tile) {
                 let i = (r0 + r) * x.blocks + b;
-                let sums = _mm512_sub_epi32(ia, _mm512_set1_epi32(x.offsets[i]));
-                let scale = _mm512_mul_ps(dw, _mm512_set1_ps(x.scales[i]));
-                *fa = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, *fa);
+                let (off, da) = (_mm512_set1_epi32(x.offsets[i]), _mm512_set1_ps(x.scales[i]));
+                for j in 0..G {
+                    let sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(ia[j], off));
+                    fa[j] = _mm512_fmadd_ps(sums, _mm512_mul_ps(dw[j], da), fa[j]);
+                }
             }
         }
         for (out, fa) in acc.iter_mut().zip(facc).take(tile) {
-            // SAFETY: `out` holds 16 f32.
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), fa) };
+            for (j, v) in fa.iter().enumerate() {
+                // SAFETY: `out` holds G × 16 f32.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(j * LANES), *v) };
+            }
         }
     }
 }
@@ -328,7 +368,7 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_arithmetic_on_odd_shapes() {
         // k not a multiple of 32, n not of 16, m not of the row tile.
-        for &(m, n, k) in &[(1, 37, 70), (7, 16, 32), (13, 50, 100), (1, 3, 5)] {
+        for &(m, n, k) in &[(1, 37, 70), (7, 16, 32), (13, 50, 100), (1, 3, 5), (6, 64, 64), (2, 80, 96)] {
             let (w, x) = (random(n * k, 1), random(m * k, 2));
             let want = reference(&w, n, k, &x, m);
             let packed = Int8Weight::new(&w, n, k);
@@ -339,12 +379,14 @@ mod tests {
             }
             // The portable kernel agrees with the dispatched one.
             let rows = packed.quantize_rows(&x, m);
-            for g in 0..n.div_ceil(LANES) {
+            let groups = n.div_ceil(LANES);
+            for g in (0..groups).step_by(GROUPS) {
+                let ng = GROUPS.min(groups - g);
                 for r0 in (0..m).step_by(ROWS) {
                     let tile = ROWS.min(m - r0);
-                    let (mut a, mut b) = ([[0f32; LANES]; ROWS], [[0f32; LANES]; ROWS]);
-                    group_portable(&packed, &rows, g, r0, tile, &mut a);
-                    pick_kernel()(&packed, &rows, g, r0, tile, &mut b);
+                    let (mut a, mut b) = ([[0f32; TILE]; ROWS], [[0f32; TILE]; ROWS]);
+                    group_portable(&packed, &rows, (g, ng), r0, tile, &mut a);
+                    pick_kernel()(&packed, &rows, (g, ng), r0, tile, &mut b);
                     for (ra, rb) in a.iter().zip(&b).take(tile) {
                         for (va, vb) in ra.iter().zip(rb) {
                             assert!((va - vb).abs() <= 1e-5 * (1.0 + va.abs()), "{va} vs {vb}");
