@@ -72,8 +72,17 @@ impl Proj {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
         if q == GgmlDType::Q8_0 && weight.device().is_cpu() {
-            let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            return Ok(Self::Int8 { weight: Int8Op(Arc::new(Int8Weight::new(&w, out_dim, in_dim))), bias });
+            // Packed straight from the tensor's storage: no second f32 copy of a
+            // weight as large as the 545M-value lm_head.
+            let w = weight.to_dtype(DType::F32)?.contiguous()?;
+            let (storage, layout) = w.storage_and_layout();
+            let (candle_core::Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) =
+                (&*storage, layout.contiguous_offsets())
+            else {
+                candle_core::bail!("int8 projection: the weight did not load as contiguous f32")
+            };
+            let packed = Int8Weight::new(&values[start..end], out_dim, in_dim);
+            return Ok(Self::Int8 { weight: Int8Op(Arc::new(packed)), bias });
         }
         let qtensor = Arc::new(QTensor::quantize(&weight.to_dtype(DType::F32)?, q)?);
         Ok(Self::Quantized { weight: QMatMul::from_arc(qtensor.clone())?, qtensor, bias })
