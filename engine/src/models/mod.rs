@@ -4,10 +4,10 @@
 // candle's convention: constructors take `VarBuilder` by value (it is a cheap handle).
 #![allow(clippy::needless_pass_by_value)]
 
-pub mod int8;
 pub mod ops;
 pub mod pil_resize;
 pub mod pth;
+pub mod quant;
 pub mod qwen2_5_vl;
 pub mod sam2;
 pub mod sam_v1;
@@ -113,7 +113,8 @@ impl Precision {
         match self {
             Self::Float(_) => params * float,
             Self::Q8_0 => (params - quantizable) * float + quantizable * 34 / 32,
-            Self::Q4K => (params - quantizable) * float + quantizable * 144 / 256,
+            // Q4_K as our CPU kernel packs it: 4.625 bits per weight.
+            Self::Q4K => (params - quantizable) * float + quantizable * 148 / 256,
         }
     }
 }

@@ -479,12 +479,11 @@ impl Worker {
             _ => None,
         };
         let Some((raster, window, params, budget)) = read else { return self.hand_to_model(request, Input::None) };
-        let queued = matches!(request.kind, RequestKind::Ask { .. });
-        self.with_window(raster, window, params, budget, request)?;
-        if queued {
+        if matches!(request.kind, RequestKind::Ask { .. }) {
+            // Told before the model thread has the job: its own stages come after.
             self.out.emit(job, EventKind::AskStage { stage: AskStage::Queued });
         }
-        Ok(())
+        self.with_window(raster, window, params, budget, request)
     }
 
     /// The path a raster was opened from (local or remote).

@@ -6,7 +6,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::models::int8::Int8Weight;
+use crate::models::quant::int4::Int4Weight;
+use crate::models::quant::int8::Int8Weight;
 
 /// Rows of input from which a quantized projection dequantizes its weight and
 /// runs a float GEMM instead of the quantized vector kernel (prefill).
@@ -22,35 +23,51 @@ pub(crate) enum Proj {
         qtensor: Arc<QTensor>,
         bias: Option<Tensor>,
     },
-    /// Q8_0 on the CPU: our int8 kernel, for one row (decode) and many (prefill).
-    Int8 {
-        weight: Int8Op,
+    /// Q8_0 or Q4_K on the CPU: our kernels ([`crate::models::quant`]), for one
+    /// row (decode) and many (prefill).
+    Cpu {
+        weight: CpuQuant,
         bias: Option<Tensor>,
     },
 }
 
-/// [`Int8Weight::matmul`] as a candle op on the last dimension.
+/// A weight for [`crate::models::quant`], run as a candle op on the last dimension.
 #[derive(Debug, Clone)]
-pub(crate) struct Int8Op(Arc<Int8Weight>);
+pub(crate) enum CpuQuant {
+    Int8(Arc<Int8Weight>),
+    Int4(Arc<Int4Weight>),
+}
 
-impl CustomOp1 for Int8Op {
+impl CpuQuant {
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            Self::Int8(w) => (w.in_dim(), w.out_dim()),
+            Self::Int4(w) => (w.in_dim(), w.out_dim()),
+        }
+    }
+}
+
+impl CustomOp1 for CpuQuant {
     fn name(&self) -> &'static str {
-        "int8-matmul"
+        "quantized-matmul"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else { candle_core::bail!("int8 projection: f32 input expected") };
+        let CpuStorage::F32(x) = storage else { candle_core::bail!("quantized projection: f32 input expected") };
         let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("int8 projection: the input must be contiguous")
+            candle_core::bail!("quantized projection: the input must be contiguous")
         };
-        let (k, n) = (self.0.in_dim(), self.0.out_dim());
+        let (k, n) = self.dims();
         let mut dims = layout.shape().dims().to_vec();
         if dims.last() != Some(&k) {
-            candle_core::bail!("int8 projection: input {:?} does not end in {k}", layout.shape())
+            candle_core::bail!("quantized projection: input {:?} does not end in {k}", layout.shape())
         }
         let m = (end - start) / k;
         let mut y = vec![0f32; m * n];
-        self.0.matmul(&x[start..end], m, &mut y);
+        match self {
+            Self::Int8(w) => w.matmul(&x[start..end], m, &mut y),
+            Self::Int4(w) => w.matmul(&x[start..end], m, &mut y),
+        }
         if let Some(last) = dims.last_mut() {
             *last = n;
         }
@@ -71,7 +88,7 @@ impl Proj {
         };
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
-        if q == GgmlDType::Q8_0 && weight.device().is_cpu() {
+        if matches!(q, GgmlDType::Q8_0 | GgmlDType::Q4K) && weight.device().is_cpu() {
             // Packed straight from the tensor's storage: no second f32 copy of a
             // weight as large as the 545M-value lm_head.
             let w = weight.to_dtype(DType::F32)?.contiguous()?;
@@ -79,10 +96,15 @@ impl Proj {
             let (candle_core::Storage::Cpu(CpuStorage::F32(values)), Some((start, end))) =
                 (&*storage, layout.contiguous_offsets())
             else {
-                candle_core::bail!("int8 projection: the weight did not load as contiguous f32")
+                candle_core::bail!("quantized projection: the weight did not load as contiguous f32")
             };
-            let packed = Int8Weight::new(&values[start..end], out_dim, in_dim);
-            return Ok(Self::Int8 { weight: Int8Op(Arc::new(packed)), bias });
+            let values = &values[start..end];
+            let weight = if q == GgmlDType::Q8_0 {
+                CpuQuant::Int8(Arc::new(Int8Weight::new(values, out_dim, in_dim)))
+            } else {
+                CpuQuant::Int4(Arc::new(Int4Weight::new(values, out_dim, in_dim)))
+            };
+            return Ok(Self::Cpu { weight, bias });
         }
         let qtensor = Arc::new(QTensor::quantize(&weight.to_dtype(DType::F32)?, q)?);
         Ok(Self::Quantized { weight: QMatMul::from_arc(qtensor.clone())?, qtensor, bias })
@@ -93,7 +115,7 @@ impl Module for Proj {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Self::Float(l) => l.forward(xs),
-            Self::Int8 { weight, bias } => {
+            Self::Cpu { weight, bias } => {
                 let ys = xs.contiguous()?.apply_op1_no_bwd(weight)?;
                 match bias {
                     Some(b) => ys.broadcast_add(b),
