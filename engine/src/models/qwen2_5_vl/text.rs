@@ -149,6 +149,8 @@ pub struct TextModel {
     lm_head: Proj,
     rotary: MropeRotary,
     rep: usize,
+    /// The dtype the layers compute in (the embedding table may be stored narrower).
+    compute: DType,
 }
 
 impl TextModel {
@@ -156,12 +158,20 @@ impl TextModel {
     /// `quantize`, every projection and the head are quantized as they load.
     pub fn new(cfg: &TextConfig, vb: VarBuilder, quantize: Option<GgmlDType>) -> Result<Self> {
         let m = vb.pp("model");
-        let embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let mut embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
+        let compute = embed_tokens.embeddings().dtype();
+        let tied = cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight");
+        if quantize.is_some() && !tied && compute == DType::F32 {
+            // Quantized: the table (vocab × hidden, 2.2 GB in f32 for the 7B) is only
+            // looked up, row by row: kept in bf16, as the published checkpoints ship it.
+            let table = embed_tokens.embeddings().to_dtype(DType::BF16)?;
+            embed_tokens = Embedding::new(table, cfg.hidden_size);
+        }
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::new(cfg, m.pp(format!("layers.{i}")), quantize))
             .collect::<Result<_>>()?;
         let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
-        let lm_head = if cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight") {
+        let lm_head = if tied {
             Proj::Float(candle_nn::Linear::new(embed_tokens.embeddings().clone(), None))
         } else {
             Proj::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"), quantize)?
@@ -173,11 +183,12 @@ impl TextModel {
             lm_head,
             rotary: MropeRotary::new(cfg),
             rep: cfg.num_attention_heads / cfg.num_key_value_heads,
+            compute,
         })
     }
 
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.embed_tokens.forward(ids)
+        self.embed_tokens.forward(ids)?.to_dtype(self.compute)
     }
 
     /// Runs `embeds` (1, l, hidden) at `positions` after whatever the cache holds,
