@@ -262,27 +262,25 @@ fn sharded_and_transformers_5_layouts_load_to_the_same_model() {
     assert!(d < 0.5, "bf16 drifted by {d}");
 }
 
-/// The language model's projections quantized to Q8_0 as they load: close to
-/// f32 on the random checkpoint, and the same answer from the trained one. The
-/// int8 kernel quantises activations per 32 too (as llama.cpp's Q8_0 does), in
-/// prefill as in decoding: within 5 % of the largest logit on this random model.
-#[test]
-fn q8_0_projections_stay_close_and_keep_the_answer() {
+/// `precision`'s first-step logits on the random checkpoint within `tolerance`
+/// of the largest f32 logit (and not equal: the weights were quantized), and the
+/// trained checkpoint's boxes unchanged.
+fn quantized_stays_close_and_keeps_the_answer(precision: &str, tolerance: f32) {
     let f = fixture();
     let want = first_logits(&mut load(&f.dir), &f);
-    let q8 = LoadOptions { precision: Some("q8_0".into()), ..Default::default() };
-    let mut r = Reasoner::load(&f.dir, &q8).unwrap();
+    let opts = LoadOptions { precision: Some(precision.into()), ..Default::default() };
+    let mut r = Reasoner::load(&f.dir, &opts).unwrap();
     let d = max_abs_diff(&first_logits(&mut r, &f), &want);
     let scale = want.abs().unwrap().max_keepdim(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
-    eprintln!("q8_0 first-step logits vs f32: max |Δ| = {d:e} (largest |logit| {scale})");
-    assert!(d > 0.0 && d < 0.05 * scale, "{d} vs {scale}");
+    eprintln!("{precision} first-step logits vs f32: max |Δ| = {d:e} (largest |logit| {scale})");
+    assert!(d > 0.0 && d < tolerance * scale, "{d} vs {scale}");
 
     let trained = f.dir.with_file_name("qwen2_5_vl_tiny_trained");
     let sample = f.dir.join("../../../assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif");
     let raster = engine::raster::Raster::open(&sample).unwrap();
     let params = engine::raster::RenderParams::default_for(raster.info());
     let view = engine::pipeline::read_window(&raster, engine::base::Window::full(200, 200), &params, 802_816).unwrap();
-    let mut r = Reasoner::load(&trained, &q8).unwrap();
+    let mut r = Reasoner::load(&trained, &opts).unwrap();
     let a = r
         .ask(&view.image, Goal::Region, "where are the ships?", &AskOptions::default(), |_| {
             std::ops::ControlFlow::Continue(())
@@ -291,34 +289,21 @@ fn q8_0_projections_stay_close_and_keep_the_answer() {
     assert_eq!(a.boxes_resized, [[30.0, 40.0, 70.0, 120.0], [100.0, 150.0, 130.0, 190.0]]);
 }
 
+/// The language model's projections quantized to Q8_0 as they load. The int8
+/// kernel quantises activations per 32 too (as llama.cpp's Q8_0 does), in
+/// prefill as in decoding: within 5 % of the largest logit on this random model.
+#[test]
+fn q8_0_projections_stay_close_and_keep_the_answer() {
+    quantized_stays_close_and_keeps_the_answer("q8_0", 0.05);
+}
+
 /// Q4_K projections (our 4-bit kernel, rounding as close as ggml's Q4_K: see
 /// `quant::int4`): on this 64-wide random checkpoint 4 bits move the first
 /// logits by up to 35 % of the largest (measured 28 %; candle's own Q4_K cannot
-/// load it, its super-blocks need 256 inputs), and the trained one still gives
-/// the same boxes.
+/// load it, its super-blocks need 256 inputs).
 #[test]
 fn q4k_projections_stay_close_and_keep_the_answer() {
-    let f = fixture();
-    let want = first_logits(&mut load(&f.dir), &f);
-    let q4 = LoadOptions { precision: Some("q4k".into()), ..Default::default() };
-    let mut r = Reasoner::load(&f.dir, &q4).unwrap();
-    let d = max_abs_diff(&first_logits(&mut r, &f), &want);
-    let scale = want.abs().unwrap().max_keepdim(1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
-    eprintln!("q4k first-step logits vs f32: max |Δ| = {d:e} (largest |logit| {scale})");
-    assert!(d > 0.0 && d < 0.35 * scale, "{d} vs {scale}");
-
-    let trained = f.dir.with_file_name("qwen2_5_vl_tiny_trained");
-    let sample = f.dir.join("../../../assets/samples/rotterdam_port_rgb_4p5m_spacenet6.tif");
-    let raster = engine::raster::Raster::open(&sample).unwrap();
-    let params = engine::raster::RenderParams::default_for(raster.info());
-    let view = engine::pipeline::read_window(&raster, engine::base::Window::full(200, 200), &params, 802_816).unwrap();
-    let mut r = Reasoner::load(&trained, &q4).unwrap();
-    let a = r
-        .ask(&view.image, Goal::Region, "where are the ships?", &AskOptions::default(), |_| {
-            std::ops::ControlFlow::Continue(())
-        })
-        .unwrap();
-    assert_eq!(a.boxes_resized, [[30.0, 40.0, 70.0, 120.0], [100.0, 150.0, 130.0, 190.0]]);
+    quantized_stays_close_and_keeps_the_answer("q4k", 0.35);
 }
 
 #[test]

@@ -79,15 +79,11 @@ def measured(cmd, env=None, cwd=None):
 
 
 def membw_gbs(threads):
-    """Sustained read bandwidth with the benchmark's threads (torch sum over 2 GiB)."""
+    """Sustained read bandwidth with the benchmark's threads (bench_qwen's measure)."""
     import torch
+    import bench_qwen
     torch.set_num_threads(threads)
-    x = torch.ones(1 << 29, dtype=torch.float32)
-    x.sum()
-    t0 = time.perf_counter()
-    for _ in range(5):
-        x.sum()
-    return 5 * x.numel() * 4 / (time.perf_counter() - t0) / 1e9
+    return bench_qwen.membw_gbs()
 
 
 # ---------------------------------------------------------------- the reasoner

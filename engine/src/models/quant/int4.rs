@@ -4,7 +4,7 @@
 //! weight as packed here). The 4-bit values are the unsigned operand of
 //! `vpdpbusd` as they are; the minimum comes off through Σ activations per block.
 
-use super::{BLOCK, LANES, ROWS, Rows, TILE, quantize_rows, run_tiles};
+use super::{BLOCK, Kernels, LANES, ROWS, Rows, TILE, quantize_rows};
 
 /// Inputs per super-block.
 pub const SUPER: usize = 256;
@@ -179,70 +179,58 @@ impl Int4Weight {
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
         assert_eq!(x.len(), m * self.k, "input of {m}×{} has {} values", self.k, x.len());
         let rows = quantize_rows(x, m, self.k, self.supers * SUBS);
-        let vnni = super::has_vnni();
-        let avx2 = super::has_avx2();
-        run_tiles(self.n, m, y, &|g, r0, tile, acc| {
-            #[cfg(target_arch = "x86_64")]
-            if vnni {
-                // SAFETY: the CPU has the features `vnni` is compiled for (checked above).
-                unsafe {
-                    if g.1 == 2 {
-                        vnni::groups::<2>(self, &rows, g.0, r0, tile, acc);
-                    } else {
-                        vnni::groups::<1>(self, &rows, g.0, r0, tile, acc);
-                    }
-                }
-                return;
-            }
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                unsafe { portable_avx2(self, &rows, g, r0, tile, acc) };
-                return;
-            }
-            let _ = (vnni, avx2);
-            portable(self, &rows, g, r0, tile, acc);
-        });
+        super::run(self, &rows, self.n, m, y);
     }
 }
 
-/// [`portable`] compiled for AVX2 (the compiler vectorises its loops).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn portable_avx2(w: &Int4Weight, x: &Rows, g: (usize, usize), r0: usize, tile: usize, acc: &mut [[f32; TILE]; ROWS]) {
-    portable(w, x, g, r0, tile, acc);
-}
-
-/// The arithmetic every kernel does, in plain loops.
-fn portable(w: &Int4Weight, x: &Rows, (g, ng): (usize, usize), r0: usize, tile: usize, acc: &mut [[f32; TILE]; ROWS]) {
-    for j in 0..ng {
-        for s in 0..w.supers {
-            let gs = (g + j) * w.supers + s;
-            let packed = &w.quants[gs * GROUP_SUPER..][..GROUP_SUPER];
-            for sub in 0..SUBS {
-                for (r, acc_row) in acc.iter_mut().enumerate().take(tile) {
-                    let row = r0 + r;
-                    let b = s * SUBS + sub;
-                    let a = &x.quants[(row * x.blocks + b) * BLOCK..][..BLOCK];
-                    let mut sums = [0i32; LANES];
-                    for pair in 0..4 {
-                        let p = &packed[(sub * 4 + pair) * LANES * 4..][..LANES * 4];
-                        for (lane, sum) in sums.iter_mut().enumerate() {
-                            for byte in 0..4 {
-                                let v = p[lane * 4 + byte];
-                                *sum += i32::from(v & 15) * i32::from(a[pair * 8 + byte]);
-                                *sum += i32::from(v >> 4) * i32::from(a[pair * 8 + 4 + byte]);
+/// The kernels of this format ([`super::run`] picks one per CPU).
+impl Kernels for Int4Weight {
+    #[inline(always)]
+    fn portable(&self, x: &Rows, (g, ng): (usize, usize), r0: usize, tile: usize, acc: &mut [[f32; TILE]; ROWS]) {
+        let w = self;
+        for j in 0..ng {
+            for s in 0..w.supers {
+                let gs = (g + j) * w.supers + s;
+                let packed = &w.quants[gs * GROUP_SUPER..][..GROUP_SUPER];
+                for sub in 0..SUBS {
+                    for (r, acc_row) in acc.iter_mut().enumerate().take(tile) {
+                        let row = r0 + r;
+                        let b = s * SUBS + sub;
+                        let a = &x.quants[(row * x.blocks + b) * BLOCK..][..BLOCK];
+                        let mut sums = [0i32; LANES];
+                        for pair in 0..4 {
+                            let p = &packed[(sub * 4 + pair) * LANES * 4..][..LANES * 4];
+                            for (lane, sum) in sums.iter_mut().enumerate() {
+                                for byte in 0..4 {
+                                    let v = p[lane * 4 + byte];
+                                    *sum += i32::from(v & 15) * i32::from(a[pair * 8 + byte]);
+                                    *sum += i32::from(v >> 4) * i32::from(a[pair * 8 + 4 + byte]);
+                                }
                             }
                         }
-                    }
-                    let i = row * x.blocks + b;
-                    let (da, asum) = (x.scales[i], x.sums[i] as f32);
-                    for lane in 0..LANES {
-                        let sc = f32::from(w.sc[(gs * SUBS + sub) * LANES + lane]) * w.d[gs * LANES + lane].to_f32();
-                        let mn = f32::from(w.mn[(gs * SUBS + sub) * LANES + lane]) * w.dmin[gs * LANES + lane].to_f32();
-                        acc_row[j * LANES + lane] += da * (sums[lane] as f32 * sc - asum * mn);
+                        let i = row * x.blocks + b;
+                        let (da, asum) = (x.scales[i], x.sums[i] as f32);
+                        for lane in 0..LANES {
+                            let sc =
+                                f32::from(w.sc[(gs * SUBS + sub) * LANES + lane]) * w.d[gs * LANES + lane].to_f32();
+                            let mn =
+                                f32::from(w.mn[(gs * SUBS + sub) * LANES + lane]) * w.dmin[gs * LANES + lane].to_f32();
+                            acc_row[j * LANES + lane] += da * (sums[lane] as f32 * sc - asum * mn);
+                        }
                     }
                 }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn vnni(&self, x: &Rows, (g, ng): (usize, usize), r0: usize, tile: usize, acc: &mut [[f32; TILE]; ROWS]) {
+        // SAFETY: the caller checked the CPU's features.
+        unsafe {
+            if ng == 2 {
+                vnni::groups::<2>(self, x, g, r0, tile, acc);
+            } else {
+                vnni::groups::<1>(self, x, g, r0, tile, acc);
             }
         }
     }
@@ -254,7 +242,7 @@ mod vnni {
 
     use super::{BLOCK, GROUP_SUPER, Int4Weight, LANES, ROWS, Rows, SUBS, TILE};
 
-    /// [`super::portable`] with `vpdpbusd` on `G` groups: per pair of 4-input steps
+    /// [`super::Kernels::portable`] with `vpdpbusd` on `G` groups: per pair of 4-input steps
     /// one 64-byte load per group, split into its low and high nibbles, each
     /// shared by every row of the tile.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
@@ -374,7 +362,7 @@ mod tests {
                 for r0 in (0..m).step_by(ROWS) {
                     let tile = ROWS.min(m - r0);
                     let mut a = [[0f32; TILE]; ROWS];
-                    portable(&packed, &rows, (g, ng), r0, tile, &mut a);
+                    packed.portable(&rows, (g, ng), r0, tile, &mut a);
                     for (r, row) in a.iter().enumerate().take(tile) {
                         for (c, v) in row.iter().enumerate().take((n - g * LANES).min(TILE)) {
                             let want = want[(r0 + r) * n + g * LANES + c];

@@ -2,7 +2,7 @@
 //! −127…127). `vpdpbusd` multiplies unsigned by signed bytes, so the weights are
 //! stored +128 (0…254) and each block's sum is corrected by 128 × Σ activations.
 
-use super::{BLOCK, LANES, ROWS, Rows, TILE, quantize_block, quantize_rows, run_tiles};
+use super::{BLOCK, Kernels, LANES, ROWS, Rows, TILE, quantize_block, quantize_rows};
 
 /// Bytes of one packed block of one group: 32 inputs × 16 outputs.
 const GROUP_BLOCK: usize = BLOCK * LANES;
@@ -71,64 +71,50 @@ impl Int8Weight {
     pub fn matmul(&self, x: &[f32], m: usize, y: &mut [f32]) {
         assert_eq!(x.len(), m * self.k, "input of {m}×{} has {} values", self.k, x.len());
         let rows = quantize_rows(x, m, self.k, self.blocks);
-        let vnni = super::has_vnni();
-        let avx2 = super::has_avx2();
-        run_tiles(self.n, m, y, &|g, r0, tile, acc| {
-            #[cfg(target_arch = "x86_64")]
-            if vnni {
-                // SAFETY: the CPU has the features `vnni` is compiled for (checked above).
-                unsafe {
-                    if g.1 == 2 {
-                        vnni::groups::<2>(self, &rows, g.0, r0, tile, acc);
-                    } else {
-                        vnni::groups::<1>(self, &rows, g.0, r0, tile, acc);
-                    }
-                }
-                return;
-            }
-            #[cfg(target_arch = "x86_64")]
-            if avx2 {
-                // SAFETY: the CPU has AVX2 and FMA (checked above).
-                unsafe { portable_avx2(self, &rows, g, r0, tile, acc) };
-                return;
-            }
-            let _ = (vnni, avx2);
-            portable(self, &rows, g, r0, tile, acc);
-        });
+        super::run(self, &rows, self.n, m, y);
     }
 }
 
-/// [`portable`] compiled for AVX2 (the compiler vectorises its loops).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn portable_avx2(w: &Int8Weight, x: &Rows, g: (usize, usize), r0: usize, tile: usize, acc: &mut [[f32; TILE]; ROWS]) {
-    portable(w, x, g, r0, tile, acc);
-}
-
-/// The arithmetic every kernel does, in plain loops.
-fn portable(w: &Int8Weight, x: &Rows, (g, ng): (usize, usize), r0: usize, tile: usize, acc: &mut [[f32; TILE]; ROWS]) {
-    let blocks = w.blocks;
-    for j in 0..ng {
-        for b in 0..blocks {
-            let packed = &w.quants[((g + j) * blocks + b) * GROUP_BLOCK..][..GROUP_BLOCK];
-            let scales = &w.scales[((g + j) * blocks + b) * LANES..][..LANES];
-            for (r, acc_row) in acc.iter_mut().enumerate().take(tile) {
-                let row = r0 + r;
-                let a = &x.quants[(row * x.blocks + b) * BLOCK..][..BLOCK];
-                let mut sums = [0i32; LANES];
-                for step in 0..BLOCK / 4 {
-                    let p = &packed[step * LANES * 4..][..LANES * 4];
-                    for (lane, s) in sums.iter_mut().enumerate() {
-                        for byte in 0..4 {
-                            *s += i32::from(p[lane * 4 + byte]) * i32::from(a[step * 4 + byte]);
+/// The kernels of this format ([`super::run`] picks one per CPU).
+impl Kernels for Int8Weight {
+    #[inline(always)]
+    fn portable(&self, x: &Rows, (g, ng): (usize, usize), r0: usize, tile: usize, acc: &mut [[f32; TILE]; ROWS]) {
+        let w = self;
+        let blocks = w.blocks;
+        for j in 0..ng {
+            for b in 0..blocks {
+                let packed = &w.quants[((g + j) * blocks + b) * GROUP_BLOCK..][..GROUP_BLOCK];
+                let scales = &w.scales[((g + j) * blocks + b) * LANES..][..LANES];
+                for (r, acc_row) in acc.iter_mut().enumerate().take(tile) {
+                    let row = r0 + r;
+                    let a = &x.quants[(row * x.blocks + b) * BLOCK..][..BLOCK];
+                    let mut sums = [0i32; LANES];
+                    for step in 0..BLOCK / 4 {
+                        let p = &packed[step * LANES * 4..][..LANES * 4];
+                        for (lane, s) in sums.iter_mut().enumerate() {
+                            for byte in 0..4 {
+                                *s += i32::from(p[lane * 4 + byte]) * i32::from(a[step * 4 + byte]);
+                            }
                         }
                     }
+                    let i = row * x.blocks + b;
+                    let (da, off) = (x.scales[i], 128 * x.sums[i]);
+                    for lane in 0..LANES {
+                        acc_row[j * LANES + lane] += (sums[lane] - off) as f32 * (scales[lane].to_f32() * da);
+                    }
                 }
-                let i = row * x.blocks + b;
-                let (da, off) = (x.scales[i], 128 * x.sums[i]);
-                for lane in 0..LANES {
-                    acc_row[j * LANES + lane] += (sums[lane] - off) as f32 * (scales[lane].to_f32() * da);
-                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn vnni(&self, x: &Rows, (g, ng): (usize, usize), r0: usize, tile: usize, acc: &mut [[f32; TILE]; ROWS]) {
+        // SAFETY: the caller checked the CPU's features.
+        unsafe {
+            if ng == 2 {
+                vnni::groups::<2>(self, x, g, r0, tile, acc);
+            } else {
+                vnni::groups::<1>(self, x, g, r0, tile, acc);
             }
         }
     }
@@ -140,7 +126,7 @@ mod vnni {
 
     use super::{BLOCK, GROUP_BLOCK, Int8Weight, LANES, ROWS, Rows, TILE};
 
-    /// [`super::portable`] with `vpdpbusd` on `G` groups: per step of 4 inputs one
+    /// [`super::Kernels::portable`] with `vpdpbusd` on `G` groups: per step of 4 inputs one
     /// load of each group's 64 weight bytes, shared by every row of the tile, and
     /// one broadcast of each row's 4 inputs, shared by the groups.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
@@ -246,7 +232,7 @@ mod tests {
                 for r0 in (0..m).step_by(ROWS) {
                     let tile = ROWS.min(m - r0);
                     let mut a = [[0f32; TILE]; ROWS];
-                    portable(&packed, &rows, (g, ng), r0, tile, &mut a);
+                    packed.portable(&rows, (g, ng), r0, tile, &mut a);
                     for (r, row) in a.iter().enumerate().take(tile) {
                         for (c, v) in row.iter().enumerate().take((n - g * LANES).min(TILE)) {
                             let want = want[(r0 + r) * n + g * LANES + c];

@@ -84,13 +84,40 @@ pub(crate) fn quantize_rows(x: &[f32], m: usize, k: usize, blocks: usize) -> Row
     Rows { blocks, quants, scales, sums }
 }
 
-/// Sums of `tile` rows from `r0` against `ng` groups from `g`, into `acc[row][output]`.
-pub(crate) type TileFn<'a> = dyn Fn((usize, usize), usize, usize, &mut [[f32; TILE]; ROWS]) + Sync + 'a;
+/// One packed weight format: its kernels for a tile of `tile` rows from `r0`
+/// against `ng` groups from `g`, summing into `acc[row][output]`.
+pub(crate) trait Kernels: Sync {
+    /// The arithmetic in plain loops (the compiler vectorises them).
+    fn portable(&self, x: &Rows, g: (usize, usize), r0: usize, tile: usize, acc: &mut [[f32; TILE]; ROWS]);
 
-/// Runs `kernel` over every tile of an `[m, n]` output with `groups` groups of 16
-/// outputs: a few groups per work item (their weights stay in cache) × all row tiles.
-pub(crate) fn run_tiles(n: usize, m: usize, y: &mut [f32], kernel: &TileFn<'_>) {
+    /// The same with `vpdpbusd`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW, VNNI and F16C ([`has_vnni`]).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn vnni(&self, x: &Rows, g: (usize, usize), r0: usize, tile: usize, acc: &mut [[f32; TILE]; ROWS]);
+}
+
+/// [`Kernels::portable`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn portable_avx2<K: Kernels>(
+    w: &K,
+    x: &Rows,
+    g: (usize, usize),
+    r0: usize,
+    tile: usize,
+    acc: &mut [[f32; TILE]; ROWS],
+) {
+    w.portable(x, g, r0, tile, acc);
+}
+
+/// `y = x · wᵀ` (`[m, n]`) for activations `x` already quantised: every tile
+/// through the best kernel this CPU runs, a few groups per work item (their
+/// weights stay in cache) × all row tiles.
+pub(crate) fn run<K: Kernels>(w: &K, x: &Rows, n: usize, m: usize, y: &mut [f32]) {
     assert_eq!(y.len(), m * n, "output of {m}×{n} has {} values", y.len());
+    let (vnni, avx2) = (has_vnni(), has_avx2());
     let groups = n.div_ceil(LANES);
     let per_item = if m >= ROWS { 4 } else { 16 };
     let out = OutPtr(y.as_mut_ptr());
@@ -101,7 +128,14 @@ pub(crate) fn run_tiles(n: usize, m: usize, y: &mut [f32], kernel: &TileFn<'_>) 
             for r0 in (0..m).step_by(ROWS) {
                 let tile = ROWS.min(m - r0);
                 let mut acc = [[0f32; TILE]; ROWS];
-                kernel((g, ng), r0, tile, &mut acc);
+                match (vnni, avx2) {
+                    // SAFETY: the CPU has what each kernel is compiled for (checked above).
+                    #[cfg(target_arch = "x86_64")]
+                    (true, _) => unsafe { w.vnni(x, (g, ng), r0, tile, &mut acc) },
+                    #[cfg(target_arch = "x86_64")]
+                    (_, true) => unsafe { portable_avx2(w, x, (g, ng), r0, tile, &mut acc) },
+                    _ => w.portable(x, (g, ng), r0, tile, &mut acc),
+                }
                 let cols = TILE.min(n - g * LANES);
                 for (r, sums) in acc.iter().enumerate().take(tile) {
                     // SAFETY: each (row, group pair) is written by exactly one work item,
