@@ -83,6 +83,9 @@ impl Staging {
         let mut dir_name = OsString::from(".");
         dir_name.push(name);
         dir_name.push(format!("{MARK}{}-{nanos}", std::process::id()));
+        if let Ok(mut l) = live().lock() {
+            l.insert(dir_name.clone());
+        }
         let dir = parent.join(dir_name);
         // Registered before it exists: a kill at any later instant is found at the next start.
         let registration = register(&dir, nanos);
@@ -136,6 +139,9 @@ impl Staging {
     fn unregister(&mut self) {
         if let Some(r) = self.registration.take() {
             let _ = std::fs::remove_file(r);
+        }
+        if let (Some(name), Ok(mut l)) = (self.dir.file_name(), live().lock()) {
+            l.remove(name);
         }
     }
 }
@@ -214,10 +220,25 @@ fn running_elsewhere(pid: u32) -> bool {
     proc.is_dir() && proc.join(pid.to_string()).exists()
 }
 
+/// This process's staging folders in use (by name): another thread's export in
+/// progress. A folder with our PID but not here was left by an earlier process
+/// that had the same PID.
+fn live() -> &'static std::sync::Mutex<std::collections::HashSet<OsString>> {
+    static LIVE: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<OsString>>> =
+        std::sync::OnceLock::new();
+    LIVE.get_or_init(Default::default)
+}
+
+/// Whether the staging folder `name` is being written by this process or another.
+fn in_progress(name: &OsStr, pid: u32) -> bool {
+    running_elsewhere(pid) || live().lock().is_ok_and(|l| l.contains(name))
+}
+
 /// Finishes or removes one staging folder left by a dead process.
 fn recover_one(dir: &Path) -> bool {
-    let Some(pid) = dir.file_name().and_then(staging_pid) else { return false };
-    if running_elsewhere(pid) || !dir.is_dir() {
+    let Some(name) = dir.file_name() else { return false };
+    let Some(pid) = staging_pid(name) else { return false };
+    if in_progress(name, pid) || !dir.is_dir() {
         return false;
     }
     let parent = dir.parent().unwrap_or(Path::new("."));
@@ -254,7 +275,7 @@ pub fn recover() -> usize {
         let Ok(bytes) = std::fs::read(&entry) else { continue };
         let dir = PathBuf::from(os_from_bytes(bytes));
         match dir.file_name().and_then(staging_pid) {
-            Some(pid) if running_elsewhere(pid) => continue,
+            Some(pid) if dir.file_name().is_some_and(|n| in_progress(n, pid)) => continue,
             Some(_) => {}
             None => {
                 // Cut short, or not ours: it names no staging folder.
@@ -287,6 +308,24 @@ mod tests {
         assert_eq!(staging_pid(OsStr::new(".x.export-y.shp.export-7-8")), Some(7));
         assert_eq!(staging_pid(OsStr::new(".x.shp.export-123")), None);
         assert_eq!(staging_pid(OsStr::new(".git")), None);
+    }
+
+    /// Two writers in one process, in one folder (a save while an autosave runs):
+    /// the second's clean-up leaves the first's staging folder alone; a folder
+    /// with our PID that no writer holds (a PID reused after a crash) goes.
+    #[test]
+    fn another_threads_export_in_progress_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = Staging::new(&tmp.path().join("a.gpkg")).unwrap();
+        std::fs::write(first.dir().join("a.gpkg"), "new").unwrap();
+        let stale = tmp.path().join(format!(".b.gpkg{MARK}{}-1", std::process::id()));
+        std::fs::create_dir(&stale).unwrap();
+        let second = Staging::new(&tmp.path().join("c.gpkg")).unwrap();
+        assert!(first.dir().join("a.gpkg").exists(), "the first export's files are still there");
+        assert!(!stale.exists(), "a folder no writer of ours holds was removed");
+        assert_eq!(first.commit(&[]).unwrap(), [tmp.path().join("a.gpkg")]);
+        drop(second);
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
     }
 
     #[test]
