@@ -494,6 +494,24 @@ fn sweep_from_the_panel_and_resume() {
     assert_eq!(h.state().session.features.len(), 2 * n);
 }
 
+/// Saving while an autosave is still being written: the analyst's save is not
+/// dropped, and the recovery copy goes once both are done.
+#[test]
+fn a_save_during_an_autosave_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recovery = tmp.path().join("recovery.gpkg");
+    let mut h = harness(Some(sample()), Settings::default(), recovery.clone());
+    idle(&mut h);
+    let project = tmp.path().join("work.gpkg");
+    h.state_mut().save_project(recovery.clone(), true);
+    h.state_mut().save_project(project.clone(), false);
+    step_until(&mut h, "both saves", |a| !a.jobs.any(|p| matches!(p, Pending::Save { .. })));
+    let notes: Vec<_> = h.state().notifications.iter().map(|n| n.text.clone()).collect();
+    assert!(project.exists(), "the analyst's save was written: {notes:?}");
+    assert_eq!(h.state().session.project_path.as_deref(), Some(project.as_path()));
+    assert!(!recovery.exists(), "the recovery copy is removed once the project is saved");
+}
+
 #[test]
 fn an_unreadable_recovery_file_is_set_aside_not_offered() {
     let tmp = tempfile::tempdir().unwrap();

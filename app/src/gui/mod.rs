@@ -462,6 +462,10 @@ impl WorkbenchApp {
         let Some(Pending::Save { recovery, revision, .. }) = self.jobs.remove(job) else { return };
         if recovery {
             self.session.autosaved_revision = revision;
+            if !self.session.is_dirty() {
+                // Saved for real while the autosave ran: the copy is not needed.
+                let _ = std::fs::remove_file(&self.recovery_path);
+            }
             return;
         }
         self.session.saved_revision = revision;
@@ -698,7 +702,12 @@ impl WorkbenchApp {
 
     /// Saves the project (on a file thread); `recovery` = the autosave copy.
     pub fn save_project(&mut self, path: PathBuf, recovery: bool) {
-        if self.jobs.any(|p| matches!(p, Pending::Save { .. })) {
+        // An autosave in flight does not hold up the analyst's save (they write
+        // different files); a second save of the same kind waits for the first.
+        if self.jobs.any(|p| matches!(p, Pending::Save { recovery: r, .. } if *r == recovery)) {
+            if !recovery {
+                self.notify_info("A save is already running; save again when it is done.");
+            }
             return;
         }
         if recovery && let Some(dir) = path.parent() {
