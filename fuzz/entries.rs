@@ -42,7 +42,7 @@ pub fn checkpoint_config(data: &[u8], scratch: &Path) {
         0 => {
             if let Ok(config) = engine::models::qwen2_5_vl::Config::from_json(&String::from_utf8_lossy(rest)) {
                 let _ = config.parameter_count();
-                let _ = config.text_projection_count();
+                let _ = config.quantizable();
             }
         }
         1 => {

@@ -106,17 +106,28 @@ impl Precision {
         }
     }
 
-    /// Bytes the weights take: `quantizable` of the `params` at the quantized
-    /// rate, the rest in the float dtype.
-    pub fn bytes_needed(self, params: u64, quantizable: u64) -> u64 {
+    /// Bytes the weights take: the `quantizable` ones of the `params` at the
+    /// quantized rates (the vision tower's at Q8_0), the rest in the float dtype.
+    pub fn bytes_needed(self, params: u64, quantizable: Quantizable) -> u64 {
+        let Quantizable { text, vision } = quantizable;
         let float = self.dtype().size_in_bytes() as u64;
+        let rest = params.saturating_sub(text + vision) * float;
         match self {
             Self::Float(_) => params * float,
-            Self::Q8_0 => (params - quantizable) * float + quantizable * 34 / 32,
+            Self::Q8_0 => rest + (text + vision) * 34 / 32,
             // Q4_K as our CPU kernel packs it: 4.625 bits per weight.
-            Self::Q4K => (params - quantizable) * float + quantizable * 148 / 256,
+            Self::Q4K => rest + text * 148 / 256 + vision * 34 / 32,
         }
     }
+}
+
+/// Parameter counts that a quantized [`Precision`] shrinks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quantizable {
+    /// The language model's projections, head and embedding table.
+    pub text: u64,
+    /// The vision tower's projections (kept at 8 bits).
+    pub vision: u64,
 }
 
 impl std::fmt::Display for Precision {
@@ -150,7 +161,7 @@ impl std::str::FromStr for Precision {
 /// times faster than bf16 on CPU, and Q8_0 projections decode faster still while
 /// taking a quarter of the memory; so f32 when the whole model fits with room to
 /// spare, Q8_0 otherwise. GPUs use bf16.
-pub fn default_precision(device: &Device, params: u64, quantizable: u64) -> Precision {
+pub fn default_precision(device: &Device, params: u64, quantizable: Quantizable) -> Precision {
     if !device.is_cpu() {
         return Precision::Float(DType::BF16);
     }
@@ -300,10 +311,12 @@ mod tests {
         let e = check_memory(Path::new("/m"), 1 << 52, "f32").unwrap_err().to_string();
         assert!(e.contains("/m") && e.contains("GB") && e.contains("do not fit"), "{e}");
         check_memory(Path::new("/m"), 4000, "f32").unwrap();
-        // The published 7B: 33 GB in f32, 8.9 GB with Q8_0 projections.
-        let (params, quantizable) = (8_292_166_656, 7_070_619_648);
+        // The published 7B: 33 GB in f32, 8.8 GB as Q8_0, 5.1 GB as Q4_K (its vision at Q8_0).
+        let params = 8_292_166_656;
+        let quantizable = Quantizable { text: 7_615_283_200, vision: 674_529_280 };
         assert_eq!(Precision::Float(DType::F32).bytes_needed(params, quantizable), 33_168_666_624);
-        assert_eq!(Precision::Q8_0.bytes_needed(params, quantizable), 4_886_188_032 + 7_512_533_376);
+        assert_eq!(Precision::Q8_0.bytes_needed(params, quantizable), 8_817_342_464);
+        assert_eq!(Precision::Q4K.bytes_needed(params, quantizable), 5_128_689_664);
         assert_eq!("q8_0".parse::<Precision>(), Ok(Precision::Q8_0));
         assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Float(DType::BF16)));
         assert!("int3".parse::<Precision>().is_err());

@@ -4,7 +4,9 @@
 //! weight as packed here). The 4-bit values are the unsigned operand of
 //! `vpdpbusd` as they are; the minimum comes off through Σ activations per block.
 
-use super::{BLOCK, Kernels, LANES, ROWS, Rows, TILE, quantize_rows};
+use rayon::prelude::*;
+
+use super::{BLOCK, Kernels, LANES, ROWS, Rows, Source, TILE, quantize_rows};
 
 /// Inputs per super-block.
 pub const SUPER: usize = 256;
@@ -101,6 +103,11 @@ fn quantize_super(x: &[f32; SUPER]) -> ([u8; SUPER], [u8; SUBS], [u8; SUBS], hal
 impl Int4Weight {
     /// Quantises and packs `w`, row-major `[n, k]`.
     pub fn new(w: &[f32], n: usize, k: usize) -> Self {
+        Self::pack(Source::F32(w), n, k)
+    }
+
+    /// Quantises and packs `w` as its checkpoint stores it, groups in parallel.
+    pub fn pack(w: Source<'_>, n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
         let supers = k.div_ceil(SUPER);
         let groups = n.div_ceil(LANES);
@@ -114,31 +121,36 @@ impl Int4Weight {
             d: vec![half::f16::ZERO; groups * supers * LANES],
             dmin: vec![half::f16::ZERO; groups * supers * LANES],
         };
-        let mut x = [0f32; SUPER];
-        for row in 0..n {
-            let (g, lane) = (row / LANES, row % LANES);
-            for s in 0..supers {
-                let start = s * SUPER;
-                let len = SUPER.min(k - start);
-                x[..len].copy_from_slice(&w[row * k + start..row * k + start + len]);
-                x[len..].fill(0.0);
-                let (q, sc, mn, d, dmin) = quantize_super(&x);
-                let gs = g * supers + s;
-                out.d[gs * LANES + lane] = d;
-                out.dmin[gs * LANES + lane] = dmin;
-                for j in 0..SUBS {
-                    out.sc[(gs * SUBS + j) * LANES + lane] = sc[j];
-                    out.mn[(gs * SUBS + j) * LANES + lane] = mn[j];
-                    for pair in 0..4 {
-                        for byte in 0..4 {
-                            let at = j * BLOCK + pair * 8 + byte;
-                            let packed = q[at] | (q[at + 4] << 4);
-                            out.quants[gs * GROUP_SUPER + (j * 4 + pair) * LANES * 4 + lane * 4 + byte] = packed;
+        let per_group = (supers * GROUP_SUPER, supers * SUBS * LANES, supers * LANES);
+        out.quants
+            .par_chunks_mut(per_group.0)
+            .zip(out.sc.par_chunks_mut(per_group.1))
+            .zip(out.mn.par_chunks_mut(per_group.1))
+            .zip(out.d.par_chunks_mut(per_group.2))
+            .zip(out.dmin.par_chunks_mut(per_group.2))
+            .enumerate()
+            .for_each(|(g, ((((quants, scs), mns), ds), dmins))| {
+                let mut x = [0f32; SUPER];
+                for lane in 0..LANES.min(n - g * LANES) {
+                    for s in 0..supers {
+                        w.block(g * LANES + lane, k, s * SUPER, &mut x);
+                        let (q, sc, mn, d, dmin) = quantize_super(&x);
+                        ds[s * LANES + lane] = d;
+                        dmins[s * LANES + lane] = dmin;
+                        for j in 0..SUBS {
+                            scs[(s * SUBS + j) * LANES + lane] = sc[j];
+                            mns[(s * SUBS + j) * LANES + lane] = mn[j];
+                            for pair in 0..4 {
+                                for byte in 0..4 {
+                                    let at = j * BLOCK + pair * 8 + byte;
+                                    let packed = q[at] | (q[at + 4] << 4);
+                                    quants[s * GROUP_SUPER + (j * 4 + pair) * LANES * 4 + lane * 4 + byte] = packed;
+                                }
+                            }
                         }
                     }
                 }
-            }
-        }
+            });
         out
     }
 

@@ -2,7 +2,9 @@
 //! −127…127). `vpdpbusd` multiplies unsigned by signed bytes, so the weights are
 //! stored +128 (0…254) and each block's sum is corrected by 128 × Σ activations.
 
-use super::{BLOCK, Kernels, LANES, ROWS, Rows, TILE, quantize_block, quantize_rows};
+use rayon::prelude::*;
+
+use super::{BLOCK, Kernels, LANES, ROWS, Rows, Source, TILE, quantize_block, quantize_rows};
 
 /// Bytes of one packed block of one group: 32 inputs × 16 outputs.
 const GROUP_BLOCK: usize = BLOCK * LANES;
@@ -28,29 +30,34 @@ impl std::fmt::Debug for Int8Weight {
 impl Int8Weight {
     /// Quantises and packs `w`, row-major `[n, k]`.
     pub fn new(w: &[f32], n: usize, k: usize) -> Self {
+        Self::pack(Source::F32(w), n, k)
+    }
+
+    /// Quantises and packs `w` as its checkpoint stores it, groups in parallel.
+    pub fn pack(w: Source<'_>, n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
         let blocks = k.div_ceil(BLOCK);
         let groups = n.div_ceil(LANES);
         let mut quants = vec![128u8; groups * blocks * GROUP_BLOCK];
         let mut scales = vec![half::f16::ZERO; groups * blocks * LANES];
-        let mut q = [0i8; BLOCK];
-        let mut x = [0f32; BLOCK];
-        for row in 0..n {
-            let (g, lane) = (row / LANES, row % LANES);
-            for b in 0..blocks {
-                let start = b * BLOCK;
-                let len = BLOCK.min(k - start);
-                x[..len].copy_from_slice(&w[row * k + start..row * k + start + len]);
-                x[len..].fill(0.0);
-                let d = half::f16::from_f32(quantize_block(&x, &mut q));
-                scales[(g * blocks + b) * LANES + lane] = d;
-                let base = (g * blocks + b) * GROUP_BLOCK;
-                for (i, &v) in q.iter().enumerate() {
-                    let (step, byte) = (i / 4, i % 4);
-                    quants[base + step * LANES * 4 + lane * 4 + byte] = (i16::from(v) + 128) as u8;
+        quants.par_chunks_mut(blocks * GROUP_BLOCK).zip(scales.par_chunks_mut(blocks * LANES)).enumerate().for_each(
+            |(g, (quants, scales))| {
+                let mut q = [0i8; BLOCK];
+                let mut x = [0f32; BLOCK];
+                for lane in 0..LANES.min(n - g * LANES) {
+                    let row = g * LANES + lane;
+                    for b in 0..blocks {
+                        w.block(row, k, b * BLOCK, &mut x);
+                        scales[b * LANES + lane] = half::f16::from_f32(quantize_block(&x, &mut q));
+                        let base = b * GROUP_BLOCK;
+                        for (i, &v) in q.iter().enumerate() {
+                            let (step, byte) = (i / 4, i % 4);
+                            quants[base + step * LANES * 4 + lane * 4 + byte] = (i16::from(v) + 128) as u8;
+                        }
+                    }
                 }
-            }
-        }
+            },
+        );
         Self { n, k, blocks, quants, scales }
     }
 

@@ -6,6 +6,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::models::Quantizable;
+
 /// The language model's settings.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct TextConfig {
@@ -198,14 +200,19 @@ impl Config {
         })
     }
 
-    /// Parameters in the language model's projections and head: what
-    /// quantization shrinks.
-    pub fn text_projection_count(&self) -> u64 {
+    /// Parameters that a quantized precision quantizes: the language model's
+    /// projections, head and (untied) embedding table; the vision tower's projections.
+    pub fn quantizable(&self) -> Quantizable {
         let t = &self.text;
         let (h, i, v) = (t.hidden_size as u64, t.intermediate_size as u64, t.vocab_size as u64);
         let kv = (t.hidden_size / t.num_attention_heads * t.num_key_value_heads) as u64;
         let layer = h * h + 2 * h * kv + h * h + 3 * h * i;
-        t.num_hidden_layers as u64 * layer + if t.tie_word_embeddings { 0 } else { v * h }
+        let text = t.num_hidden_layers as u64 * layer + if t.tie_word_embeddings { 0 } else { 2 * v * h };
+        let vc = &self.vision;
+        let (d, vi) = (vc.hidden_size as u64, vc.intermediate_size as u64);
+        let merged = d * (vc.spatial_merge_size * vc.spatial_merge_size) as u64;
+        let vision = vc.depth as u64 * (4 * d * d + 3 * d * vi) + merged * merged + merged * vc.out_hidden_size as u64;
+        Quantizable { text, vision }
     }
 
     /// Parameters of the whole model, from the configuration alone (for the
@@ -270,6 +277,7 @@ mod tests {
         assert_eq!(c.vision.in_channels, 3);
         // Qwen2.5-VL-7B has 8 292 166 656 parameters.
         assert_eq!(c.parameter_count(), 8_292_166_656);
+        assert_eq!(c.quantizable(), Quantizable { text: 7_615_283_200, vision: 674_529_280 });
     }
 
     #[test]

@@ -12,11 +12,13 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use candle_core::quantized::GgmlDType;
+use candle_core::safetensors::MmapedSafetensors;
 
 use crate::error::EngineError;
 use crate::models::{self, Precision};
 
 pub use config::Config;
+use layers::{Quantize, Raw};
 use text::{MropePositions, TextModel};
 use vision::VisionModel;
 
@@ -82,10 +84,12 @@ pub struct Qwen25Vl {
 impl Qwen25Vl {
     /// `vb` at the checkpoint root, in the published tensor layout (`visual.*`,
     /// `model.*`, `lm_head.*`).
-    /// With `quantize`, the language model's projections and head are quantized
-    /// as they load (the vision tower and embeddings stay float).
-    pub fn new(config: Config, vb: VarBuilder, quantize: Option<GgmlDType>) -> Result<Self> {
-        let vision = VisionModel::new(&config.vision, vb.pp("visual"))?;
+    /// With `quantize`, the language model's projections, head and embedding table
+    /// are quantized as they load, and the vision tower's projections to 8 bits
+    /// (Q8_0 whatever the language model's format: its features feed every token).
+    pub(crate) fn new(config: Config, vb: VarBuilder, quantize: Option<&Quantize>) -> Result<Self> {
+        let vision_q = quantize.map(|q| q.with_dtype(GgmlDType::Q8_0));
+        let vision = VisionModel::new(&config.vision, vb.pp("visual"), vision_q.as_ref())?;
         let text = TextModel::new(&config.text, vb.clone(), quantize)?;
         Ok(Self { config, vision, text, next_position: 0 })
     }
@@ -106,31 +110,38 @@ impl Qwen25Vl {
     ) -> crate::Result<(Self, Precision)> {
         let model_err = |e: &dyn std::fmt::Display| EngineError::Model { path: dir.to_owned(), reason: e.to_string() };
         let files = models::safetensors_files(dir)?;
-        let (params, quantizable) = (config.parameter_count(), config.text_projection_count());
+        let (params, quantizable) = (config.parameter_count(), config.quantizable());
         let precision = precision.unwrap_or_else(|| models::default_precision(device, params, quantizable));
         if device.is_cpu() {
             models::check_memory(dir, precision.bytes_needed(params, quantizable), &precision.to_string())?;
         }
-        let (dtype, quantize) = (precision.dtype(), precision.quantized());
+        let dtype = precision.dtype();
         let names = models::tensor_names(&files)?;
-        // SAFETY: the files are mapped read-only; they must not change while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| model_err(&e))?;
         // transformers 5 saves `model.visual.*` / `model.language_model.*`; the
         // published checkpoints use `visual.*` / `model.*`.
-        let vb = if names.iter().any(|n| n.starts_with("model.language_model.")) {
-            vb.rename_f(|name: &str| {
-                if let Some(rest) = name.strip_prefix("visual.") {
-                    format!("model.visual.{rest}")
-                } else if let Some(rest) = name.strip_prefix("model.") {
-                    format!("model.language_model.{rest}")
-                } else {
-                    name.to_owned()
-                }
-            })
-        } else {
-            vb
+        let transformers5 = names.iter().any(|n| n.starts_with("model.language_model."));
+        let rename = move |name: &str| {
+            if !transformers5 {
+                name.to_owned()
+            } else if let Some(rest) = name.strip_prefix("visual.") {
+                format!("model.visual.{rest}")
+            } else if let Some(rest) = name.strip_prefix("model.") {
+                format!("model.language_model.{rest}")
+            } else {
+                name.to_owned()
+            }
         };
-        let model = Self::new(config, vb, quantize)
+        // SAFETY (both): the files are mapped read-only; they must not change while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| model_err(&e))?;
+        let vb = vb.rename_f(rename);
+        let quantize = match precision.quantized() {
+            Some(q) => {
+                let files = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| model_err(&e))?;
+                Some(Quantize::new(q, Some(Raw { files, rename: Box::new(rename) })))
+            }
+            None => None,
+        };
+        let model = Self::new(config, vb, quantize.as_ref())
             .map_err(|e| model_err(&format!("weights do not match config.json: {e}")))?;
         Ok((model, precision))
     }

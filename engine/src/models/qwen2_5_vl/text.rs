@@ -5,13 +5,12 @@
 //!
 //! Tensor names follow the checkpoint (`model.layers.N.self_attn.q_proj`, …).
 
-use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::kv_cache::KvCache;
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
 
 use super::config::TextConfig;
-use super::layers::{GatedMlp, Proj};
+use super::layers::{GatedMlp, Proj, QuantTable, Quantize};
 
 /// Initial KV-cache length; it grows as needed.
 const KV_CACHE_START: usize = 2048;
@@ -71,7 +70,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &TextConfig, vb: VarBuilder, q: Option<GgmlDType>) -> Result<Self> {
+    fn new(cfg: &TextConfig, vb: VarBuilder, q: Option<&Quantize>) -> Result<Self> {
         let (h, nh, nkv) = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads);
         let hd = h / nh;
         Ok(Self {
@@ -120,7 +119,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &TextConfig, vb: VarBuilder, q: Option<GgmlDType>) -> Result<Self> {
+    fn new(cfg: &TextConfig, vb: VarBuilder, q: Option<&Quantize>) -> Result<Self> {
         Ok(Self {
             self_attn: Attention::new(cfg, vb.pp("self_attn"), q)?,
             mlp: GatedMlp::new(cfg.hidden_size, cfg.intermediate_size, false, &cfg.hidden_act, vb.pp("mlp"), q)?,
@@ -140,15 +139,24 @@ impl DecoderLayer {
     }
 }
 
+/// The token-embedding table: float, or quantised by rows (quantized models).
+#[derive(Debug, Clone)]
+enum Embed {
+    Float(Embedding),
+    Quant(QuantTable),
+}
+
 /// The language model and its head.
 #[derive(Debug, Clone)]
 pub struct TextModel {
-    embed_tokens: Embedding,
+    embed_tokens: Embed,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Proj,
     rotary: MropeRotary,
     rep: usize,
+    hidden: usize,
+    device: Device,
     /// The dtype the layers compute in (the embedding table may be stored narrower).
     compute: DType,
 }
@@ -156,25 +164,28 @@ pub struct TextModel {
 impl TextModel {
     /// `vb` at the checkpoint root: reads `model.*` and `lm_head.*`. With
     /// `quantize`, every projection and the head are quantized as they load.
-    pub fn new(cfg: &TextConfig, vb: VarBuilder, quantize: Option<GgmlDType>) -> Result<Self> {
+    pub(crate) fn new(cfg: &TextConfig, vb: VarBuilder, quantize: Option<&Quantize>) -> Result<Self> {
         let m = vb.pp("model");
-        let mut embed_tokens = candle_nn::embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?;
-        let compute = embed_tokens.embeddings().dtype();
+        let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
         let tied = cfg.tie_word_embeddings && !vb.contains_tensor("lm_head.weight");
-        if quantize.is_some() && !tied && compute == DType::F32 {
-            // Quantized: the table (vocab × hidden, 2.2 GB in f32 for the 7B) is only
-            // looked up, row by row: kept in bf16, as the published checkpoints ship it.
-            let table = embed_tokens.embeddings().to_dtype(DType::BF16)?;
-            embed_tokens = Embedding::new(table, cfg.hidden_size);
-        }
+        // Quantized: the table (vocab × hidden, 2.2 GB in f32 for the 7B) is only
+        // looked up, row by row; quantised by rows as llama.cpp's GGUFs keep it.
+        let table = match quantize {
+            Some(q) if !tied && vb.device().is_cpu() => QuantTable::new(vocab, hidden, &m.pp("embed_tokens"), q)?,
+            _ => None,
+        };
+        let embed_tokens = match table {
+            Some(t) => Embed::Quant(t),
+            None => Embed::Float(candle_nn::embedding(vocab, hidden, m.pp("embed_tokens"))?),
+        };
+        let compute = vb.dtype();
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::new(cfg, m.pp(format!("layers.{i}")), quantize))
             .collect::<Result<_>>()?;
-        let norm = candle_nn::rms_norm(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?;
-        let lm_head = if tied {
-            Proj::Float(candle_nn::Linear::new(embed_tokens.embeddings().clone(), None))
-        } else {
-            Proj::new(cfg.hidden_size, cfg.vocab_size, false, vb.pp("lm_head"), quantize)?
+        let norm = candle_nn::rms_norm(hidden, cfg.rms_norm_eps, m.pp("norm"))?;
+        let lm_head = match &embed_tokens {
+            Embed::Float(e) if tied => Proj::Float(candle_nn::Linear::new(e.embeddings().clone(), None)),
+            _ => Proj::new(hidden, vocab, false, vb.pp("lm_head"), quantize)?,
         };
         Ok(Self {
             embed_tokens,
@@ -183,12 +194,17 @@ impl TextModel {
             lm_head,
             rotary: MropeRotary::new(cfg),
             rep: cfg.num_attention_heads / cfg.num_key_value_heads,
+            hidden,
+            device: vb.device().clone(),
             compute,
         })
     }
 
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        self.embed_tokens.forward(ids)?.to_dtype(self.compute)
+        match &self.embed_tokens {
+            Embed::Float(e) => e.forward(ids)?.to_dtype(self.compute),
+            Embed::Quant(t) => t.forward(ids)?.to_dtype(self.compute),
+        }
     }
 
     /// Runs `embeds` (1, l, hidden) at `positions` after whatever the cache holds,
@@ -230,10 +246,10 @@ impl TextModel {
     }
 
     pub fn device(&self) -> Device {
-        self.embed_tokens.embeddings().device().clone()
+        self.device.clone()
     }
 
     pub fn hidden_size(&self) -> usize {
-        self.embed_tokens.hidden_size()
+        self.hidden
     }
 }

@@ -5,10 +5,10 @@
 //! Tensor names follow the checkpoint (`visual.blocks.N.attn.qkv`, …).
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{Linear, RmsNorm, VarBuilder, linear};
+use candle_nn::{RmsNorm, VarBuilder};
 
 use super::config::VisionConfig;
-use super::layers::GatedMlp;
+use super::layers::{GatedMlp, Proj, Quantize};
 
 /// `(x · cos) + (rotate_half(x) · sin)` over the last dimension, for `x` of
 /// shape `(b, heads, seq, head_dim)` and `cos`/`sin` of `(seq, head_dim / 2)`.
@@ -20,18 +20,18 @@ fn rope_f32(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 #[derive(Debug, Clone)]
 struct VisionAttention {
-    qkv: Linear,
-    proj: Linear,
+    qkv: Proj,
+    proj: Proj,
     num_heads: usize,
     head_dim: usize,
 }
 
 impl VisionAttention {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, q: Option<&Quantize>) -> Result<Self> {
         let d = cfg.hidden_size;
         Ok(Self {
-            qkv: linear(d, 3 * d, vb.pp("qkv"))?,
-            proj: linear(d, d, vb.pp("proj"))?,
+            qkv: Proj::new(d, 3 * d, true, vb.pp("qkv"), q)?,
+            proj: Proj::new(d, d, true, vb.pp("proj"), q)?,
             num_heads: cfg.num_heads,
             head_dim: d / cfg.num_heads,
         })
@@ -86,12 +86,12 @@ struct VisionBlock {
 }
 
 impl VisionBlock {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, q: Option<&Quantize>) -> Result<Self> {
         Ok(Self {
             norm1: candle_nn::rms_norm(cfg.hidden_size, 1e-6, vb.pp("norm1"))?,
             norm2: candle_nn::rms_norm(cfg.hidden_size, 1e-6, vb.pp("norm2"))?,
-            attn: VisionAttention::new(cfg, vb.pp("attn"))?,
-            mlp: GatedMlp::new(cfg.hidden_size, cfg.intermediate_size, true, &cfg.hidden_act, vb.pp("mlp"), None)?,
+            attn: VisionAttention::new(cfg, vb.pp("attn"), q)?,
+            mlp: GatedMlp::new(cfg.hidden_size, cfg.intermediate_size, true, &cfg.hidden_act, vb.pp("mlp"), q)?,
         })
     }
 
@@ -104,18 +104,18 @@ impl VisionBlock {
 #[derive(Debug, Clone)]
 struct PatchMerger {
     ln_q: RmsNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Proj,
+    fc2: Proj,
     merged: usize,
 }
 
 impl PatchMerger {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, q: Option<&Quantize>) -> Result<Self> {
         let merged = cfg.hidden_size * cfg.spatial_merge_size * cfg.spatial_merge_size;
         Ok(Self {
             ln_q: candle_nn::rms_norm(cfg.hidden_size, 1e-6, vb.pp("ln_q"))?,
-            fc1: linear(merged, merged, vb.pp("mlp.0"))?,
-            fc2: linear(merged, cfg.out_hidden_size, vb.pp("mlp.2"))?,
+            fc1: Proj::new(merged, merged, true, vb.pp("mlp.0"), q)?,
+            fc2: Proj::new(merged, cfg.out_hidden_size, true, vb.pp("mlp.2"), q)?,
             merged,
         })
     }
@@ -187,19 +187,28 @@ pub struct VisionModel {
 }
 
 impl VisionModel {
-    pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    /// With `quantize`, every projection of the blocks and the merger is quantized
+    /// as it loads (the patch embedding and the norms stay float).
+    pub(crate) fn new(cfg: &VisionConfig, vb: VarBuilder, quantize: Option<&Quantize>) -> Result<Self> {
         let patch_dim = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size * cfg.patch_size;
         let patch_embed = vb
             .pp("patch_embed.proj")
             .get((cfg.hidden_size, cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size), "weight")?
             .reshape((cfg.hidden_size, patch_dim))?;
-        let blocks =
-            (0..cfg.depth).map(|i| VisionBlock::new(cfg, vb.pp(format!("blocks.{i}")))).collect::<Result<_>>()?;
+        let blocks = (0..cfg.depth)
+            .map(|i| VisionBlock::new(cfg, vb.pp(format!("blocks.{i}")), quantize))
+            .collect::<Result<_>>()?;
         let head_dim = cfg.hidden_size / cfg.num_heads;
         let spatial = head_dim / 2;
         let inv_freq =
             (0..spatial).step_by(2).map(|i| 1.0 / cfg.rope_theta.powf(i as f64 / spatial as f64) as f32).collect();
-        Ok(Self { patch_embed, blocks, merger: PatchMerger::new(cfg, vb.pp("merger"))?, inv_freq, cfg: cfg.clone() })
+        Ok(Self {
+            patch_embed,
+            blocks,
+            merger: PatchMerger::new(cfg, vb.pp("merger"), quantize)?,
+            inv_freq,
+            cfg: cfg.clone(),
+        })
     }
 
     pub fn dtype(&self) -> DType {
