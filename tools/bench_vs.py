@@ -148,7 +148,7 @@ def gguf_token_bytes(path):
 
 
 def ours_token_bytes(cfg, precision):
-    per = {"f32": 4.0, "bf16": 2.0, "f16": 2.0, "q8_0": 34 / 32, "q4k": 144 / 256}[precision]
+    per = {"f32": 4.0, "bf16": 2.0, "f16": 2.0, "q8_0": 34 / 32, "q4k": 148 / 256}[precision]
     h, i, kv = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_key_value_heads"]
     head = h // cfg["num_attention_heads"]
     layer = h * h * 2 + h * kv * head * 2 + 3 * h * i
@@ -352,11 +352,28 @@ def report(qwen, sam, bounds, bw, a):
         print(f"| {name} | {fmt(v[0])} / {fmt(v[1])} | {fmt(p[0])} / {fmt(p[1])} | {fmt(vp[0])} / {fmt(vp[1])} | "
               f"{fmt(d[0], digits=1)} / {fmt(d[1], digits=1)} | {ans:.1f} | {bound:.1f} | {anon:,.0f} | {hwm:,.0f} |")
     print()
+    ours = {n: a for n, a in answers.items() if n.startswith("ours")}
+    others = {n: a for n, a in answers.items() if not n.startswith("ours")}
+    if ours and others:
+        best_other = min(others, key=others.get)
+        for n, a in ours.items():
+            print(f"- {n}: answer {a / others[best_other]:.2f}× {best_other}'s", end="")
+            d_ours = summarise(qwen[n], "decode_ms")[1]
+            llama_q4 = [o for o in others if "Q4_K_M" in o]
+            if llama_q4:
+                d_llama = summarise(qwen[llama_q4[0]], "decode_ms")[1]
+                anon = max(r["anon_mib"] for r in qwen[n]) / max(r["anon_mib"] for r in qwen[llama_q4[0]])
+                print(f"; decode {d_ours / d_llama:.2f}× and peak anon {anon:.2f}× {llama_q4[0]}'s", end="")
+            print()
+        print()
     print("| SAM 2.1 tiny image encoder, 1024² | first call ms | warm ms (min / median) | peak anon MiB |")
     print("|---|---|---|---|")
     for name, runs in sam.items():
         f, w = summarise(runs, "encode_ms_first"), summarise(runs, "encode_ms")
         print(f"| {name} | {fmt(f[1])} | {fmt(w[0])} / {fmt(w[1])} | {max(r['anon_mib'] for r in runs):,.0f} |")
+    warm = {name: summarise(runs, "encode_ms")[1] for name, runs in sam.items()}
+    if "ours" in warm and "ort" in warm:
+        print(f"\n- ours: SAM encoder {warm['ours'] / warm['ort']:.2f}× ONNX Runtime's (fp32)")
     return answers
 
 

@@ -26,11 +26,14 @@ echo "setup_bench: installing ${extra[*]} into $venv" >&2
 sdist="$root/llama_cpp_python-$llama_version.tar.gz"
 if [ ! -f "$sdist" ]; then
   read -r url sha < <("$python" - "$llama_version" <<'PY'
-import json, sys, urllib.request
+import json, sys, urllib.parse, urllib.request
 v = sys.argv[1]
-j = json.load(urllib.request.urlopen(f"https://pypi.org/pypi/llama-cpp-python/{v}/json"))
-u = [u for u in j["urls"] if u["packagetype"] == "sdist"][0]
-print(u["url"], u["digests"]["sha256"])
+# The project's JSON lists every release (some PyPI mirrors serve no per-version
+# page and give file URLs relative to the page).
+api = "https://pypi.org/pypi/llama-cpp-python/json"
+j = json.load(urllib.request.urlopen(api))
+u = [u for u in j["releases"][v] if u["packagetype"] == "sdist"][0]
+print(urllib.parse.urljoin(api, u["url"]), u["digests"]["sha256"])
 PY
 )
   curl -fsSL -o "$sdist.part" "$url"

@@ -9,7 +9,11 @@ const QUERY_BLOCK: usize = 256;
 
 /// Scaled dot-product attention without a mask, softmax in `f32`; `q`, `k`, `v`
 /// are (…, seq, head_dim) and long query sequences are processed in blocks.
+/// Contiguous f32 on the CPU goes through [`sdpa_f32`] (fused).
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    if q.device().is_cpu() && [q, k, v].iter().all(|t| t.dtype() == DType::F32) {
+        return sdpa_f32(q, k, v, scale as f32);
+    }
     let dtype = q.dtype();
     let kt = k.t()?;
     let block = |q: &Tensor| -> Result<Tensor> {
@@ -30,6 +34,128 @@ pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     Tensor::cat(&parts, axis)
 }
 
+/// Query rows per work item of [`sdpa_f32`]: their scores against every key
+/// (64 × 4096 × 4 B = 1 MB for SAM's global attention) stay in cache.
+const FUSED_ROWS: usize = 64;
+
+/// [`sdpa`] for f32 on the CPU, fused: each work item (one batch entry, 64
+/// queries) computes its scores with one GEMM, the softmax in place, and its
+/// output with a second GEMM: no score tensor, no separate scale/exp/sum passes,
+/// every core busy even when each matrix is small (SAM's 8×8 windows).
+fn sdpa_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let rank = q.rank();
+    let (n, d) = (q.dim(rank - 2)?, q.dim(rank - 1)?);
+    let (s, dv) = (k.dim(rank - 2)?, v.dim(rank - 1)?);
+    let batch = q.elem_count() / (n * d).max(1);
+    if k.dim(rank - 1)? != d || v.dim(rank - 2)? != s || k.elem_count() != batch * s * d || v.elem_count() != batch * s * dv
+    {
+        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} do not match", q.shape(), k.shape(), v.shape())
+    }
+    let mut dims = q.dims().to_vec();
+    dims[rank - 1] = dv;
+    let f32_vec = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+    let (q, k, v) = (f32_vec(q)?, f32_vec(k)?, f32_vec(v)?);
+    let mut out = vec![0f32; batch * n * dv];
+    let blocks = n.div_ceil(FUSED_ROWS).max(1);
+    out.par_chunks_mut(n * dv).enumerate().for_each(|(b, out)| {
+        out.par_chunks_mut(FUSED_ROWS * dv).enumerate().take(blocks).for_each(|(blk, out)| {
+            let r0 = blk * FUSED_ROWS;
+            let rows = out.len() / dv.max(1);
+            let (qb, kb, vb) = (&q[(b * n + r0) * d..], &k[b * s * d..], &v[b * s * dv..]);
+            let mut w = vec![0f32; rows * s];
+            // SAFETY: every pointer and stride describes a buffer of the stated
+            // size: w (rows × s), qb (rows × d), kb (s × d, read as its transpose),
+            // vb (s × dv), out (rows × dv).
+            unsafe {
+                gemm::gemm(
+                    rows, s, d, w.as_mut_ptr(), 1, s as isize, false, qb.as_ptr(), 1, d as isize, kb.as_ptr(),
+                    d as isize, 1, 0.0, scale, false, false, false, gemm::Parallelism::None,
+                );
+            }
+            softmax_rows(&mut w, s);
+            // SAFETY: as above.
+            unsafe {
+                gemm::gemm(
+                    rows, dv, s, out.as_mut_ptr(), 1, dv as isize, false, w.as_ptr(), 1, s as isize, vb.as_ptr(), 1,
+                    dv as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
+                );
+            }
+        });
+    });
+    Tensor::from_vec(out, dims, &candle_core::Device::Cpu)
+}
+
+/// Softmax of each row of `len` values, in place.
+fn softmax_rows(w: &mut [f32], len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { softmax_rows_avx2(w, len) };
+    }
+    softmax_rows_portable(w, len);
+}
+
+/// [`softmax_rows_portable`] compiled for AVX2 (8 lanes of [`exp_fast`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_rows_avx2(w: &mut [f32], len: usize) {
+    softmax_rows_portable(w, len);
+}
+
+#[inline(always)]
+fn softmax_rows_portable(w: &mut [f32], len: usize) {
+    const LANES: usize = 16;
+    for row in w.chunks_exact_mut(len) {
+        let mut lane_max = [f32::NEG_INFINITY; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (m, &v) in lane_max.iter_mut().zip(c) {
+                *m = m.max(v);
+            }
+        }
+        let max = chunks.remainder().iter().chain(&lane_max).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let mut lane_sum = [0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for (acc, v) in lane_sum.iter_mut().zip(c) {
+                *v = exp_fast(*v - max);
+                *acc += *v;
+            }
+        }
+        let mut sum: f32 = lane_sum.iter().sum();
+        for v in chunks.into_remainder() {
+            *v = exp_fast(*v - max);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+/// `eˣ` for x ≤ 0 (softmax after subtracting the maximum) to within a few ulp:
+/// Cephes' `expf` polynomial after reduction by powers of two, branch-free so
+/// that it vectorises; 0 below −87.
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // 1.5 · 2²³: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.max(-87.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    // Plain products and sums (no `mul_add`: without FMA that is a libm call).
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
 /// `erf` to within 1.5e-7 (Abramowitz & Stegun 7.1.26), branch-free apart from
 /// the sign, so it vectorises.
 #[inline]
@@ -159,6 +285,41 @@ pub fn resample_planes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_exp_is_within_a_few_ulp_of_libm() {
+        let mut worst = 0f32;
+        for i in 0..=1_000_000 {
+            let x = -100.0 * i as f32 / 1e6;
+            let (got, want) = (exp_fast(x), x.exp());
+            if want > f32::MIN_POSITIVE * 2.0 {
+                worst = worst.max((got - want).abs() / want);
+            } else {
+                assert!(got <= 2.0 * f32::MIN_POSITIVE, "e^{x}: {got}");
+            }
+        }
+        assert!(worst < 4e-7, "largest relative error {worst:e}");
+    }
+
+    /// The fused attention equals the plain matmul → softmax → matmul on odd
+    /// shapes: rows not a multiple of the work item, more keys than queries,
+    /// value width ≠ key width, two batch axes, large scores.
+    #[test]
+    fn fused_attention_equals_the_plain_one() {
+        let dev = candle_core::Device::Cpu;
+        for (b, h, n, s, d, dv, spread) in [(1, 1, 7, 7, 5, 5, 1.0), (2, 3, 130, 200, 24, 16, 4.0), (1, 4, 64, 64, 96, 96, 30.0)] {
+            let q = (Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap() * spread).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (b, h, s, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (b, h, s, dv), &dev).unwrap();
+            let scale = 1.0 / (d as f64).sqrt();
+            let got = sdpa_f32(&q, &k, &v, scale as f32).unwrap();
+            let w = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+            let want = candle_nn::ops::softmax_last_dim(&w).unwrap().matmul(&v).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(err < 2e-5, "{:?}: {err}", (b, h, n, s, d, dv));
+        }
+    }
 
     #[test]
     fn fast_gelu_matches_candles_exact_one() {
