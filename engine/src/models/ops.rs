@@ -48,7 +48,10 @@ fn sdpa_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     let (n, d) = (q.dim(rank - 2)?, q.dim(rank - 1)?);
     let (s, dv) = (k.dim(rank - 2)?, v.dim(rank - 1)?);
     let batch = q.elem_count() / (n * d).max(1);
-    if k.dim(rank - 1)? != d || v.dim(rank - 2)? != s || k.elem_count() != batch * s * d || v.elem_count() != batch * s * dv
+    if k.dim(rank - 1)? != d
+        || v.dim(rank - 2)? != s
+        || k.elem_count() != batch * s * d
+        || v.elem_count() != batch * s * dv
     {
         candle_core::bail!("attention: q {:?}, k {:?}, v {:?} do not match", q.shape(), k.shape(), v.shape())
     }
@@ -64,26 +67,51 @@ fn sdpa_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
             let rows = out.len() / dv.max(1);
             let (qb, kb, vb) = (&q[(b * n + r0) * d..], &k[b * s * d..], &v[b * s * dv..]);
             let mut w = vec![0f32; rows * s];
-            // SAFETY: every pointer and stride describes a buffer of the stated
-            // size: w (rows × s), qb (rows × d), kb (s × d, read as its transpose),
-            // vb (s × dv), out (rows × dv).
-            unsafe {
-                gemm::gemm(
-                    rows, s, d, w.as_mut_ptr(), 1, s as isize, false, qb.as_ptr(), 1, d as isize, kb.as_ptr(),
-                    d as isize, 1, 0.0, scale, false, false, false, gemm::Parallelism::None,
-                );
-            }
+            // Scores: w = scale · qb · kbᵀ (kb read as its transpose: column stride d).
+            gemm_into(&mut w, qb, kb, (rows, s, d), (1, d), scale);
             softmax_rows(&mut w, s);
-            // SAFETY: as above.
-            unsafe {
-                gemm::gemm(
-                    rows, dv, s, out.as_mut_ptr(), 1, dv as isize, false, w.as_ptr(), 1, s as isize, vb.as_ptr(), 1,
-                    dv as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None,
-                );
-            }
+            gemm_into(out, &w, vb, (rows, dv, s), (dv, 1), 1.0);
         });
     });
     Tensor::from_vec(out, dims, &candle_core::Device::Cpu)
+}
+
+/// `dst` (m × n, row-major) = `beta` · `lhs` (m × k, row-major) · `rhs`, where
+/// `rhs`'s element (i, j) is at `i · rhs_rs + j · rhs_cs`; on the calling thread.
+fn gemm_into(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    (m, n, k): (usize, usize, usize),
+    (rhs_rs, rhs_cs): (usize, usize),
+    beta: f32,
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k, "gemm: {m}×{n}×{k} does not fit its buffers");
+    assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs, "gemm: rhs too short");
+    // SAFETY: the asserts above keep every element the strides reach inside its slice.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// Softmax of each row of `len` values, in place.
@@ -152,7 +180,7 @@ fn exp_fast(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
@@ -307,7 +335,9 @@ mod tests {
     #[test]
     fn fused_attention_equals_the_plain_one() {
         let dev = candle_core::Device::Cpu;
-        for (b, h, n, s, d, dv, spread) in [(1, 1, 7, 7, 5, 5, 1.0), (2, 3, 130, 200, 24, 16, 4.0), (1, 4, 64, 64, 96, 96, 30.0)] {
+        for (b, h, n, s, d, dv, spread) in
+            [(1, 1, 7, 7, 5, 5, 1.0), (2, 3, 130, 200, 24, 16, 4.0), (1, 4, 64, 64, 96, 96, 30.0)]
+        {
             let q = (Tensor::randn(0f32, 1.0, (b, h, n, d), &dev).unwrap() * spread).unwrap();
             let k = Tensor::randn(0f32, 1.0, (b, h, s, d), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (b, h, s, dv), &dev).unwrap();
