@@ -12,7 +12,7 @@ const QUERY_BLOCK: usize = 256;
 /// Contiguous f32 on the CPU goes through [`sdpa_f32`] (fused).
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     if q.device().is_cpu() && [q, k, v].iter().all(|t| t.dtype() == DType::F32) {
-        return sdpa_f32(q, k, v, scale as f32);
+        return sdpa_f32(q, k, v, scale as f32, None);
     }
     let dtype = q.dtype();
     let kt = k.t()?;
@@ -42,7 +42,12 @@ const FUSED_ROWS: usize = 64;
 /// queries) computes its scores with one GEMM, the softmax in place, and its
 /// output with a second GEMM: no score tensor, no separate scale/exp/sum passes,
 /// every core busy even when each matrix is small (SAM's 8×8 windows).
-fn sdpa_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
+///
+/// With `causal = Some((past, period))`, query row `r` of each batch entry is
+/// token `r % period` after `past` cached ones and sees keys `0..=past + r % period`
+/// (`period` > the rows when queries are not stacked; GQA stacks the query heads
+/// sharing a key head along the rows, so each repeats every `period` rows).
+pub fn sdpa_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, causal: Option<(usize, usize)>) -> Result<Tensor> {
     use rayon::prelude::*;
     let rank = q.rank();
     let (n, d) = (q.dim(rank - 2)?, q.dim(rank - 1)?);
@@ -69,7 +74,16 @@ fn sdpa_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
             let mut w = vec![0f32; rows * s];
             // Scores: w = scale · qb · kbᵀ (kb read as its transpose: column stride d).
             gemm_into(&mut w, qb, kb, (rows, s, d), (1, d), scale);
-            softmax_rows(&mut w, s);
+            match causal {
+                None => softmax_rows(&mut w, s),
+                Some((past, period)) => {
+                    for (i, row) in w.chunks_exact_mut(s).enumerate() {
+                        let seen = (past + (r0 + i) % period.max(1) + 1).min(s);
+                        softmax_rows(&mut row[..seen], seen);
+                        row[seen..].fill(0.0);
+                    }
+                }
+            }
             gemm_into(out, &w, vb, (rows, dv, s), (dv, 1), 1.0);
         });
     });
@@ -342,13 +356,34 @@ mod tests {
             let k = Tensor::randn(0f32, 1.0, (b, h, s, d), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (b, h, s, dv), &dev).unwrap();
             let scale = 1.0 / (d as f64).sqrt();
-            let got = sdpa_f32(&q, &k, &v, scale as f32).unwrap();
+            let got = sdpa_f32(&q, &k, &v, scale as f32, None).unwrap();
             let w = (q.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
             let want = candle_nn::ops::softmax_last_dim(&w).unwrap().matmul(&v).unwrap();
             assert_eq!(got.dims(), want.dims());
             let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(err < 2e-5, "{:?}: {err}", (b, h, n, s, d, dv));
         }
+    }
+
+    /// Causal by position, with keys already cached and query heads stacked (GQA):
+    /// equals the plain attention under an additive −∞ mask.
+    #[test]
+    fn fused_causal_attention_equals_the_masked_one() {
+        let dev = candle_core::Device::Cpu;
+        let (kv, rep, l, past, d) = (2, 3, 70, 9, 16);
+        let s = past + l;
+        let q = Tensor::randn(0f32, 1.0, (1, kv, rep * l, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, kv, s, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (1, kv, s, d), &dev).unwrap();
+        let got = sdpa_f32(&q, &k, &v, 0.25, Some((past, l))).unwrap();
+        let mask: Vec<f32> = (0..rep * l)
+            .flat_map(|r| (0..s).map(move |j| if j <= past + r % l { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (rep * l, s), &dev).unwrap();
+        let w = (q.matmul(&k.t().unwrap()).unwrap() * 0.25).unwrap().broadcast_add(&mask).unwrap();
+        let want = candle_nn::ops::softmax_last_dim(&w).unwrap().matmul(&v).unwrap();
+        let err = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err < 2e-5, "{err}");
     }
 
     #[test]

@@ -99,12 +99,19 @@ impl Attention {
         let rep = self.num_heads / self.num_kv_heads;
         let q = q.reshape((b, self.num_kv_heads, rep * l, self.head_dim))?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut w = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(mask) = mask {
-            w = w.broadcast_add(mask)?;
-        }
-        let w = candle_nn::ops::softmax_last_dim(&w.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
-        let o = w.matmul(&v.contiguous()?)?; // (b, kv, rep·l, hd)
+        let o = if q.device().is_cpu() && q.dtype() == DType::F32 {
+            // Fused, causal by position (the cache held `past` tokens before these
+            // `l`): no (rep·l × keys) score, mask or softmax tensors.
+            let past = k.dim(2)? - l;
+            crate::models::ops::sdpa_f32(&q, &k.contiguous()?, &v.contiguous()?, scale as f32, Some((past, l)))?
+        } else {
+            let mut w = (q.matmul(&k.t()?)? * scale)?;
+            if let Some(mask) = mask {
+                w = w.broadcast_add(mask)?;
+            }
+            let w = candle_nn::ops::softmax_last_dim(&w.to_dtype(DType::F32)?)?.to_dtype(q.dtype())?;
+            w.matmul(&v.contiguous()?)?
+        }; // (b, kv, rep·l, hd)
         let o = o.reshape((b, self.num_heads, l, self.head_dim))?.transpose(1, 2)?.reshape((b, l, ()))?;
         self.o_proj.forward(&o)
     }
@@ -213,7 +220,10 @@ impl TextModel {
         let (_, l, _) = embeds.dims3()?;
         let (cos, sin) = self.rotary.tables(positions, embeds.dtype(), embeds.device())?;
         let past = self.layers.first().map_or(0, |x| x.self_attn.cache.current_seq_len());
-        let mask = if l > 1 { Some(self.causal_mask(l, past, embeds.dtype(), embeds.device())?) } else { None };
+        // The fused CPU attention masks by position itself.
+        let fused = embeds.device().is_cpu() && embeds.dtype() == DType::F32;
+        let mask =
+            if l > 1 && !fused { Some(self.causal_mask(l, past, embeds.dtype(), embeds.device())?) } else { None };
         let mut xs = embeds.clone();
         for layer in &mut self.layers {
             xs = layer.forward(&xs, &cos, &sin, mask.as_ref())?;
