@@ -50,6 +50,9 @@ const FUSED_ROWS: usize = 64;
 pub fn sdpa_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, causal: Option<(usize, usize)>) -> Result<Tensor> {
     use rayon::prelude::*;
     let rank = q.rank();
+    if rank < 2 || k.rank() != rank || v.rank() != rank {
+        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} are not (…, seq, dim)", q.shape(), k.shape(), v.shape())
+    }
     let (n, d) = (q.dim(rank - 2)?, q.dim(rank - 1)?);
     let (s, dv) = (k.dim(rank - 2)?, v.dim(rank - 1)?);
     let batch = q.elem_count() / (n * d).max(1);
@@ -62,6 +65,10 @@ pub fn sdpa_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, causal: Option<(
     }
     let mut dims = q.dims().to_vec();
     dims[rank - 1] = dv;
+    if batch * n * dv == 0 || s == 0 {
+        // Nothing to attend to (or nothing asked): zeros, as a softmax over no keys is undefined.
+        return Tensor::zeros(dims, DType::F32, &candle_core::Device::Cpu);
+    }
     let f32_vec = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
     let (q, k, v) = (f32_vec(q)?, f32_vec(k)?, f32_vec(v)?);
     let mut out = vec![0f32; batch * n * dv];
