@@ -26,8 +26,27 @@ pub(crate) struct Quantize {
 
 /// Mapped safetensors and the name a `VarBuilder` path has in them.
 pub(crate) struct Raw {
-    pub files: MmapedSafetensors,
+    pub files: Arc<MmapedSafetensors>,
     pub rename: Box<dyn Fn(&str) -> String + Send + Sync>,
+}
+
+/// The same mapped files as a `VarBuilder` backend, so the float tensors and the
+/// packed projections come from one mapping (candle implements the backend for
+/// the files themselves, not for a shared handle).
+pub(crate) struct SharedFiles(pub Arc<MmapedSafetensors>);
+
+impl candle_nn::var_builder::SimpleBackend for SharedFiles {
+    fn get(&self, s: Shape, name: &str, h: candle_nn::Init, dtype: DType, dev: &candle_core::Device) -> Result<Tensor> {
+        candle_nn::var_builder::SimpleBackend::get(&*self.0, s, name, h, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &candle_core::Device) -> Result<Tensor> {
+        candle_nn::var_builder::SimpleBackend::get_unchecked(&*self.0, name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        candle_nn::var_builder::SimpleBackend::contains_tensor(&*self.0, name)
+    }
 }
 
 impl std::fmt::Debug for Quantize {

@@ -56,6 +56,7 @@ impl Source<'_> {
     }
 
     /// Values `at..at + out.len()`, as f32.
+    #[inline]
     pub fn read(&self, at: usize, out: &mut [f32]) {
         let n = out.len();
         match self {
@@ -79,10 +80,14 @@ impl Source<'_> {
     }
 
     /// Block `start..start + buf.len()` of `row` (of `k` inputs) into `buf`, zero
-    /// past the row's end.
+    /// past the row's end (all zero for a block wholly past it: activations are
+    /// padded to whole super-blocks).
+    #[inline]
     pub(crate) fn block(&self, row: usize, k: usize, start: usize, buf: &mut [f32]) {
         let len = buf.len().min(k.saturating_sub(start));
-        self.read(row * k + start, &mut buf[..len]);
+        if len > 0 {
+            self.read(row * k + start, &mut buf[..len]);
+        }
         buf[len..].fill(0.0);
     }
 }
@@ -159,12 +164,7 @@ unsafe fn quantize_row_avx2(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32
 fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [i32]) {
     let mut buf = [0f32; BLOCK];
     for (b, ((qb, d), s)) in q.chunks_exact_mut(BLOCK).zip(d.iter_mut()).zip(s.iter_mut()).enumerate() {
-        let start = b * BLOCK;
-        let len = BLOCK.min(x.len().saturating_sub(start));
-        if len > 0 {
-            buf[..len].copy_from_slice(&x[start..start + len]);
-        }
-        buf[len..].fill(0.0);
+        Source::F32(x).block(0, x.len(), b * BLOCK, &mut buf);
         *d = quantize_block(&buf, qb);
         *s = qb.iter().map(|&v| i32::from(v)).sum();
     }

@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-pub(crate) use crate::models::quant::linear::{Proj, QuantTable, Quantize, Raw};
+pub(crate) use crate::models::quant::linear::{Proj, QuantTable, Quantize, Raw, SharedFiles};
 
 /// `down(act(gate(x)) · up(x))`: with biases in the vision tower, without (and
 /// optionally quantized) in the language model.

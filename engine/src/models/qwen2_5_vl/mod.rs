@@ -7,6 +7,7 @@ pub mod text;
 pub mod vision;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -18,7 +19,7 @@ use crate::error::EngineError;
 use crate::models::{self, Precision};
 
 pub use config::Config;
-use layers::{Quantize, Raw};
+use layers::{Quantize, Raw, SharedFiles};
 use text::{MropePositions, TextModel};
 use vision::VisionModel;
 
@@ -131,16 +132,12 @@ impl Qwen25Vl {
                 name.to_owned()
             }
         };
-        // SAFETY (both): the files are mapped read-only; they must not change while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, device) }.map_err(|e| model_err(&e))?;
-        let vb = vb.rename_f(rename);
-        let quantize = match precision.quantized() {
-            Some(q) => {
-                let files = unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| model_err(&e))?;
-                Some(Quantize::new(q, Some(Raw { files, rename: Box::new(rename) })))
-            }
-            None => None,
-        };
+        // SAFETY: the files are mapped read-only; they must not change while loaded.
+        let mapped = Arc::new(unsafe { MmapedSafetensors::multi(&files) }.map_err(|e| model_err(&e))?);
+        let vb =
+            VarBuilder::from_backend(Box::new(SharedFiles(mapped.clone())), dtype, device.clone()).rename_f(rename);
+        let quantize =
+            precision.quantized().map(|q| Quantize::new(q, Some(Raw { files: mapped, rename: Box::new(rename) })));
         let model = Self::new(config, vb, quantize.as_ref())
             .map_err(|e| model_err(&format!("weights do not match config.json: {e}")))?;
         Ok((model, precision))

@@ -170,7 +170,8 @@ pub struct TextModel {
 
 impl TextModel {
     /// `vb` at the checkpoint root: reads `model.*` and `lm_head.*`. With
-    /// `quantize`, every projection and the head are quantized as they load.
+    /// `quantize`, every projection, the head and the embedding table are
+    /// quantized as they load.
     pub(crate) fn new(cfg: &TextConfig, vb: VarBuilder, quantize: Option<&Quantize>) -> Result<Self> {
         let m = vb.pp("model");
         let (vocab, hidden) = (cfg.vocab_size, cfg.hidden_size);
