@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use engine::base::RgbImage;
+use engine::models::EncoderPrecision;
 use engine::models::sam2::{self, Sam2};
 use serde_json::Value;
 
@@ -28,10 +29,14 @@ fn expected() -> Value {
 
 /// The seeded checkpoint, written as safetensors and loaded through the user path.
 fn model() -> Sam2 {
+    model_at(EncoderPrecision::F32)
+}
+
+fn model_at(precision: EncoderPrecision) -> Sam2 {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("sam2.1_hiera_tiny_seeded.safetensors");
     sam2::synthetic::save_checkpoint(&dir().join("weights.json"), &path).unwrap();
-    let m = Sam2::load(&path, &Device::Cpu).unwrap();
+    let m = Sam2::load(&path, &Device::Cpu, precision).unwrap();
     assert_eq!(m.geometry, sam2::Geometry::Tiny);
     m
 }
@@ -52,16 +57,16 @@ fn pt_reader_handles_the_layouts_checkpoints_hold() {
         assert_eq!(got, f32s(&w["values"]), "{name}");
     }
     // Foreign and broken files are named, never a panic.
-    let e = Sam2::load(&dir().join("format_check.pt"), &Device::Cpu).unwrap_err().to_string();
+    let e = Sam2::load(&dir().join("format_check.pt"), &Device::Cpu, EncoderPrecision::F32).unwrap_err().to_string();
     assert!(e.contains("format_check.pt") && e.contains("not a SAM 2 checkpoint"), "{e}");
     let tmp = tempfile::tempdir().unwrap();
     let junk = tmp.path().join("junk.pt");
     std::fs::write(&junk, b"PK\x03\x04 this is no zip").unwrap();
-    let e = Sam2::load(&junk, &Device::Cpu).unwrap_err().to_string();
+    let e = Sam2::load(&junk, &Device::Cpu, EncoderPrecision::F32).unwrap_err().to_string();
     assert!(e.contains("junk.pt") && e.contains("PyTorch checkpoint"), "{e}");
     std::fs::write(&junk, b"hello").unwrap();
-    assert!(Sam2::load(&junk, &Device::Cpu).unwrap_err().to_string().contains("junk.pt"));
-    let e = Sam2::load(&tmp.path().join("absent.pt"), &Device::Cpu).unwrap_err().to_string();
+    assert!(Sam2::load(&junk, &Device::Cpu, EncoderPrecision::F32).unwrap_err().to_string().contains("junk.pt"));
+    let e = Sam2::load(&tmp.path().join("absent.pt"), &Device::Cpu, EncoderPrecision::F32).unwrap_err().to_string();
     assert!(e.contains("absent.pt") && e.contains("not found"), "{e}");
 }
 
@@ -107,6 +112,32 @@ fn masks_logits_and_scores_equal_sam2() {
     }
 }
 
+/// The encoder with bf16 products (the default on CPUs with AVX-512 BF16, plain
+/// loops elsewhere) stays within bounds of `sam2`'s f32 results: its masks agree
+/// with the reference's on nearly every pixel and the scores barely move.
+#[test]
+fn bf16_encoder_stays_close_to_sam2() {
+    let exp = expected();
+    let m = model_at(EncoderPrecision::Bf16);
+    let emb = m.encode(&image()).unwrap();
+    let mean_abs = exp["image_embed_mean_abs"].as_f64().unwrap() as f32;
+    let d = max_abs(&embed_sample(&emb), &f32s(&exp["image_embed_sample"]));
+    eprintln!("bf16 image embedding: sample max |Δ| = {d:e} (mean |x| {mean_abs})");
+    assert!(d < 0.1 * mean_abs.max(1e-3), "{d}");
+    for case in ["single", "multi"] {
+        let c = &exp["cases"][case];
+        let preds = m.predict(&emb, &prompts(c), false).unwrap();
+        for (i, p) in preds.iter().enumerate() {
+            let iou = c["iou"][i].as_f64().unwrap() as f32;
+            let mask = sam2::upscale_mask(&p.low_res, (500, 340));
+            let agree = agreement(&mask, &mask_png(&dir().join(format!("{case}_mask{i}.png"))));
+            eprintln!("bf16 {case}[{i}]: IoU {} vs {iou}, mask agreement {agree:.5}", p.iou);
+            assert!((p.iou - iou).abs() < 0.01, "{case}[{i}] IoU {} vs {iou}", p.iou);
+            assert!(agree >= 0.995, "{case}[{i}] mask agreement {agree}");
+        }
+    }
+}
+
 /// The official `.pt` the script writes (156 MB, not committed) loads to the same model.
 #[test]
 fn official_checkpoint_file_loads_the_same_weights_when_present() {
@@ -121,5 +152,5 @@ fn official_checkpoint_file_loads_the_same_weights_when_present() {
         let d = (from_pt[name].clone() - t).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(d, 0.0, "{name}");
     }
-    Sam2::load(&pt, &Device::Cpu).unwrap();
+    Sam2::load(&pt, &Device::Cpu, EncoderPrecision::F32).unwrap();
 }

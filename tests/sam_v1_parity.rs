@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use engine::base::RgbImage;
+use engine::models::EncoderPrecision;
 use engine::models::sam_v1::SamV1;
 use engine::models::sam2;
 use engine::segment::{Method, SamModel};
@@ -34,7 +35,7 @@ fn model(kind: &str) -> SamModel {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join(format!("{kind}_seeded.safetensors"));
     sam2::synthetic::save_checkpoint(&dir().join(format!("{kind}_weights.json")), &path).unwrap();
-    SamModel::load(&path, &Device::Cpu).unwrap()
+    SamModel::load(&path, &Device::Cpu, EncoderPrecision::F32).unwrap()
 }
 
 fn image() -> RgbImage {
@@ -125,7 +126,7 @@ fn official_format_files_load_the_same_weights_when_present() {
             eprintln!("skipping {}: run tools/make_sam_v1_fixtures.py to create it", pth.display());
             continue;
         }
-        let m = SamModel::load(&pth, &Device::Cpu).unwrap();
+        let m = SamModel::load(&pth, &Device::Cpu, EncoderPrecision::F32).unwrap();
         assert!(matches!(m.method(), Method::SamV1(_)));
     }
 }
@@ -134,7 +135,9 @@ fn official_format_files_load_the_same_weights_when_present() {
 fn foreign_and_inconsistent_checkpoints_are_named_errors() {
     let tmp = tempfile::tempdir().unwrap();
     // A state dict that is no SAM at all.
-    let e = SamModel::load(&dir().join("../sam2_tiny/format_check.pt"), &Device::Cpu).unwrap_err().to_string();
+    let e = SamModel::load(&dir().join("../sam2_tiny/format_check.pt"), &Device::Cpu, EncoderPrecision::F32)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("format_check.pt") && e.contains("not a Segment Anything checkpoint"), "{e}");
     // A SAM v1 checkpoint with a block's relative positions cut short.
     let mut weights = sam2::synthetic::weights_from_spec(&dir().join("vit_weights.json"), &Device::Cpu).unwrap();
@@ -144,12 +147,12 @@ fn foreign_and_inconsistent_checkpoints_are_named_errors() {
     );
     let path = tmp.path().join("cut.safetensors");
     candle_core::safetensors::save(&weights, &path).unwrap();
-    let e = SamModel::load(&path, &Device::Cpu).unwrap_err().to_string();
+    let e = SamModel::load(&path, &Device::Cpu, EncoderPrecision::F32).unwrap_err().to_string();
     assert!(e.contains("cut.safetensors") && e.contains("relative positions"), "{e}");
     // A missing decoder tensor.
     let mut weights = sam2::synthetic::weights_from_spec(&dir().join("vit_weights.json"), &Device::Cpu).unwrap();
     weights.remove("mask_decoder.output_upscaling.0.weight");
     candle_core::safetensors::save(&weights, &path).unwrap();
-    let e = SamModel::load(&path, &Device::Cpu).unwrap_err().to_string();
+    let e = SamModel::load(&path, &Device::Cpu, EncoderPrecision::F32).unwrap_err().to_string();
     assert!(e.contains("cut.safetensors") && e.contains("sam_vit_96x2"), "{e}");
 }

@@ -7,7 +7,8 @@ analyst would run instead:
   (`rr-bench reasoner`) at each precision, llama.cpp (`llama-mtmd-cli`: GGUF text at
   Q4_K_M and Q8_0 + f16 vision, converted from the same checkpoint by llama.cpp's own
   converter), transformers bf16 (and f32);
-- SAM 2.1 tiny's image encoder at 1024²: RemoteReasoner (`rr-bench segmenter`), ONNX
+- SAM 2.1 tiny's image encoder at 1024²: RemoteReasoner (`rr-bench segmenter`; "ours" is
+  the default, bf16 products on CPUs with AVX-512 BF16, "ours-f32" exact f32), ONNX
   Runtime (the encoder exported from `sam2` with torch.onnx; also ORT's dynamic int8),
   PyTorch eager.
 
@@ -308,10 +309,13 @@ def worker_sam(a):
 
 
 def run_sam(engine, sam, threads, encodes):
-    if engine == "ours":
+    if engine.startswith("ours"):
+        # "ours": the default (bf16 products where the CPU has AVX-512 BF16); "ours-f32": exact f32.
         env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+        precision = engine.split("-")[1] if "-" in engine else "auto"
         out, _, wall, anon, hwm = measured([RR_BENCH, "segmenter", "--sam", sam["ckpt"], "--image", sam["png"],
-                                            "--prompts", "5", "--encodes", str(encodes)], env=env)
+                                            "--prompts", "5", "--encodes", str(encodes),
+                                            "--sam-precision", precision], env=env)
         r = json.loads(out)
     else:
         out, _, wall, anon, hwm = measured([sys.executable, os.path.abspath(__file__), "--worker", "sam",
@@ -372,8 +376,9 @@ def report(qwen, sam, bounds, bw, a):
         f, w = summarise(runs, "encode_ms_first"), summarise(runs, "encode_ms")
         print(f"| {name} | {fmt(f[1])} | {fmt(w[0])} / {fmt(w[1])} | {max(r['anon_mib'] for r in runs):,.0f} |")
     warm = {name: summarise(runs, "encode_ms")[1] for name, runs in sam.items()}
-    if "ours" in warm and "ort" in warm:
-        print(f"\n- ours: SAM encoder {warm['ours'] / warm['ort']:.2f}× ONNX Runtime's (fp32)")
+    for ours in [n for n in warm if n.startswith("ours")]:
+        if "ort" in warm:
+            print(f"\n- {ours}: SAM encoder {warm[ours] / warm['ort']:.2f}× ONNX Runtime's (fp32)")
     return answers
 
 
@@ -387,7 +392,7 @@ def main():
     ap.add_argument("--ours", default="q8_0,q4k,f32", help="our precisions")
     ap.add_argument("--llama", default="Q4_K_M,Q8_0", help="llama.cpp text quantisations")
     ap.add_argument("--torch", default="bfloat16", help="transformers dtypes")
-    ap.add_argument("--sam", default="ours,ort,ort-int8,torch", help="SAM encoder engines")
+    ap.add_argument("--sam", default="ours,ours-f32,ort,ort-int8,torch", help="SAM encoder engines")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--inputs", help=argparse.SUPPRESS)

@@ -39,6 +39,10 @@ pub struct AskArgs {
     /// MobileSAM (`sam_vit_*.pth`, `mobile_sam.pt`); without one, the watershed fallback.
     #[arg(long, env = "RR_SAM")]
     pub sam: Option<PathBuf>,
+    /// SAM 2.1's image encoder: auto (bf16 products on CPUs with AVX-512 BF16, else
+    /// f32), f32 (as the reference computes) or bf16.
+    #[arg(long, env = "RR_SAM_PRECISION", default_value = "auto")]
+    pub sam_precision: engine::models::EncoderPrecision,
     /// --task pixel: the mask (.png, or .tif georeferenced like the raster);
     /// --task contour: the features (.gpkg, .shp, .geojson or .fgb; boxes and polygons).
     #[arg(long)]
@@ -142,6 +146,7 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
     let mut segmenter = engine::segment::load_segmenter(
         args.sam.as_deref().filter(|_| args.task.segments()),
         &args.backend.device.open()?,
+        args.sam_precision,
     )?;
     let options = AskOptions {
         max_pixels: Some(max_pixels),

@@ -35,6 +35,10 @@ pub struct EvalArgs {
     /// SAM checkpoint for --task pixel (default: the watershed fallback).
     #[arg(long, env = "RR_SAM")]
     pub sam: Option<PathBuf>,
+    /// SAM 2.1's image encoder: auto (bf16 products on CPUs with AVX-512 BF16, else
+    /// f32), f32 (as the reference computes) or bf16.
+    #[arg(long, env = "RR_SAM_PRECISION", default_value = "auto")]
+    pub sam_precision: engine::models::EncoderPrecision,
     /// Score at most this many samples (in id order).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -108,7 +112,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<()> {
     if !todo.is_empty() {
         let (mut backend, _, _) = open_backend(&args.backend)?;
         let sam = args.sam.as_deref().filter(|_| args.task == Goal::Pixel);
-        let mut segmenter = engine::segment::load_segmenter(sam, &args.backend.device.open()?)?;
+        let mut segmenter = engine::segment::load_segmenter(sam, &args.backend.device.open()?, args.sam_precision)?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -26,6 +26,10 @@ pub struct SegmentArgs {
     /// watershed fallback segments inside each box.
     #[arg(long, env = "RR_SAM")]
     pub sam: Option<PathBuf>,
+    /// SAM 2.1's image encoder: auto (bf16 products on CPUs with AVX-512 BF16, else
+    /// f32), f32 (as the reference computes) or bf16.
+    #[arg(long, env = "RR_SAM_PRECISION", default_value = "auto")]
+    pub sam_precision: engine::models::EncoderPrecision,
     /// Raster (any GDAL format).
     #[arg(long)]
     pub image: PathBuf,
@@ -160,7 +164,7 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<()> {
     }
     let t = Instant::now();
     let device = args.device.open()?;
-    let mut seg: Box<dyn Segmenter> = load_segmenter(args.sam.as_deref(), &device)?;
+    let mut seg: Box<dyn Segmenter> = load_segmenter(args.sam.as_deref(), &device, args.sam_precision)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     seg.set_image(None, &view.image)?;

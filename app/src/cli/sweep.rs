@@ -46,6 +46,10 @@ pub struct SweepArgs {
     /// SAM checkpoint for --task pixel/contour (default: the watershed fallback).
     #[arg(long, env = "RR_SAM")]
     pub sam: Option<PathBuf>,
+    /// SAM 2.1's image encoder: auto (bf16 products on CPUs with AVX-512 BF16, else
+    /// f32), f32 (as the reference computes) or bf16.
+    #[arg(long, env = "RR_SAM_PRECISION", default_value = "auto")]
+    pub sam_precision: engine::models::EncoderPrecision,
     /// Pixel budget of the model's image per tile (default 802816, as in training).
     #[arg(long)]
     pub max_pixels: Option<usize>,
@@ -83,7 +87,7 @@ pub fn run(args: &SweepArgs) -> anyhow::Result<()> {
     };
     let device = args.backend.device.open()?;
     let sam = args.sam.clone();
-    let make_segmenter = || engine::segment::load_segmenter(sam.as_deref(), &device);
+    let make_segmenter = || engine::segment::load_segmenter(sam.as_deref(), &device, args.sam_precision);
     let params = RenderParams::default_for(&info);
     let mut last = 0;
     let mut progress = |done: usize, total: usize, eta: f64| {

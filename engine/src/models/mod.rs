@@ -121,6 +121,55 @@ impl Precision {
     }
 }
 
+/// The arithmetic of an image encoder's projections and attention (SAM 2.1's
+/// Hiera trunk). Products in bf16 with f32 sums run twice the multiply-adds per
+/// cycle of f32 on CPUs with AVX-512 BF16; masks move by a fraction of a percent
+/// of their pixels (`tests/sam2_parity.rs` bounds it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderPrecision {
+    /// bf16 where the CPU multiplies bf16 natively, f32 elsewhere (and on GPUs).
+    #[default]
+    Auto,
+    /// f32 throughout: what the reference computes.
+    F32,
+    /// bf16 products, f32 sums (plain loops where the CPU lacks AVX-512 BF16: slow).
+    Bf16,
+}
+
+impl EncoderPrecision {
+    /// Whether projections and attention run in bf16 on `device`.
+    pub fn bf16_on(self, device: &Device) -> bool {
+        match self {
+            Self::Auto => device.is_cpu() && quant::bf16::has_bf16(),
+            Self::F32 => false,
+            Self::Bf16 => device.is_cpu(),
+        }
+    }
+}
+
+impl std::str::FromStr for EncoderPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!("unknown encoder precision '{s}' (auto, f32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for EncoderPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
 /// Parameter counts that a quantized [`Precision`] shrinks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quantizable {

@@ -136,7 +136,7 @@ fn gemm_into(
 }
 
 /// Softmax of each row of `len` values, in place.
-fn softmax_rows(w: &mut [f32], len: usize) {
+pub(crate) fn softmax_rows(w: &mut [f32], len: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
@@ -225,12 +225,15 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
         return x.gelu_erf();
     }
     let mut v: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    v.par_chunks_mut(1 << 14).for_each(|chunk| {
-        for e in chunk {
-            *e = 0.5 * *e * (1.0 + erf(*e * std::f32::consts::FRAC_1_SQRT_2));
-        }
-    });
+    v.par_chunks_mut(1 << 14).for_each(gelu_erf_slice);
     Tensor::from_vec(v, x.shape(), x.device())
+}
+
+/// Exact (erf) GELU in place, on the calling thread.
+pub(crate) fn gelu_erf_slice(v: &mut [f32]) {
+    for e in v {
+        *e = 0.5 * *e * (1.0 + erf(*e * std::f32::consts::FRAC_1_SQRT_2));
+    }
 }
 
 /// Channels-first LayerNorm of (B, C, H, W) over C, through candle's fused

@@ -18,6 +18,7 @@ use crate::base::RgbImage;
 use crate::base::Window;
 use crate::cache::ByteLru;
 use crate::error::{EngineError, Result};
+use crate::models::EncoderPrecision;
 use crate::models::sam_v1::{self, Backbone, SamV1};
 use crate::models::sam2::{self, ImageEmbedding, Prediction, Prompt, Sam2};
 use crate::models::trace::Trace;
@@ -134,7 +135,8 @@ pub enum SamModel {
 impl SamModel {
     /// Loads any supported checkpoint (`.pt`/`.pth` or safetensors), telling the
     /// family apart by its tensor names.
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+    /// `precision` applies to SAM 2.1's image encoder.
+    pub fn load(path: &Path, device: &Device, precision: EncoderPrecision) -> Result<Self> {
         let tensors = crate::models::read_checkpoint(path, device)?;
         if !Backbone::is_v1(&tensors) && !tensors.contains_key("sam_mask_decoder.iou_token.weight") {
             return Err(EngineError::Model {
@@ -145,7 +147,7 @@ impl SamModel {
         let model = if Backbone::is_v1(&tensors) {
             SamV1::from_tensors(tensors, device).map(Self::V1)
         } else {
-            Sam2::from_tensors(tensors, device).map(Self::V2)
+            Sam2::from_tensors(tensors, device, precision).map(Self::V2)
         };
         model.map_err(|e| crate::models::at_path(e, path))
     }
@@ -211,8 +213,8 @@ impl SamSegmenter {
     /// Default memory cap of the embedding cache (a tiny-model encoding is 17 MB).
     pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
 
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        Ok(Self::new(SamModel::load(path, device)?))
+    pub fn load(path: &Path, device: &Device, precision: EncoderPrecision) -> Result<Self> {
+        Ok(Self::new(SamModel::load(path, device, precision)?))
     }
 
     pub fn new(model: SamModel) -> Self {
@@ -310,9 +312,9 @@ impl Segmenter for WatershedSegmenter {
 }
 
 /// A segmenter from a checkpoint path, or the fallback without one.
-pub fn load_segmenter(path: Option<&Path>, device: &Device) -> Result<Box<dyn Segmenter>> {
+pub fn load_segmenter(path: Option<&Path>, device: &Device, precision: EncoderPrecision) -> Result<Box<dyn Segmenter>> {
     Ok(match path {
-        Some(p) => Box::new(SamSegmenter::load(p, device)?),
+        Some(p) => Box::new(SamSegmenter::load(p, device, precision)?),
         None => Box::new(WatershedSegmenter::default()),
     })
 }

@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::{AskStage, EventKind, JobId, Models, Msg, Outbox, RasterId, Request, RequestKind};
 use crate::base::{PixelBox, guard};
 use crate::error::{EngineError, Result};
+use crate::models::EncoderPrecision;
 use crate::pipeline::{self, Backend, Origin, Progress, ReasonerInfo, ReasonerSpec, WindowImage};
 use crate::segment::{Segment, Segmenter, WatershedSegmenter};
 
@@ -187,7 +188,7 @@ impl Held {
             if announce == Announce::Staged {
                 out.emit(job, EventKind::AskStage { stage: AskStage::LoadingSegmenter });
             }
-            let loaded = crate::segment::load_segmenter(checkpoint, &candle_core::Device::Cpu)?;
+            let loaded = crate::segment::load_segmenter(checkpoint, &candle_core::Device::Cpu, EncoderPrecision::Auto)?;
             if announce != Announce::No {
                 out.emit(job, EventKind::SegmenterLoaded { method: loaded.method() });
             }
@@ -221,7 +222,8 @@ impl Held {
             local => vec![local],
         };
         let sam = models.sam.clone();
-        let make = move || crate::segment::load_segmenter(sam.as_deref(), &candle_core::Device::Cpu);
+        let make =
+            move || crate::segment::load_segmenter(sam.as_deref(), &candle_core::Device::Cpu, EncoderPrecision::Auto);
         let mut progress = |done: usize, total: usize, eta: f64| {
             let message = format!("{done}/{total} tiles, about {eta:.0} s left");
             out.emit(job, EventKind::Progress { fraction: done as f32 / total.max(1) as f32, message });

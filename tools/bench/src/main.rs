@@ -70,6 +70,9 @@ pub struct SegmenterBenchArgs {
     /// Encodings timed (the first one included).
     #[arg(long, default_value_t = 2)]
     pub encodes: usize,
+    /// SAM 2.1's image encoder: auto (bf16 where the CPU has AVX-512 BF16), f32 or bf16.
+    #[arg(long, default_value = "auto")]
+    pub sam_precision: engine::models::EncoderPrecision,
 }
 
 /// Encoder and per-prompt decoder timings as one JSON object on stdout.
@@ -78,7 +81,7 @@ fn segmenter(args: &SegmenterBenchArgs) -> anyhow::Result<()> {
     use engine::segment::SamModel;
     let device = candle_core::Device::Cpu;
     let t = Instant::now();
-    let model = SamModel::load(&args.sam, &device)?;
+    let model = SamModel::load(&args.sam, &device, args.sam_precision)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     let raster = Raster::open(&args.image)?;
     let info = raster.info().clone();

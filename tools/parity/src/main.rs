@@ -101,7 +101,8 @@ fn sam(args: &SamArgs, v2: bool) -> anyhow::Result<()> {
     let cases: Cases = serde_json::from_str(&std::fs::read_to_string(&args.cases)?)?;
     let mut trace = Trace::recording();
     // The family is read off the tensors, as the product's `--sam` does.
-    let model = SamModel::load(&args.checkpoint, &dev)?;
+    // f32: what the reference computes.
+    let model = SamModel::load(&args.checkpoint, &dev, engine::models::EncoderPrecision::F32)?;
     if matches!(model, SamModel::V2(_)) != v2 {
         bail!("{} is not a {} checkpoint", args.checkpoint.display(), if v2 { "SAM 2" } else { "SAM v1 / MobileSAM" });
     }

@@ -9,7 +9,11 @@
 //! prefill was slower than f32 and its decoding reached a quarter of the memory
 //! bandwidth. Where the CPU lacks VNNI (picked at run time) the same arithmetic runs
 //! as plain loops that the compiler vectorises (AVX2 where present).
+//!
+//! [`bf16`] is the float counterpart for image encoders: bf16 products with f32
+//! sums through AVX-512 BF16's `vdpbf16ps`.
 
+pub mod bf16;
 pub mod int4;
 pub mod int8;
 pub(crate) mod linear;

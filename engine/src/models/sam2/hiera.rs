@@ -2,10 +2,13 @@
 //! query pooling between stages) and the FPN neck. Tensor names follow the
 //! checkpoint (`image_encoder.trunk.blocks.N.attn.qkv`, `image_encoder.neck.convs.N.conv`).
 
+use std::sync::Arc;
+
 use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, conv2d, layer_norm, linear};
 
 use crate::models::ops;
+use crate::models::quant::bf16::{self, Bf16Linear};
 use crate::models::trace::Trace;
 
 /// The shape of a Hiera trunk, as in the official `sam2.1_hiera_*.yaml` configs.
@@ -68,6 +71,33 @@ fn ln(dim: usize, vb: VarBuilder) -> Result<LayerNorm> {
     layer_norm(dim, 1e-6, vb)
 }
 
+/// A projection of the trunk, optionally followed by GELU: candle's f32 linear,
+/// or bf16 products with bias and GELU applied as each tile is stored.
+#[derive(Debug, Clone)]
+enum Dense {
+    F32 { linear: Linear, gelu: bool },
+    Bf16(Arc<Bf16Linear>),
+}
+
+impl Dense {
+    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder, bf16: bool, gelu: bool) -> Result<Self> {
+        let linear = linear(in_dim, out_dim, vb)?;
+        Ok(if bf16 {
+            Self::Bf16(Arc::new(Bf16Linear::from_linear(&linear, gelu)?))
+        } else {
+            Self::F32 { linear, gelu }
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::F32 { linear, gelu: false } => linear.forward(x),
+            Self::F32 { linear, gelu: true } => ops::gelu_erf(&linear.forward(x)?),
+            Self::Bf16(l) => l.forward(x),
+        }
+    }
+}
+
 /// Pads (B, H, W, C) to multiples of `ws` and cuts it into (B·nW, ws, ws, C).
 fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
     let (b, h, w, c) = x.dims4()?;
@@ -95,13 +125,16 @@ fn pool(x: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 struct MultiScaleBlock {
     norm1: LayerNorm,
-    qkv: Linear,
-    attn_proj: Linear,
+    qkv: Dense,
+    attn_proj: Dense,
     norm2: LayerNorm,
-    mlp: (Linear, Linear),
+    /// The hidden layer (with GELU) and the output layer.
+    mlp: (Dense, Dense),
     /// Present when the block widens the channels (first block of a stage).
-    proj: Option<Linear>,
+    proj: Option<Dense>,
     q_pool: bool,
+    /// Attention with bf16 products ([`bf16::sdpa`]).
+    bf16: bool,
     num_heads: usize,
     dim_out: usize,
     window_size: usize,
@@ -115,18 +148,21 @@ impl MultiScaleBlock {
         q_pool: bool,
         window_size: usize,
         vb: VarBuilder,
+        bf16: bool,
     ) -> Result<Self> {
+        let dense = |i, o, name: &str, gelu| Dense::new(i, o, vb.pp(name), bf16, gelu);
         Ok(Self {
             norm1: ln(dim, vb.pp("norm1"))?,
-            qkv: linear(dim, dim_out * 3, vb.pp("attn.qkv"))?,
-            attn_proj: linear(dim_out, dim_out, vb.pp("attn.proj"))?,
+            qkv: dense(dim, dim_out * 3, "attn.qkv", false)?,
+            attn_proj: dense(dim_out, dim_out, "attn.proj", false)?,
             norm2: ln(dim_out, vb.pp("norm2"))?,
             mlp: (
-                linear(dim_out, dim_out * 4, vb.pp("mlp.layers.0"))?,
-                linear(dim_out * 4, dim_out, vb.pp("mlp.layers.1"))?,
+                dense(dim_out, dim_out * 4, "mlp.layers.0", true)?,
+                dense(dim_out * 4, dim_out, "mlp.layers.1", false)?,
             ),
-            proj: if dim != dim_out { Some(linear(dim, dim_out, vb.pp("proj"))?) } else { None },
+            proj: if dim != dim_out { Some(dense(dim, dim_out, "proj", false)?) } else { None },
             q_pool,
+            bf16,
             num_heads,
             dim_out,
             window_size,
@@ -146,7 +182,8 @@ impl MultiScaleBlock {
         }
         let heads = |t: Tensor, n: usize| t.reshape((b, n, self.num_heads, hd))?.transpose(1, 2)?.contiguous();
         let (q, k, v) = (heads(q, qh * qw)?, heads(k, h * w)?, heads(v, h * w)?);
-        let o = ops::sdpa(&q, &k, &v, 1.0 / (hd as f64).sqrt())?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let o = if self.bf16 { bf16::sdpa(&q, &k, &v, scale as f32)? } else { ops::sdpa(&q, &k, &v, scale)? };
         let o = o.transpose(1, 2)?.reshape((b, qh, qw, self.dim_out))?;
         self.attn_proj.forward(&o)
     }
@@ -186,7 +223,7 @@ impl MultiScaleBlock {
             .step_by(ROWS)
             .map(|start| {
                 let rows = flat.narrow(0, start, ROWS.min(n - start))?;
-                self.mlp.1.forward(&ops::gelu_erf(&self.mlp.0.forward(&rows)?)?)
+                self.mlp.1.forward(&self.mlp.0.forward(&rows)?)
             })
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&parts, 0)?.reshape(dims)
@@ -230,8 +267,9 @@ pub struct Hiera {
 }
 
 impl Hiera {
-    /// `vb` at `image_encoder.trunk`; `grid` is the patch grid (256×256 for 1024²).
-    pub fn new(cfg: &HieraConfig, grid: (usize, usize), vb: VarBuilder) -> Result<Self> {
+    /// `vb` at `image_encoder.trunk`; `grid` is the patch grid (256×256 for 1024²);
+    /// `bf16`: projections and attention with bf16 products.
+    pub fn new(cfg: &HieraConfig, grid: (usize, usize), vb: VarBuilder, bf16: bool) -> Result<Self> {
         let patch_cfg = Conv2dConfig { stride: 4, padding: 3, ..Default::default() };
         let patch_embed = conv2d(3, cfg.embed_dim, 7, patch_cfg, vb.pp("patch_embed.proj"))?;
         let (bh, bw) = cfg.window_pos_embed_bkg;
@@ -267,6 +305,7 @@ impl Hiera {
                 q_pool_blocks.contains(&i),
                 window,
                 vb.pp(format!("blocks.{i}")),
+                bf16,
             )?;
             blocks.push(block);
             dim = dim_out;

@@ -17,8 +17,8 @@ use candle_nn::VarBuilder;
 
 use crate::base::RgbImage;
 use crate::error::{EngineError, Result};
-use crate::models::ops;
 use crate::models::trace::Trace;
+use crate::models::{EncoderPrecision, ops};
 use decoder::{Generation, MaskDecoder, PointPrompt, PromptEncoder};
 use hiera::{FpnNeck, Hiera, HieraConfig};
 
@@ -146,13 +146,17 @@ fn model_err(path: &Path, reason: impl std::fmt::Display) -> EngineError {
 impl Sam2 {
     /// Loads an official `.pt` checkpoint (`{"model": state_dict}`) or a
     /// safetensors file with the same tensor names.
-    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+    pub fn load(path: &Path, device: &Device, precision: EncoderPrecision) -> Result<Self> {
         let tensors = crate::models::read_checkpoint(path, device)?;
-        Self::from_tensors(tensors, device).map_err(|e| crate::models::at_path(e, path))
+        Self::from_tensors(tensors, device, precision).map_err(|e| crate::models::at_path(e, path))
     }
 
     /// Builds the model from named tensors (the checkpoint's names).
-    pub fn from_tensors(tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+    pub fn from_tensors(
+        tensors: HashMap<String, Tensor>,
+        device: &Device,
+        precision: EncoderPrecision,
+    ) -> Result<Self> {
         let geometry = Geometry::detect(&tensors).map_err(|e| model_err(Path::new("checkpoint"), e))?;
         let cfg = geometry.hiera();
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
@@ -163,7 +167,8 @@ impl Sam2 {
             )
         };
         let grid = IMAGE_SIZE / 4;
-        let trunk = Hiera::new(&cfg, (grid, grid), vb.pp("image_encoder.trunk")).map_err(shape_err)?;
+        let bf16 = precision.bf16_on(device);
+        let trunk = Hiera::new(&cfg, (grid, grid), vb.pp("image_encoder.trunk"), bf16).map_err(shape_err)?;
         let neck = FpnNeck::new(&cfg.channel_list(), EMBED_DIM, vb.pp("image_encoder.neck")).map_err(shape_err)?;
         let prompt_encoder = PromptEncoder::new(EMBED_DIM, IMAGE_SIZE / 16, IMAGE_SIZE, vb.pp("sam_prompt_encoder"))
             .map_err(shape_err)?;
