@@ -49,26 +49,9 @@ const FUSED_ROWS: usize = 64;
 /// sharing a key head along the rows, so each repeats every `period` rows).
 pub fn sdpa_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, causal: Option<(usize, usize)>) -> Result<Tensor> {
     use rayon::prelude::*;
-    let rank = q.rank();
-    if rank < 2 || k.rank() != rank || v.rank() != rank {
-        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} are not (…, seq, dim)", q.shape(), k.shape(), v.shape())
-    }
-    let (n, d) = (q.dim(rank - 2)?, q.dim(rank - 1)?);
-    let (s, dv) = (k.dim(rank - 2)?, v.dim(rank - 1)?);
-    let batch = q.elem_count() / (n * d).max(1);
-    if k.dim(rank - 1)? != d
-        || v.dim(rank - 2)? != s
-        || k.elem_count() != batch * s * d
-        || v.elem_count() != batch * s * dv
-    {
-        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} do not match", q.shape(), k.shape(), v.shape())
-    }
-    let mut dims = q.dims().to_vec();
-    dims[rank - 1] = dv;
-    if batch * n * dv == 0 || s == 0 {
-        // Nothing to attend to (or nothing asked): zeros, as a softmax over no keys is undefined.
-        return Tensor::zeros(dims, DType::F32, &candle_core::Device::Cpu);
-    }
+    let Some(AttentionShape { batch, n, d, s, dv, dims }) = attention_shape(q, k, v)? else {
+        return Tensor::zeros(attention_out_dims(q, v)?, DType::F32, &candle_core::Device::Cpu);
+    };
     let f32_vec = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
     let (q, k, v) = (f32_vec(q)?, f32_vec(k)?, f32_vec(v)?);
     let mut out = vec![0f32; batch * n * dv];
@@ -95,6 +78,54 @@ pub fn sdpa_f32(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, causal: Option<(
         });
     });
     Tensor::from_vec(out, dims, &candle_core::Device::Cpu)
+}
+
+/// The sizes of an attention over (…, seq, dim) tensors, checked against each other.
+pub(crate) struct AttentionShape {
+    pub batch: usize,
+    /// Queries per batch entry.
+    pub n: usize,
+    /// Query/key width.
+    pub d: usize,
+    /// Keys per batch entry.
+    pub s: usize,
+    /// Value width.
+    pub dv: usize,
+    /// The output's dims: q's with the last replaced by `dv`.
+    pub dims: Vec<usize>,
+}
+
+/// q's dims with the last replaced by v's width.
+pub(crate) fn attention_out_dims(q: &Tensor, v: &Tensor) -> Result<Vec<usize>> {
+    let mut dims = q.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = v.dim(v.rank().saturating_sub(1))?;
+    }
+    Ok(dims)
+}
+
+/// Checks `q`, `k`, `v` are (…, seq, dim) and agree; `None` when there is nothing
+/// to attend to or nothing asked (the output is then zeros: a softmax over no keys
+/// is undefined).
+pub(crate) fn attention_shape(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<AttentionShape>> {
+    let rank = q.rank();
+    if rank < 2 || k.rank() != rank || v.rank() != rank {
+        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} are not (…, seq, dim)", q.shape(), k.shape(), v.shape())
+    }
+    let (n, d) = (q.dim(rank - 2)?, q.dim(rank - 1)?);
+    let (s, dv) = (k.dim(rank - 2)?, v.dim(rank - 1)?);
+    let batch = q.elem_count() / (n * d).max(1);
+    if k.dim(rank - 1)? != d
+        || v.dim(rank - 2)? != s
+        || k.elem_count() != batch * s * d
+        || v.elem_count() != batch * s * dv
+    {
+        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} do not match", q.shape(), k.shape(), v.shape())
+    }
+    if batch * n * dv == 0 || s == 0 {
+        return Ok(None);
+    }
+    Ok(Some(AttentionShape { batch, n, d, s, dv, dims: attention_out_dims(q, v)? }))
 }
 
 /// `dst` (m × n, row-major) = `beta` · `lhs` (m × k, row-major) · `rhs`, where

@@ -370,25 +370,9 @@ impl CustomOp1 for Bf16Linear {
 /// softmax in place, and one pass for the output.
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
     const ROWS: usize = 64;
-    let rank = q.rank();
-    if rank < 2 || k.rank() != rank || v.rank() != rank {
-        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} are not (…, seq, dim)", q.shape(), k.shape(), v.shape())
-    }
-    let (n, d) = (q.dim(rank - 2)?, q.dim(rank - 1)?);
-    let (s, dv) = (k.dim(rank - 2)?, v.dim(rank - 1)?);
-    let batch = q.elem_count() / (n * d).max(1);
-    if k.dim(rank - 1)? != d
-        || v.dim(rank - 2)? != s
-        || k.elem_count() != batch * s * d
-        || v.elem_count() != batch * s * dv
-    {
-        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} do not match", q.shape(), k.shape(), v.shape())
-    }
-    let mut dims = q.dims().to_vec();
-    dims[rank - 1] = dv;
-    if batch * n * dv == 0 || s == 0 {
-        return Tensor::zeros(dims, DType::F32, &candle_core::Device::Cpu);
-    }
+    let Some(ops::AttentionShape { batch, n, d, s, dv, dims }) = ops::attention_shape(q, k, v)? else {
+        return Tensor::zeros(ops::attention_out_dims(q, v)?, DType::F32, &candle_core::Device::Cpu);
+    };
     let f32_vec = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
     let (q, k, v) = (f32_vec(q)?, f32_vec(k)?, f32_vec(v)?);
     let mut out = vec![0f32; batch * n * dv];
