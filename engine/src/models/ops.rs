@@ -168,25 +168,49 @@ fn gemm_into(
 
 /// Softmax of each row of `len` values, in place.
 pub(crate) fn softmax_rows(w: &mut [f32], len: usize) {
+    exp_rows_dispatch(w, len, None);
+}
+
+/// Softmax of each row without its division: `e^(w − max)` in place, and each
+/// row's `1 / Σ` into `inv_sums`, for a caller that scales a smaller product.
+pub(crate) fn exp_rows(w: &mut [f32], len: usize, inv_sums: &mut [f32]) {
+    exp_rows_dispatch(w, len, Some(inv_sums));
+}
+
+fn exp_rows_dispatch(w: &mut [f32], len: usize, inv_sums: Option<&mut [f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F (checked just above).
+        return unsafe { exp_rows_avx512(w, len, inv_sums) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { softmax_rows_avx2(w, len) };
+        return unsafe { exp_rows_avx2(w, len, inv_sums) };
     }
-    softmax_rows_portable(w, len);
+    exp_rows_portable(w, len, inv_sums);
 }
 
-/// [`softmax_rows_portable`] compiled for AVX2 (8 lanes of [`exp_fast`]).
+/// [`exp_rows_portable`] compiled for AVX-512 (16 lanes of [`exp_fast`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn exp_rows_avx512(w: &mut [f32], len: usize, inv_sums: Option<&mut [f32]>) {
+    exp_rows_portable(w, len, inv_sums);
+}
+
+/// [`exp_rows_portable`] compiled for AVX2 (8 lanes of [`exp_fast`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2(w: &mut [f32], len: usize) {
-    softmax_rows_portable(w, len);
+unsafe fn exp_rows_avx2(w: &mut [f32], len: usize, inv_sums: Option<&mut [f32]>) {
+    exp_rows_portable(w, len, inv_sums);
 }
 
+/// Per row: the maximum, then `e^(v − max)` and their sum, then either the
+/// division or `1 / Σ` into `inv_sums[row]`.
 #[inline(always)]
-fn softmax_rows_portable(w: &mut [f32], len: usize) {
+fn exp_rows_portable(w: &mut [f32], len: usize, mut inv_sums: Option<&mut [f32]>) {
     const LANES: usize = 16;
-    for row in w.chunks_exact_mut(len) {
+    for (r, row) in w.chunks_exact_mut(len).enumerate() {
         let mut lane_max = [f32::NEG_INFINITY; LANES];
         let mut chunks = row.chunks_exact(LANES);
         for c in &mut chunks {
@@ -209,8 +233,9 @@ fn softmax_rows_portable(w: &mut [f32], len: usize) {
             sum += *v;
         }
         let inv = 1.0 / sum;
-        for v in row.iter_mut() {
-            *v *= inv;
+        match inv_sums.as_deref_mut() {
+            Some(out) => out[r] = inv,
+            None => row.iter_mut().for_each(|v| *v *= inv),
         }
     }
 }
@@ -224,7 +249,8 @@ fn exp_fast(x: f32) -> f32 {
     // 1.5 · 2²³: adding and subtracting it rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.max(-87.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     // Plain products and sums (no `mul_add`: without FMA that is a libm call).
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4_f32;
@@ -234,17 +260,20 @@ fn exp_fast(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2ⁿ from the integer in `t`'s low mantissa bits (ROUND's bits + n): integer
+    // arithmetic that vectorises, where `n as i32` (saturating) goes lane by lane.
+    let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
+    y * f32::from_bits(biased << 23)
 }
 /// `erf` to within 1.5e-7 (Abramowitz & Stegun 7.1.26), branch-free apart from
 /// the sign, so it vectorises.
-#[inline]
+#[inline(always)]
 fn erf(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
     let y = 1.0
         - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_8) * t - 0.284_496_72) * t + 0.254_829_6)
             * t
-            * (-x * x).exp();
+            * exp_fast(-x * x);
     y.copysign(x)
 }
 
@@ -262,9 +291,80 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 /// Exact (erf) GELU in place, on the calling thread.
 pub(crate) fn gelu_erf_slice(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512 F (checked just above).
+        return unsafe { gelu_erf_avx512(v) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { gelu_erf_avx2(v) };
+    }
+    gelu_erf_portable(v);
+}
+
+/// [`gelu_erf_portable`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn gelu_erf_avx512(v: &mut [f32]) {
+    gelu_erf_portable(v);
+}
+
+/// [`gelu_erf_portable`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_erf_avx2(v: &mut [f32]) {
+    gelu_erf_portable(v);
+}
+
+#[inline(always)]
+fn gelu_erf_portable(v: &mut [f32]) {
     for e in v {
         *e = 0.5 * *e * (1.0 + erf(*e * std::f32::consts::FRAC_1_SQRT_2));
     }
+}
+
+/// Runs `f` on the values of `t` as one f32 slice, borrowed where `t` already
+/// is contiguous f32 on the CPU (a copy otherwise).
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let t = if t.dtype() == DType::F32 { t.contiguous()? } else { t.to_dtype(DType::F32)?.contiguous()? };
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((start, end))) => Ok(f(&v[start..end])),
+        _ => {
+            drop(storage);
+            Ok(f(&t.flatten_all()?.to_vec1::<f32>()?))
+        }
+    }
+}
+
+/// 2×2 max pooling, stride 2, of channels-last (B, H, W, C) (odd edges dropped,
+/// as torch's `max_pool2d(2)`): one pass over the input, where candle's pooling
+/// wants channels first and costs two transposing copies.
+pub fn max_pool_2x2_nhwc(x: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (b, h, w, c) = x.dims4()?;
+    let (oh, ow) = (h / 2, w / 2);
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return x.permute((0, 3, 1, 2))?.max_pool2d(2)?.permute((0, 2, 3, 1))?.contiguous();
+    }
+    let mut out = vec![0f32; b * oh * ow * c];
+    with_f32(x, |v| {
+        out.par_chunks_mut((ow * c).max(1)).enumerate().for_each(|(row, out)| {
+            let (bi, i) = (row / oh.max(1), row % oh.max(1));
+            let top = &v[((bi * h + 2 * i) * w) * c..];
+            let bottom = &top[w * c..];
+            for (j, o) in out.chunks_exact_mut(c.max(1)).enumerate() {
+                let at = 2 * j * c;
+                for (ch, o) in o.iter_mut().enumerate() {
+                    let (a, b) = (top[at + ch].max(top[at + c + ch]), bottom[at + ch].max(bottom[at + c + ch]));
+                    *o = a.max(b);
+                }
+            }
+        });
+    })?;
+    Tensor::from_vec(out, (b, oh, ow, c), x.device())
 }
 
 /// Channels-first LayerNorm of (B, C, H, W) over C, through candle's fused
@@ -460,5 +560,37 @@ mod tests {
         assert_eq!(bilinear_weights(2, 4)[1], (0, vec![0.75, 0.25]));
         let up = resample_planes(&[0.0, 4.0], 1, (1, 2), &bilinear_weights(1, 1), &bilinear_weights(2, 4));
         assert_eq!(up, [0.0, 1.0, 3.0, 4.0]);
+    }
+
+    /// Channels-last pooling equals candle's channels-first pooling, odd edges
+    /// dropped.
+    #[test]
+    fn channels_last_max_pool_matches_candle() {
+        let dev = candle_core::Device::Cpu;
+        for &(b, h, w, c) in &[(2, 6, 8, 3), (1, 7, 5, 16), (1, 3, 2, 2)] {
+            let x = Tensor::randn(0f32, 1.0, (b, h, w, c), &dev).unwrap();
+            let want = x.permute((0, 3, 1, 2)).unwrap().max_pool2d(2).unwrap().permute((0, 2, 3, 1)).unwrap();
+            let got = max_pool_2x2_nhwc(&x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let (got, want): (Vec<f32>, Vec<f32>) =
+                (got.flatten_all().unwrap().to_vec1().unwrap(), want.flatten_all().unwrap().to_vec1().unwrap());
+            assert_eq!(got, want, "{b}×{h}×{w}×{c}");
+        }
+    }
+
+    /// The exponentials with the sums kept aside, divided afterwards, are the softmax.
+    #[test]
+    fn exp_rows_defer_the_softmax_division() {
+        let mut a: Vec<f32> = (0..3 * 37).map(|i| ((i * 7919) % 101) as f32 / 9.0 - 5.0).collect();
+        let mut b = a.clone();
+        softmax_rows(&mut a, 37);
+        let mut inv = [0f32; 3];
+        exp_rows(&mut b, 37, &mut inv);
+        for (r, (a, b)) in a.chunks(37).zip(b.chunks(37)).enumerate() {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y * inv[r]).abs() <= 1e-7 + 1e-6 * x, "row {r}: {x} vs {}", y * inv[r]);
+            }
+            assert!((a.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
     }
 }

@@ -61,41 +61,63 @@ impl Bf16Weight {
     /// Rounds and packs `w`, row-major `[n, k]` as its checkpoint stores it.
     pub fn pack(w: Source<'_>, n: usize, k: usize) -> Self {
         assert_eq!(w.len(), n * k, "weight of {n}×{k} has {} values", w.len());
-        Self::build(n, k, |o, row| w.read(o * k, row))
+        Self::build(n, k, |g, lanes, row, stage| {
+            for lane in 0..lanes {
+                w.read((g * LANES + lane) * k, &mut row[..k]);
+                for (i, &x) in row[..k].iter().enumerate() {
+                    stage[i * LANES + lane] = x;
+                }
+            }
+        })
+    }
+
+    /// The weight whose output `o` is `v[o · ld ..][.. k]` (keys read in place).
+    pub fn pack_rows(v: &[f32], n: usize, k: usize, ld: usize) -> Self {
+        assert!(n == 0 || v.len() >= (n - 1) * ld + k, "{n} rows of {k} at stride {ld} do not fit {}", v.len());
+        Self::build(n, k, |g, lanes, _, stage| {
+            for lane in 0..lanes {
+                for (i, &x) in v[(g * LANES + lane) * ld..][..k].iter().enumerate() {
+                    stage[i * LANES + lane] = x;
+                }
+            }
+        })
     }
 
     /// The weight whose output `o`, input `i` is `v[i · ld + o]`: the transpose of
     /// a row-major `[k, n]` matrix (attention's values, multiplied from the left).
     pub fn pack_columns(v: &[f32], k: usize, n: usize, ld: usize) -> Self {
         assert!(k == 0 || v.len() >= (k - 1) * ld + n, "{k}×{n} columns at stride {ld} do not fit {}", v.len());
-        Self::build(n, k, |o, row| {
-            for (i, x) in row.iter_mut().enumerate() {
-                *x = v[i * ld + o];
+        Self::build(n, k, |g, lanes, _, stage| {
+            for i in 0..k {
+                stage[i * LANES..][..lanes].copy_from_slice(&v[i * ld + g * LANES..][..lanes]);
             }
         })
     }
 
-    /// Packs from `row(o, buf)`, which fills `buf` with output `o`'s `k` inputs.
-    fn build(n: usize, k: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Self {
+    /// Packs group by group: `stage(g, lanes, scratch, stage)` writes input `i` of
+    /// the group's output `lane` to `stage[i · 16 + lane]` (the rest stays zero),
+    /// so that each pair of inputs converts as two whole registers.
+    fn build(n: usize, k: usize, stage: impl Fn(usize, usize, &mut [f32], &mut [f32]) + Sync) -> Self {
         let pairs = k.div_ceil(2);
         let groups = n.div_ceil(LANES);
         let mut packed = vec![0u32; groups * pairs * LANES];
         if packed.is_empty() {
             return Self { n, k, pairs, packed };
         }
-        let fill = |(g, out): (usize, &mut [u32])| {
-            let mut buf = vec![0f32; pairs * 2];
-            for lane in 0..LANES.min(n - g * LANES) {
-                row(g * LANES + lane, &mut buf[..k]);
-                for (p, xy) in buf.chunks_exact(2).enumerate() {
-                    out[p * LANES + lane] = bf16_bits(xy[0]) | (bf16_bits(xy[1]) << 16);
-                }
+        let init = || (vec![0f32; k], vec![0f32; pairs * 2 * LANES]);
+        let fill = |(row, st): &mut (Vec<f32>, Vec<f32>), (g, out): (usize, &mut [u32])| {
+            let lanes = LANES.min(n - g * LANES);
+            if lanes < LANES {
+                st.fill(0.0);
             }
+            stage(g, lanes, row, st);
+            pack_staged(st, out);
         };
         if n * k >= 1 << 16 {
-            packed.par_chunks_mut(pairs * LANES).enumerate().for_each(fill);
+            packed.par_chunks_mut(pairs * LANES).enumerate().for_each_init(init, fill);
         } else {
-            packed.chunks_mut(pairs * LANES).enumerate().for_each(fill);
+            let mut scratch = init();
+            packed.chunks_mut(pairs * LANES).enumerate().for_each(|item| fill(&mut scratch, item));
         }
         Self { n, k, pairs, packed }
     }
@@ -119,13 +141,16 @@ impl Bf16Weight {
         let (k, n) = (self.k, self.n);
         y.par_chunks_mut(ITEM_ROWS * n.max(1)).enumerate().for_each(|(item, y)| {
             let rows = y.len() / n.max(1);
-            let x = &x[item * ITEM_ROWS * k..][..rows * k];
-            let a = Pairs::new(x, rows, k, k, 1.0);
-            self.multiply(&a, y, n, bias);
-            if gelu {
-                ops::gelu_erf_slice(y);
-            }
+            self.rows_into(&x[item * ITEM_ROWS * k..][..rows * k], rows, y, bias, gelu);
         });
+    }
+
+    /// [`Self::matmul`] of a few rows on the calling thread.
+    fn rows_into(&self, x: &[f32], rows: usize, y: &mut [f32], bias: Option<&[f32]>, gelu: bool) {
+        self.multiply(&Pairs::new(x, rows, self.k, self.k, 1.0), y, self.n, bias);
+        if gelu {
+            ops::gelu_erf_slice(y);
+        }
     }
 
     /// `y = a · wᵀ (+ bias)` on the calling thread; `y`'s rows are `ldy` apart.
@@ -301,6 +326,25 @@ mod avx512 {
         }
         super::pairs_row(&x[full * 32..], scale, &mut out[full * 16..]);
     }
+
+    /// [`super::pack_staged`]: each pair of 16-value registers rounded
+    /// (`vcvtneps2bf16`) and interleaved into 16 words.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) fn pack_staged(stage: &[f32], out: &mut [u32]) {
+        let pairs = out.len() / LANES;
+        assert!(stage.len() >= pairs * 2 * LANES);
+        for p in 0..pairs {
+            // SAFETY: 32 values from 32·p lie inside `stage`, 16 words from 16·p inside `out`.
+            unsafe {
+                let a = _mm512_cvtneps_pbh(_mm512_loadu_ps(stage.as_ptr().add(p * 2 * LANES)));
+                let b = _mm512_cvtneps_pbh(_mm512_loadu_ps(stage.as_ptr().add(p * 2 * LANES + LANES)));
+                let a = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(a));
+                let b = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(b));
+                let w = _mm512_or_si512(a, _mm512_slli_epi32::<16>(b));
+                _mm512_storeu_si512(out.as_mut_ptr().add(p * LANES).cast(), w);
+            }
+        }
+    }
 }
 
 /// Whether `vdpbf16ps` runs here.
@@ -337,6 +381,37 @@ impl Bf16Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1_no_bwd(self)
     }
+
+    /// `next(self(x))` over 64-row items on every core, each item's hidden rows
+    /// never leaving the cache: an MLP's 4×-wide hidden layer (100 MB at SAM's
+    /// first stage) is neither written out whole nor faulted in fresh.
+    pub fn then(&self, next: &Self, x: &Tensor) -> Result<Tensor> {
+        let (k, hidden, n) = (self.weight.k, self.weight.n, next.weight.n);
+        let mut dims = x.dims().to_vec();
+        if dims.last() != Some(&k) || next.weight.k != hidden {
+            candle_core::bail!("bf16 mlp: input {:?} through {k}→{hidden} then {}→{n}", x.shape(), next.weight.k)
+        }
+        let m = x.elem_count() / k.max(1);
+        let mut y = vec![0f32; m * n];
+        ops::with_f32(x, |x| {
+            y.par_chunks_mut(ITEM_ROWS * n.max(1)).enumerate().for_each(|(item, y)| {
+                let rows = y.len() / n.max(1);
+                let mut h = vec![0f32; rows * hidden];
+                self.weight.rows_into(
+                    &x[item * ITEM_ROWS * k..][..rows * k],
+                    rows,
+                    &mut h,
+                    self.bias.as_deref(),
+                    self.gelu,
+                );
+                next.weight.rows_into(&h, rows, y, next.bias.as_deref(), next.gelu);
+            });
+        })?;
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        Tensor::from_vec(y, dims, x.device())
+    }
 }
 
 impl CustomOp1 for Bf16Linear {
@@ -364,31 +439,135 @@ impl CustomOp1 for Bf16Linear {
     }
 }
 
+/// `out[p · 16 + lane]` = the bf16 pair of `stage[2p · 16 + lane]` and
+/// `stage[(2p + 1) · 16 + lane]`.
+fn pack_staged(stage: &[f32], out: &mut [u32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_bf16() {
+        // SAFETY: the CPU has AVX-512 F and BF16 (checked just above).
+        return unsafe { avx512::pack_staged(stage, out) };
+    }
+    for (o, st) in out.chunks_exact_mut(LANES).zip(stage.chunks_exact(2 * LANES)) {
+        let (a, b) = st.split_at(LANES);
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = bf16_bits(a) | (bf16_bits(b) << 16);
+        }
+    }
+}
+
 /// Unmasked scaled dot-product attention with bf16 products (f32 sums and
-/// softmax), for contiguous f32 (…, seq, dim) on the CPU: each batch entry's keys
-/// and values packed once, then per 64 queries one pass for the scores, the
-/// softmax in place, and one pass for the output.
+/// softmax), for contiguous f32 (…, seq, dim) on the CPU: [`sdpa_heads`] with
+/// one head per batch entry.
 pub fn sdpa(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Result<Tensor> {
-    const ROWS: usize = 64;
     let Some(ops::AttentionShape { batch, n, d, s, dv, dims }) = ops::attention_shape(q, k, v)? else {
         return Tensor::zeros(ops::attention_out_dims(q, v)?, DType::F32, &candle_core::Device::Cpu);
     };
-    let f32_vec = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
-    let (q, k, v) = (f32_vec(q)?, f32_vec(k)?, f32_vec(v)?);
-    let mut out = vec![0f32; batch * n * dv];
-    out.par_chunks_mut(n * dv).enumerate().for_each(|(b, out)| {
-        let keys = Bf16Weight::pack(Source::F32(&k[b * s * d..][..s * d]), s, d);
-        let values = Bf16Weight::pack_columns(&v[b * s * dv..][..s * dv], s, dv, dv);
-        out.par_chunks_mut(ROWS * dv).enumerate().for_each(|(blk, out)| {
-            let rows = out.len() / dv;
-            let qb = &q[(b * n + blk * ROWS) * d..][..rows * d];
+    let out = ops::with_f32(q, |q| {
+        ops::with_f32(k, |k| {
+            ops::with_f32(v, |v| {
+                let (q, k, v) = (HeadRows::packed(q, n, d), HeadRows::packed(k, s, d), HeadRows::packed(v, s, dv));
+                sdpa_heads(q, k, v, batch, 1, (d, dv), scale)
+            })
+        })
+    })????;
+    Tensor::from_vec(out, dims, &candle_core::Device::Cpu)
+}
+
+/// Where attention reads one operand: row `r` of batch entry `b` starts at
+/// `data[b · batch_stride + r · ld]`, its heads side by side — so queries, keys
+/// and values are read straight out of a fused `qkv` projection, uncopied.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadRows<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    /// Values from one row to the next (at least the heads' total width).
+    pub ld: usize,
+    pub batch_stride: usize,
+}
+
+impl<'a> HeadRows<'a> {
+    /// Batch entries of `rows` rows of `ld` values, one after another.
+    pub fn packed(data: &'a [f32], rows: usize, ld: usize) -> Self {
+        Self { data, rows, ld, batch_stride: rows * ld }
+    }
+
+    /// Checks that `batch` entries of `heads` heads `width` wide fit.
+    fn check(&self, what: &str, batch: usize, heads: usize, width: usize) -> Result<()> {
+        let row = heads * width;
+        let fits = batch == 0
+            || self.rows == 0
+            || ((self.rows == 1 || row <= self.ld)
+                && (batch - 1) * self.batch_stride + (self.rows - 1) * self.ld + row <= self.data.len());
+        if !fits {
+            candle_core::bail!(
+                "attention: {what} of {batch} × {} rows × {heads} heads × {width} do not fit {} values at stride {}",
+                self.rows,
+                self.data.len(),
+                self.ld
+            )
+        }
+        Ok(())
+    }
+
+    /// Head `h` (of heads `width` wide) of batch entry `b`, from its first row on.
+    fn head(&self, b: usize, h: usize, width: usize) -> &[f32] {
+        &self.data[b * self.batch_stride + h * width..]
+    }
+}
+
+/// Attention of `heads` heads (queries and keys `d` wide, values `dv`) over
+/// `batch` entries with bf16 products: per entry, each head's keys and values
+/// packed once; then per 64 queries and head, one pass for the scores, the
+/// exponentials in place, one pass for the output, and the division by each
+/// row's sum on that narrower output. Returns `[batch, q.rows, heads · dv]`.
+pub fn sdpa_heads(
+    q: HeadRows,
+    k: HeadRows,
+    v: HeadRows,
+    batch: usize,
+    heads: usize,
+    (d, dv): (usize, usize),
+    scale: f32,
+) -> Result<Vec<f32>> {
+    const ROWS: usize = 64;
+    q.check("queries", batch, heads, d)?;
+    k.check("keys", batch, heads, d)?;
+    v.check("values", batch, heads, dv)?;
+    if k.rows != v.rows {
+        candle_core::bail!("attention: {} keys but {} values", k.rows, v.rows)
+    }
+    let (n, s, width) = (q.rows, k.rows, heads * dv);
+    let mut out = vec![0f32; batch * n * width];
+    if out.is_empty() || s == 0 {
+        return Ok(out);
+    }
+    out.par_chunks_mut(n * width).enumerate().for_each(|(b, out)| {
+        let packed: Vec<_> = (0..heads)
+            .into_par_iter()
+            .map(|h| {
+                (
+                    Bf16Weight::pack_rows(k.head(b, h, d), s, d, k.ld),
+                    Bf16Weight::pack_columns(v.head(b, h, dv), s, dv, v.ld),
+                )
+            })
+            .collect();
+        out.par_chunks_mut(ROWS * width).enumerate().for_each(|(blk, out)| {
+            let rows = out.len() / width;
             let mut w = vec![0f32; rows * s];
-            keys.multiply(&Pairs::new(qb, rows, d, d, scale), &mut w, s, None);
-            ops::softmax_rows(&mut w, s);
-            values.multiply(&Pairs::new(&w, rows, s, s, 1.0), out, dv, None);
+            let mut inv = vec![0f32; rows];
+            for (h, (keys, values)) in packed.iter().enumerate() {
+                let qb = &q.head(b, h, d)[blk * ROWS * q.ld..];
+                keys.multiply(&Pairs::new(qb, rows, d, q.ld, scale), &mut w, s, None);
+                ops::exp_rows(&mut w, s, &mut inv);
+                let out = &mut out[h * dv..];
+                values.multiply(&Pairs::new(&w, rows, s, s, 1.0), out, width, None);
+                for (r, inv) in inv.iter().enumerate() {
+                    out[r * width..][..dv].iter_mut().for_each(|v| *v *= inv);
+                }
+            }
         });
     });
-    Tensor::from_vec(out, dims, &candle_core::Device::Cpu)
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -488,5 +667,57 @@ mod tests {
             let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(diff < 0.03, "{b}×{n}×{s}×{d}: max |Δ| {diff}");
         }
+    }
+
+    /// Heads read in place from a fused `[b, n, 3 · heads · hd]` projection (and
+    /// separately stored queries) equal attention on the split, transposed heads.
+    #[test]
+    fn heads_read_in_place_match_split_heads() {
+        let dev = candle_core::Device::Cpu;
+        for &(b, n, heads, hd) in &[(2, 37, 3, 16), (1, 130, 2, 24), (3, 1, 4, 8)] {
+            let width = heads * hd;
+            let qkv = random(b * n * 3 * width, 7).iter().map(|v| v * 4.0).collect::<Vec<_>>();
+            let t = Tensor::from_vec(qkv.clone(), (b, n, 3, heads, hd), &dev).unwrap();
+            let part =
+                |i| t.narrow(2, i, 1).unwrap().squeeze(2).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+            let scale = 1.0 / (hd as f32).sqrt();
+            let want = ops::sdpa_f32(&part(0), &part(1), &part(2), scale, None).unwrap();
+            let want: Vec<f32> = want.transpose(1, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let at = |o: usize| HeadRows { data: &qkv[o..], rows: n, ld: 3 * width, batch_stride: n * 3 * width };
+            let got = sdpa_heads(at(0), at(width), at(2 * width), b, heads, (hd, hd), scale).unwrap();
+            let diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(diff < 0.03, "{b}×{n}×{heads}×{hd}: max |Δ| {diff}");
+            // The same queries stored on their own.
+            let q: Vec<f32> = part(0).transpose(1, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let got = sdpa_heads(HeadRows::packed(&q, n, width), at(width), at(2 * width), b, heads, (hd, hd), scale);
+            assert_eq!(got.unwrap(), sdpa_heads(at(0), at(width), at(2 * width), b, heads, (hd, hd), scale).unwrap());
+        }
+    }
+
+    #[test]
+    fn operands_that_do_not_fit_are_an_error() {
+        let v = vec![0f32; 100];
+        let rows = HeadRows::packed(&v, 10, 10);
+        assert!(sdpa_heads(rows, rows, rows, 1, 2, (6, 5), 1.0).is_err(), "12 wide rows in a stride of 10");
+        assert!(sdpa_heads(rows, rows, rows, 2, 1, (10, 10), 1.0).is_err(), "a second batch entry past the end");
+        assert_eq!(sdpa_heads(rows, rows, rows, 1, 2, (5, 5), 1.0).unwrap().len(), 100);
+    }
+
+    /// An MLP fused per row item equals its two layers one after the other.
+    #[test]
+    fn fused_mlp_equals_two_layers() {
+        let dev = candle_core::Device::Cpu;
+        let layer = |n: usize, k: usize, seed: u64, gelu: bool| {
+            let w = Tensor::from_vec(random(n * k, seed), (n, k), &dev).unwrap();
+            let b = Tensor::from_vec(random(n, seed + 1), n, &dev).unwrap();
+            Bf16Linear::from_linear(&candle_nn::Linear::new(w, Some(b)), gelu).unwrap()
+        };
+        let (fc1, fc2) = (layer(40, 12, 1, true), layer(12, 40, 3, false));
+        let x = Tensor::from_vec(random(2 * 75 * 12, 9), (2, 75, 12), &dev).unwrap();
+        let want: Vec<f32> = fc2.forward(&fc1.forward(&x).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let got = fc1.then(&fc2, &x).unwrap();
+        assert_eq!(got.dims(), &[2, 75, 12]);
+        assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+        assert!(fc2.then(&fc2, &x).is_err(), "12 → 40 cannot feed 12 → 40");
     }
 }

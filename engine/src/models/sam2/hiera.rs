@@ -119,7 +119,7 @@ fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w): (
 
 /// 2×2 max pooling of (B, H, W, C).
 fn pool(x: &Tensor) -> Result<Tensor> {
-    x.permute((0, 3, 1, 2))?.max_pool2d(2)?.permute((0, 2, 3, 1))?.contiguous()
+    ops::max_pool_2x2_nhwc(x)
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +171,9 @@ impl MultiScaleBlock {
 
     /// Attention over (B, H, W, C) windows; queries pooled 2×2 when `q_pool`.
     fn attention(&self, x: &Tensor) -> Result<Tensor> {
+        if self.bf16 {
+            return self.attention_bf16(x);
+        }
         let (b, h, w, _) = x.dims4()?;
         let hd = self.dim_out / self.num_heads;
         let qkv = self.qkv.forward(x)?.reshape((b, h * w, 3, self.num_heads, hd))?;
@@ -182,10 +185,37 @@ impl MultiScaleBlock {
         }
         let heads = |t: Tensor, n: usize| t.reshape((b, n, self.num_heads, hd))?.transpose(1, 2)?.contiguous();
         let (q, k, v) = (heads(q, qh * qw)?, heads(k, h * w)?, heads(v, h * w)?);
-        let scale = 1.0 / (hd as f64).sqrt();
-        let o = if self.bf16 { bf16::sdpa(&q, &k, &v, scale as f32)? } else { ops::sdpa(&q, &k, &v, scale)? };
+        let o = ops::sdpa(&q, &k, &v, 1.0 / (hd as f64).sqrt())?;
         let o = o.transpose(1, 2)?.reshape((b, qh, qw, self.dim_out))?;
         self.attn_proj.forward(&o)
+    }
+
+    /// [`Self::attention`] with bf16 products, reading the heads straight out of
+    /// the `qkv` projection (or the pooled queries) and writing them side by side.
+    fn attention_bf16(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, _) = x.dims4()?;
+        let (dim, heads) = (self.dim_out, self.num_heads);
+        let hd = dim / heads;
+        let qkv = self.qkv.forward(x)?;
+        let pooled = if self.q_pool { Some(pool(&qkv.narrow(3, 0, dim)?)?) } else { None };
+        let (qh, qw) = pooled.as_ref().map_or(Ok((h, w)), |p| Ok::<_, candle_core::Error>((p.dim(1)?, p.dim(2)?)))?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let o = ops::with_f32(&qkv, |qkv| {
+            let at = |offset: usize| bf16::HeadRows {
+                data: &qkv[offset..],
+                rows: h * w,
+                ld: 3 * dim,
+                batch_stride: h * w * 3 * dim,
+            };
+            match &pooled {
+                None => bf16::sdpa_heads(at(0), at(dim), at(2 * dim), b, heads, (hd, hd), scale),
+                Some(p) => ops::with_f32(p, |p| {
+                    let q = bf16::HeadRows { data: p, rows: qh * qw, ld: dim, batch_stride: qh * qw * dim };
+                    bf16::sdpa_heads(q, at(dim), at(2 * dim), b, heads, (hd, hd), scale)
+                })?,
+            }
+        })??;
+        self.attn_proj.forward(&Tensor::from_vec(o, (b, qh, qw, dim), x.device())?)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -215,6 +245,9 @@ impl MultiScaleBlock {
     /// 100 MB at once, and fresh buffers that large cost page faults on every call.
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {
         const ROWS: usize = 4096;
+        if let (Dense::Bf16(fc1), Dense::Bf16(fc2)) = &self.mlp {
+            return fc1.then(fc2, x);
+        }
         let dims = x.dims().to_vec();
         let c = dims[dims.len() - 1];
         let flat = x.reshape(((), c))?;
