@@ -107,16 +107,23 @@ impl Precision {
     }
 
     /// Bytes the weights take: the `quantizable` ones of the `params` at the
-    /// quantized rates (the vision tower's at Q8_0), the rest in the float dtype.
+    /// quantized rates (the vision tower's in bf16 where this CPU multiplies bf16
+    /// natively, else at Q8_0), the rest in the float dtype.
     pub fn bytes_needed(self, params: u64, quantizable: Quantizable) -> u64 {
+        self.bytes_needed_with(params, quantizable, quant::bf16::has_bf16())
+    }
+
+    /// [`Self::bytes_needed`] with the vision tower in bf16 or not.
+    pub fn bytes_needed_with(self, params: u64, quantizable: Quantizable, vision_bf16: bool) -> u64 {
         let Quantizable { text, vision } = quantizable;
         let float = self.dtype().size_in_bytes() as u64;
         let rest = params.saturating_sub(text + vision) * float;
+        let vision = if vision_bf16 { vision * 2 } else { vision * 34 / 32 };
         match self {
             Self::Float(_) => params * float,
-            Self::Q8_0 => rest + (text + vision) * 34 / 32,
+            Self::Q8_0 => rest + text * 34 / 32 + vision,
             // Q4_K as our CPU kernel packs it: 4.625 bits per weight.
-            Self::Q4K => rest + text * 148 / 256 + vision * 34 / 32,
+            Self::Q4K => rest + text * 148 / 256 + vision,
         }
     }
 }
@@ -360,12 +367,16 @@ mod tests {
         let e = check_memory(Path::new("/m"), 1 << 52, "f32").unwrap_err().to_string();
         assert!(e.contains("/m") && e.contains("GB") && e.contains("do not fit"), "{e}");
         check_memory(Path::new("/m"), 4000, "f32").unwrap();
-        // The published 7B: 33 GB in f32, 8.8 GB as Q8_0, 5.1 GB as Q4_K (its vision at Q8_0).
+        // The published 7B: 33 GB in f32, 8.8 GB as Q8_0, 5.1 GB as Q4_K with its vision at
+        // Q8_0; 0.63 GB more with the vision tower in bf16.
         let params = 8_292_166_656;
         let quantizable = Quantizable { text: 7_615_283_200, vision: 674_529_280 };
         assert_eq!(Precision::Float(DType::F32).bytes_needed(params, quantizable), 33_168_666_624);
-        assert_eq!(Precision::Q8_0.bytes_needed(params, quantizable), 8_817_342_464);
-        assert_eq!(Precision::Q4K.bytes_needed(params, quantizable), 5_128_689_664);
+        assert_eq!(Precision::Q8_0.bytes_needed_with(params, quantizable, false), 8_817_342_464);
+        assert_eq!(Precision::Q4K.bytes_needed_with(params, quantizable, false), 5_128_689_664);
+        assert_eq!(Precision::Q4K.bytes_needed_with(params, quantizable, true), 5_761_060_864);
+        let native = Precision::Q4K.bytes_needed_with(params, quantizable, quant::bf16::has_bf16());
+        assert_eq!(Precision::Q4K.bytes_needed(params, quantizable), native);
         assert_eq!("q8_0".parse::<Precision>(), Ok(Precision::Q8_0));
         assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Float(DType::BF16)));
         assert!("int3".parse::<Precision>().is_err());

@@ -378,6 +378,14 @@ impl Bf16Linear {
         Ok(Self { weight: Bf16Weight::pack(Source::F32(&values), n, k), bias, gelu })
     }
 
+    /// Packs `[n, k]` from where it lies (a mapped checkpoint, say).
+    pub fn pack(weight: Source<'_>, n: usize, k: usize, bias: Option<Vec<f32>>, gelu: bool) -> Result<Self> {
+        if bias.as_ref().is_some_and(|b| b.len() != n) {
+            candle_core::bail!("bf16 linear: a bias for {} outputs, {n} expected", bias.map_or(0, |b| b.len()))
+        }
+        Ok(Self { weight: Bf16Weight::pack(weight, n, k), bias, gelu })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1_no_bwd(self)
     }

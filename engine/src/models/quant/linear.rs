@@ -12,6 +12,7 @@ use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
 use super::Source;
+use super::bf16::{self, Bf16Linear};
 use super::int4::Int4Weight;
 use super::int8::Int8Weight;
 
@@ -129,6 +130,9 @@ pub(crate) enum Proj {
         weight: CpuQuant,
         bias: Option<Tensor>,
     },
+    /// bf16 through AVX-512 BF16 (`Quantize` at `GgmlDType::BF16` on a CPU that
+    /// has it): the vision tower's wide products, bias added as tiles are stored.
+    Bf16(Arc<Bf16Linear>),
 }
 
 /// A weight for [`crate::models::quant`], run as a candle op on the last dimension.
@@ -187,6 +191,12 @@ impl Proj {
             return Ok(Self::Float(candle_nn::linear_b(in_dim, out_dim, bias, vb)?));
         };
         let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        if q.dtype == GgmlDType::BF16 && vb.device().is_cpu() && bf16::has_bf16() {
+            let b = bias.map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
+            let linear =
+                q.with_weight(&vb, out_dim, in_dim, |source| Bf16Linear::pack(source, out_dim, in_dim, b, false))?;
+            return Ok(Self::Bf16(Arc::new(linear?)));
+        }
         let ours = matches!(q.dtype, GgmlDType::Q8_0 | GgmlDType::Q4K) && vb.device().is_cpu();
         if ours {
             let weight = q.with_weight(&vb, out_dim, in_dim, |source| q.pack(source, out_dim, in_dim))?;
@@ -202,6 +212,7 @@ impl Module for Proj {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Self::Float(l) => l.forward(xs),
+            Self::Bf16(l) => l.forward(xs),
             Self::Cpu { weight, bias } => {
                 let ys = xs.contiguous()?.apply_op1_no_bwd(weight)?;
                 match bias {

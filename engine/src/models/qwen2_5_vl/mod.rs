@@ -86,10 +86,12 @@ impl Qwen25Vl {
     /// `vb` at the checkpoint root, in the published tensor layout (`visual.*`,
     /// `model.*`, `lm_head.*`).
     /// With `quantize`, the language model's projections, head and embedding table
-    /// are quantized as they load, and the vision tower's projections to 8 bits
-    /// (Q8_0 whatever the language model's format: its features feed every token).
+    /// are quantized as they load, and the vision tower's projections to bf16
+    /// where the CPU multiplies it natively (AVX-512 BF16), else to Q8_0 —
+    /// whatever the language model's format: its features feed every token.
     pub(crate) fn new(config: Config, vb: VarBuilder, quantize: Option<&Quantize>) -> Result<Self> {
-        let vision_q = quantize.map(|q| q.with_dtype(GgmlDType::Q8_0));
+        let native_bf16 = vb.device().is_cpu() && models::quant::bf16::has_bf16();
+        let vision_q = quantize.map(|q| q.with_dtype(if native_bf16 { GgmlDType::BF16 } else { GgmlDType::Q8_0 }));
         let vision = VisionModel::new(&config.vision, vb.pp("visual"), vision_q.as_ref())?;
         let text = TextModel::new(&config.text, vb.clone(), quantize)?;
         Ok(Self { config, vision, text, next_position: 0 })

@@ -66,7 +66,13 @@ impl VisionAttention {
                         .transpose(0, 1)?
                         .contiguous()
                 };
-                let o = crate::models::ops::sdpa(&split(&q)?, &split(&k)?, &split(&v)?, scale)?;
+                let (q, k, v) = (split(&q)?, split(&k)?, split(&v)?);
+                // A tower in bf16 (its projections are) multiplies attention in bf16 too.
+                let o = if matches!(self.qkv, Proj::Bf16(_)) {
+                    crate::models::quant::bf16::sdpa(&q, &k, &v, scale as f32)?
+                } else {
+                    crate::models::ops::sdpa(&q, &k, &v, scale)?
+                };
                 outs.push(o.transpose(0, 1)?.reshape((self.num_heads, count * len, self.head_dim))?);
             }
             i = j;
