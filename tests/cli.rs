@@ -238,3 +238,27 @@ fn the_product_binary_carries_no_benchmark_code() {
         assert!(marks.iter().all(|m| contains(&bytes, m)), "{} lacks the benchmarks", bench.display());
     }
 }
+
+/// `--version` says which build this is: version, commit, GPU features, the GDAL
+/// and PROJ it runs against, the CPU kernels it picked.
+#[test]
+fn version_names_the_build_commit_features_and_gdal() {
+    let out = rr(&[os("--version")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with(&format!("remote-reasoner {} (commit ", env!("CARGO_PKG_VERSION"))), "{text}");
+    for part in ["GPU features: ", "GDAL 3.", "PROJ ", "CPU kernels: "] {
+        assert!(text.contains(part), "no {part:?} in {text}");
+    }
+    let gdal = Command::new("gdal-config").arg("--version").output().ok();
+    if let Some(g) = gdal.filter(|g| g.status.success()) {
+        let v = String::from_utf8_lossy(&g.stdout).trim().to_owned();
+        assert!(text.contains(&format!("GDAL {v}")), "gdal-config says {v}: {text}");
+    }
+    // Built from a checkout: its commit.
+    let head = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).output().ok();
+    if let Some(h) = head.filter(|h| h.status.success()) {
+        let c = String::from_utf8_lossy(&h.stdout).trim().to_owned();
+        assert!(text.contains(&format!("(commit {c})")), "HEAD is {c}: {text}");
+    }
+}

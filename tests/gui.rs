@@ -243,3 +243,19 @@ fn snapshot_of_the_opened_sample() {
         .output_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/snapshots"));
     h.snapshot_options("sample_opened", &options);
 }
+
+/// Help > About shows what `--version` prints and the licences.
+#[test]
+fn about_shows_the_build_and_the_licences() {
+    let mut h = harness(None);
+    settle(&mut h);
+    h.get_by_label("Help").click();
+    h.run();
+    h.get_by_label("About RemoteReasoner").click();
+    h.run();
+    assert!(h.state().session.show_about);
+    let info = rr_app::build_info::BuildInfo::current();
+    h.get_by_label_contains(&format!("commit {}", info.commit));
+    h.get_by_label_contains("CC BY-SA 4.0");
+    h.get_by_label("RemoteReasoner: Apache-2.0.");
+}

@@ -12,7 +12,9 @@ use rr_app::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     rr_app::alloc::keep_freed_memory();
-    let matches = Cli::command().get_matches();
+    // The long `--version`: commit, features, GDAL and CPU kernels (built once, at start).
+    let long_version: &'static str = Box::leak(rr_app::build_info::BuildInfo::current().to_string().into_boxed_str());
+    let matches = Cli::command().long_version(long_version).get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // `segment` needs the order of --box and --point: a point refines the box before it.
     if let (Some(Command::Segment(args)), Some(m)) = (&mut cli.command, matches.subcommand_matches("segment")) {

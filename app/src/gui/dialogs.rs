@@ -327,6 +327,30 @@ pub fn help_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
     app.session.show_help = open;
 }
 
+/// What this build is (as `--version` prints it) and the licences of what it
+/// carries.
+pub fn about_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
+    let mut open = app.session.show_about;
+    egui::Window::new("About RemoteReasoner").open(&mut open).resizable(false).show(ctx, |ui| {
+        ui.heading("RemoteReasoner");
+        ui.label("Geospatial reasoning on remote-sensing imagery: region, pixel and contour answers.");
+        ui.separator();
+        ui.label(RichText::new(crate::build_info::BuildInfo::current().to_string()).monospace());
+        ui.separator();
+        for line in LICENCES {
+            ui.label(*line);
+        }
+    });
+    app.session.show_about = open;
+}
+
+/// The licences the About window names (the package ships their texts).
+pub const LICENCES: &[&str] = &[
+    "RemoteReasoner: Apache-2.0.",
+    "Bundled sample image: SpaceNet (SpaceNet LLC / CosmiQ Works; Maxar), CC BY-SA 4.0.",
+    "Linked libraries: GDAL and PROJ (MIT), egui/eframe and candle (MIT or Apache-2.0); model weights carry their own licences.",
+];
+
 /// A raster by URL (`https://`, `s3://`, `/vsicurl/` …) or a STAC item
 /// (`…/item.json`, `#asset` to pick one), read through GDAL on a thread of its own.
 pub fn open_url_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {

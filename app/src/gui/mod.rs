@@ -984,6 +984,7 @@ impl eframe::App for WorkbenchApp {
         dialogs::open_url_ui(self, &ctx);
         dialogs::settings_ui(self, &ctx);
         dialogs::help_ui(self, &ctx);
+        dialogs::about_ui(self, &ctx);
         dialogs::recovery_ui(self, &ctx);
         dialogs::close_ui(self, &ctx);
         panels::notifications_ui(self, &ctx);

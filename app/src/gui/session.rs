@@ -160,6 +160,8 @@ pub struct Session {
     pub last_autosave: Instant,
     pub show_settings: bool,
     pub show_help: bool,
+    /// Help > About: version, build and licences.
+    pub show_about: bool,
     pub export_dialog: Option<crate::gui::dialogs::ExportDialog>,
     /// The "Open URL" dialog's text, while it is open.
     pub open_url: Option<String>,
@@ -201,6 +203,7 @@ impl Session {
             last_autosave: Instant::now(),
             show_settings: false,
             show_help: false,
+            show_about: false,
             export_dialog: None,
             open_url: None,
             recovery_offer: None,

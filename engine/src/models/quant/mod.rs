@@ -248,7 +248,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 /// Whether the VNNI kernels can run here.
-pub(crate) fn has_vnni() -> bool {
+pub fn has_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512vnni")
@@ -263,7 +263,7 @@ pub(crate) fn has_vnni() -> bool {
 }
 
 /// Whether the AVX2 build of the portable kernels can run here.
-pub(crate) fn has_avx2() -> bool {
+pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
