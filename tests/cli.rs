@@ -262,3 +262,26 @@ fn version_names_the_build_commit_features_and_gdal() {
         assert!(text.contains(&format!("(commit {c})")), "HEAD is {c}: {text}");
     }
 }
+
+/// Shell completions and the man page come from the same clap definitions the
+/// binary parses with (packaging installs them).
+#[test]
+fn completions_and_man_page_cover_the_subcommands() {
+    for (shell, marker) in
+        [("bash", "complete -F"), ("zsh", "#compdef remote-reasoner"), ("fish", "complete -c remote-reasoner")]
+    {
+        let out = rr(&[os("completions"), os(shell)]);
+        assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: no {marker:?}");
+        for sub in ["ask", "segment", "polygonize", "sweep", "serve"] {
+            assert!(text.contains(sub), "{shell}: no {sub}");
+        }
+    }
+    let out = rr(&[os("completions"), os("tcsh")]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("tcsh"));
+    let out = rr(&[os("manpage")]);
+    assert!(out.status.success());
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(man.contains(".TH remote-reasoner 1") && man.contains("polygonize"), "{}", &man[..man.len().min(400)]);
+}

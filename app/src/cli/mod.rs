@@ -13,7 +13,7 @@ pub mod sweep;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::gui::RendererChoice;
 
@@ -55,6 +55,14 @@ pub enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Download (`pull`) and list (`list`) checkpoints.
     Models(models::ModelsArgs),
+    /// Print shell completions to stdout (e.g. `remote-reasoner completions bash > /etc/bash_completion.d/remote-reasoner`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: what packaging installs as remote-reasoner.1.
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// Runs a parsed command line.
@@ -71,5 +79,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Eval(args)) => eval::run(&args),
         Some(Command::Serve(args)) => serve::run(&args),
         Some(Command::Models(args)) => models::run(&args),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "remote-reasoner", &mut std::io::stdout());
+            Ok(())
+        }
+        Some(Command::Manpage) => Ok(clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?),
     }
 }
