@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the Debian 12 package from a clean clone: bash packaging/build.sh
-# Output: $RR_PACKAGES (default ~/.cache/remote-reasoner/packages)/remote-reasoner_<version>_<arch>.deb
+# Output, in $RR_PACKAGES (default ~/.cache/remote-reasoner/packages):
+#   remote-reasoner_<version>-1_<arch>.deb          the Debian 12 package
+#   remote-reasoner-<version>-<arch>-linux.tar.gz   the portable bundle (GDAL inside; packaging/bundle.sh)
 # Needs what the README's set-up installs (tools/setup.sh) plus librsvg2-bin (icons) and
-# dpkg-dev (dpkg-shlibdeps: the package's dependencies are read off the binary); cargo-deb
-# is installed, pinned, under the shared cache.
+# dpkg-dev (dpkg-shlibdeps: the package's dependencies are read off the binary) and patchelf (the
+# bundle's RUNPATHs); cargo-deb is installed, pinned, under the shared cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh >&2
@@ -11,7 +13,7 @@ source tools/env.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
 missing=()
-for p in librsvg2-bin dpkg-dev; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in librsvg2-bin dpkg-dev patchelf; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
@@ -37,5 +39,7 @@ for size in 16 32 48 64 128 256 512; do
 done
 out="${RR_PACKAGES:-$HOME/.cache/remote-reasoner/packages}"
 mkdir -p "$out"
+rm -f "$out"/remote-reasoner_*.deb "$out"/remote-reasoner-*-linux.tar.gz
 "$tools/bin/cargo-deb" -p remote-reasoner --no-build --output "$out" >&2
-ls "$out"/remote-reasoner_*.deb
+bash packaging/bundle.sh "$bin" "$gen" "$out" >/dev/null
+ls "$out"/remote-reasoner_*.deb "$out"/remote-reasoner-*-linux.tar.gz
