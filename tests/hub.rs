@@ -22,6 +22,7 @@ fn pull_downloads_verifies_lists_and_the_model_answers() {
         revision: "main".into(),
         cache_dir: Some(cache.path().to_owned()),
         endpoint: Some(hub.url.clone()),
+        files: Vec::new(),
     };
     let mut seen = Vec::new();
     let snapshot = hub::pull(&req, |p| seen.push(p.clone())).unwrap();
@@ -66,6 +67,7 @@ fn a_corrupt_download_is_refused_and_removed() {
         revision: "main".into(),
         cache_dir: Some(cache.path().to_owned()),
         endpoint: Some(hub.url.clone()),
+        files: Vec::new(),
     };
     let e = hub::pull(&req, |_| {}).unwrap_err().to_string();
     assert!(e.contains("corrupt"), "{e}");
@@ -77,4 +79,32 @@ fn a_corrupt_download_is_refused_and_removed() {
     let missing = PullRequest { repo_id: "acme/absent".into(), ..req };
     let e = hub::pull(&missing, |_| {}).unwrap_err().to_string();
     assert!(e.contains("acme/absent") && e.contains("download failed"), "{e}");
+}
+
+#[test]
+fn plan_lists_sizes_and_named_files_are_pulled_alone() {
+    let files: std::collections::HashMap<String, Vec<u8>> = [
+        ("sam2.1_hiera_tiny.pt".to_string(), vec![7u8; 300_000]),
+        ("sam2.1_hiera_t.yaml".to_string(), b"model: {}\n".to_vec()),
+    ]
+    .into_iter()
+    .collect();
+    let hub = serve("facebook/sam2.1-hiera-tiny", files, None);
+    let cache = tempfile::tempdir().unwrap();
+    let offer = hub::SAM2_1_TINY;
+    let req = offer.request(Some(cache.path().to_owned()), Some(hub.url.clone()));
+    let plan = hub::plan(&req).unwrap();
+    assert_eq!(plan, vec![hub::RemoteFile { name: "sam2.1_hiera_tiny.pt".into(), size: Some(300_000) }]);
+    let snapshot = hub::pull(&req, |_| {}).unwrap();
+    assert_eq!(std::fs::read(snapshot.join("sam2.1_hiera_tiny.pt")).unwrap(), vec![7u8; 300_000]);
+    assert!(!snapshot.join("sam2.1_hiera_t.yaml").exists(), "only the named file");
+
+    // A named file the repository lacks is an error naming both.
+    let absent = PullRequest { files: vec!["sam2.1_hiera_large.pt".into()], ..req.clone() };
+    let e = hub::plan(&absent).unwrap_err().to_string();
+    assert!(e.contains("facebook/sam2.1-hiera-tiny") && e.contains("no sam2.1_hiera_large.pt"), "{e}");
+    // Without named files a repository must be a transformers checkpoint.
+    let whole = PullRequest { files: Vec::new(), ..req };
+    let e = hub::plan(&whole).unwrap_err().to_string();
+    assert!(e.contains("no config.json"), "{e}");
 }

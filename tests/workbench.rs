@@ -52,6 +52,13 @@ fn step_until(h: &mut Harness<'static, WorkbenchApp>, what: &str, done: impl Fn(
     h.step();
 }
 
+/// A few frames: a window that changed size is laid out again before it is queried.
+fn settle(h: &mut Harness<'static, WorkbenchApp>) {
+    for _ in 0..4 {
+        h.step();
+    }
+}
+
 fn idle(h: &mut Harness<'static, WorkbenchApp>) {
     step_until(h, "the raster to load", |a| a.is_idle() && a.doc.is_some());
 }
@@ -359,6 +366,118 @@ fn download_from_settings_then_ask_by_repository_id() {
 }
 
 /// An endpoint that accepts connections and closes each after `delay`, unanswered.
+/// A first start with nothing configured: one dialog offers RemoteReasoner-7B
+/// and SAM 2.1 with the sizes the hub gives, downloads both (verified), and the
+/// workbench then answers with them — boxes become SAM 2.1 masks.
+#[test]
+fn first_run_dialog_downloads_both_models_then_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sam_file = tmp.path().join("sam.safetensors");
+    let spec = root().join("tests/fixtures/sam2_tiny/weights.json");
+    engine::models::sam2::synthetic::save_checkpoint(&spec, &sam_file).unwrap();
+    let sam_bytes = std::fs::read(&sam_file).unwrap();
+    let sam_size = sam_bytes.len() as u64;
+    let sam_repo = [("sam2.1_hiera_tiny.pt".to_string(), sam_bytes), ("README.md".to_string(), b"# SAM\n".to_vec())];
+    let hub = hub_server::serve_repos(
+        vec![
+            ("1e12Leon/RemoteReasoner", hub_server::checkpoint_files()),
+            ("facebook/sam2.1-hiera-tiny", sam_repo.into_iter().collect()),
+        ],
+        None,
+    );
+    let settings = Settings {
+        hub_endpoint: hub.url.clone(),
+        models_cache: tmp.path().join("models").display().to_string(),
+        ..Settings::default()
+    };
+    let mut h = harness(Some(sample()), settings, tmp.path().join("recovery.gpkg"));
+    idle(&mut h);
+    h.state_mut().offer_setup();
+    step_until(&mut h, "the sizes", |a| a.session.setup.as_ref().is_some_and(|s| s.sizes.is_some()));
+    // The sizes the hub gives are shown before anything is fetched.
+    let reasoner_size: u64 = hub_server::checkpoint_files()
+        .iter()
+        .filter(|(n, _)| n.as_str() != "README.md")
+        .map(|(_, b)| b.len() as u64)
+        .sum();
+    let sizes = h.state().session.setup.as_ref().unwrap().sizes.clone().unwrap();
+    assert_eq!(sizes, vec![Ok(reasoner_size), Ok(sam_size)]);
+    h.get_by_label_contains(&format!("1e12Leon/RemoteReasoner  ·  {}", rr_app::gui::setup::human_size(reasoner_size)));
+    h.get_by_label_contains(&rr_app::gui::setup::human_size(sam_size));
+    h.get_by_label("Download").click();
+    h.step();
+    assert!(h.state().jobs.pull().is_some(), "download started");
+    step_until(&mut h, "both downloads", |a| a.session.setup.is_none());
+    let s = h.state().session.settings.clone();
+    assert_eq!(s.model, "1e12Leon/RemoteReasoner");
+    assert!(s.sam.ends_with("sam2.1_hiera_tiny.pt") && Path::new(&s.sam).is_file(), "{}", s.sam);
+    assert!(s.setup_seen, "the dialog does not open by itself again");
+    let note = h.state().notifications.last().unwrap().clone();
+    assert!(!note.is_error && note.text.contains("Downloaded and verified"), "{}", note.text);
+    h.state_mut().offer_setup();
+    assert!(h.state().session.setup.is_none(), "configured: no dialog");
+
+    h.state_mut().session.query = "where are the ships?".into();
+    h.state_mut().run_query();
+    step_until(&mut h, "the answer", |a| !a.busy());
+    let run = h.state().session.run.clone().unwrap();
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert_eq!(h.state().session.features.len(), 2);
+    let segmenter = h.state().session.segmenter.clone();
+    assert!(matches!(segmenter, Some(engine::segment::Method::Sam2(_))), "{segmenter:?}");
+}
+
+/// Offline, the dialog says the sizes are unknown and a failed download can be
+/// tried again; "Later" closes it for good, a checkpoint folder or a server
+/// configures the workbench in one step.
+#[test]
+fn first_run_dialog_offline_later_folder_and_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let settings = Settings {
+        hub_endpoint: format!("http://{}", dead.local_addr().unwrap()),
+        models_cache: tmp.path().join("models").display().to_string(),
+        ..Settings::default()
+    };
+    drop(dead);
+    let mut h = harness(None, settings, tmp.path().join("recovery.gpkg"));
+    h.state_mut().offer_setup();
+    step_until(&mut h, "the sizes", |a| a.session.setup.as_ref().is_some_and(|s| s.sizes.is_some()));
+    assert_eq!(h.query_all_by_label_contains("size unknown").count(), 2);
+    h.get_by_label("Download").click();
+    step_until(&mut h, "the failed download", |a| a.session.setup.as_ref().is_some_and(|s| s.error.is_some()));
+    h.get_by_label("Resume download");
+    h.get_by_label("Later").click();
+    settle(&mut h);
+    assert!(h.state().session.setup.is_none() && h.state().session.settings.setup_seen);
+    h.state_mut().offer_setup();
+    assert!(h.state().session.setup.is_none(), "Later is remembered");
+
+    // Help > Set up models… opens it again: a local folder.
+    h.state_mut().open_setup();
+    settle(&mut h);
+    h.get_by_label("Use a checkpoint folder on this computer").click();
+    settle(&mut h);
+    let folder = root().join("tests/fixtures/qwen2_5_vl_tiny_trained");
+    h.state_mut().session.setup.as_mut().unwrap().local_model = folder.display().to_string();
+    settle(&mut h);
+    h.get_by_label("Use this folder").click();
+    settle(&mut h);
+    assert_eq!(h.state().session.settings.model, folder.display().to_string());
+    assert!(h.state().session.setup.is_none());
+
+    // And a server.
+    h.state_mut().open_setup();
+    settle(&mut h);
+    h.get_by_label("Use a server (OpenAI-compatible: vLLM, SGLang, ours)").click();
+    settle(&mut h);
+    h.state_mut().session.setup.as_mut().unwrap().endpoint = "http://gpu:8000".into();
+    settle(&mut h);
+    h.get_by_label("Use this server").click();
+    settle(&mut h);
+    assert_eq!(h.state().session.settings.endpoint, "http://gpu:8000");
+}
+
 fn slow_endpoint(delay: Duration) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -57,7 +57,7 @@ impl Progress for ProgressAdapter<'_> {
 }
 
 /// What to download.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PullRequest {
     pub repo_id: String,
     pub revision: String,
@@ -65,6 +65,46 @@ pub struct PullRequest {
     pub cache_dir: Option<PathBuf>,
     /// Server (default: `HF_ENDPOINT`, else huggingface.co).
     pub endpoint: Option<String>,
+    /// The files to fetch; empty: a transformers checkpoint's inference files
+    /// (which must include `config.json`).
+    pub files: Vec<String>,
+}
+
+/// A file of a repository, with its size when the hub says it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RemoteFile {
+    pub name: String,
+    pub size: Option<u64>,
+}
+
+/// A checkpoint the workbench offers to download on its first start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offer {
+    pub title: &'static str,
+    pub repo_id: &'static str,
+    /// Empty: the repository's inference files (see [`PullRequest::files`]).
+    pub files: &'static [&'static str],
+}
+
+/// The published RemoteReasoner checkpoint (Qwen2.5-VL-7B, bf16 safetensors).
+pub const REMOTE_REASONER_7B: Offer =
+    Offer { title: "RemoteReasoner-7B (reasoning, boxes)", repo_id: "1e12Leon/RemoteReasoner", files: &[] };
+
+/// SAM 2.1 tiny, the checkpoint the reference pipeline uses by default.
+pub const SAM2_1_TINY: Offer =
+    Offer { title: "SAM 2.1 tiny (masks)", repo_id: "facebook/sam2.1-hiera-tiny", files: &["sam2.1_hiera_tiny.pt"] };
+
+impl Offer {
+    /// The download of this offer from `endpoint` into `cache_dir`.
+    pub fn request(&self, cache_dir: Option<PathBuf>, endpoint: Option<String>) -> PullRequest {
+        PullRequest {
+            repo_id: self.repo_id.to_owned(),
+            revision: "main".into(),
+            cache_dir,
+            endpoint,
+            files: self.files.iter().map(|f| (*f).to_owned()).collect(),
+        }
+    }
 }
 
 fn hub_err(repo: &str, e: impl std::fmt::Display) -> EngineError {
@@ -104,12 +144,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Downloads the inference files of a repository and returns the snapshot
-/// directory, ready for `--model`. Files already in the cache are verified and
-/// kept; interrupted downloads resume.
-pub fn pull(req: &PullRequest, mut progress: impl FnMut(&PullProgress)) -> Result<PathBuf> {
+fn api_repo(req: &PullRequest) -> Result<hf_hub::api::sync::ApiRepo> {
     let cache_dir = req.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let mut builder = ApiBuilder::from_cache(Cache::new(cache_dir.clone())).with_progress(false).with_retries(3);
+    let mut builder = ApiBuilder::from_cache(Cache::new(cache_dir)).with_progress(false).with_retries(3);
     if let Some(endpoint) = req.endpoint.clone().or_else(|| std::env::var("HF_ENDPOINT").ok()) {
         builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_owned());
     }
@@ -117,18 +154,59 @@ pub fn pull(req: &PullRequest, mut progress: impl FnMut(&PullProgress)) -> Resul
         builder = builder.with_token(Some(token));
     }
     let api = builder.build().map_err(|e| hub_err(&req.repo_id, e))?;
-    let repo = api.repo(Repo::with_revision(req.repo_id.clone(), RepoType::Model, req.revision.clone()));
-    let info = repo.info().map_err(|e| hub_err(&req.repo_id, e))?;
-    let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).filter(|f| wanted(f)).collect();
-    if !files.iter().any(|f| f == "config.json") {
+    Ok(api.repo(Repo::with_revision(req.repo_id.clone(), RepoType::Model, req.revision.clone())))
+}
+
+/// The hub's repository listing with blob sizes (`?blobs=true`).
+#[derive(serde::Deserialize)]
+struct Listing {
+    siblings: Vec<ListedFile>,
+}
+
+#[derive(serde::Deserialize)]
+struct ListedFile {
+    rfilename: String,
+    size: Option<u64>,
+}
+
+/// The files [`pull`] would fetch, with their sizes, asked of the hub without
+/// downloading anything (the first-run dialog shows them).
+pub fn plan(req: &PullRequest) -> Result<Vec<RemoteFile>> {
+    let listing: Listing = api_repo(req)?
+        .info_request()
+        .query("blobs", "true")
+        .call()
+        .map_err(|e| hub_err(&req.repo_id, e))?
+        .into_json()
+        .map_err(|e| hub_err(&req.repo_id, format!("unreadable repository listing: {e}")))?;
+    let files: Vec<RemoteFile> = listing
+        .siblings
+        .into_iter()
+        .filter(|f| if req.files.is_empty() { wanted(&f.rfilename) } else { req.files.contains(&f.rfilename) })
+        .map(|f| RemoteFile { name: f.rfilename, size: f.size })
+        .collect();
+    if req.files.is_empty() && !files.iter().any(|f| f.name == "config.json") {
         return Err(hub_err(&req.repo_id, "the repository has no config.json"));
     }
+    if let Some(missing) = req.files.iter().find(|w| !files.iter().any(|f| &&f.name == w)) {
+        return Err(hub_err(&req.repo_id, format!("the repository has no {missing}")));
+    }
+    Ok(files)
+}
+
+/// Downloads the files [`plan`] lists and returns the snapshot directory, ready
+/// for `--model` (or holding the named files). Files already in the cache are
+/// verified and kept; interrupted downloads resume.
+pub fn pull(req: &PullRequest, mut progress: impl FnMut(&PullProgress)) -> Result<PathBuf> {
+    let files = plan(req)?;
+    let repo = api_repo(req)?;
     let mut snapshot = None;
     for (i, file) in files.iter().enumerate() {
-        let state = PullProgress { file: file.clone(), file_index: i, files: files.len(), file_bytes: 0, file_size: 0 };
+        let name = &file.name;
+        let state = PullProgress { file: name.clone(), file_index: i, files: files.len(), file_bytes: 0, file_size: 0 };
         let adapter = ProgressAdapter { state, f: &mut progress };
         let path =
-            repo.download_with_progress(file, adapter).map_err(|e| hub_err(&req.repo_id, format!("{file}: {e}")))?;
+            repo.download_with_progress(name, adapter).map_err(|e| hub_err(&req.repo_id, format!("{name}: {e}")))?;
         let blob = std::fs::canonicalize(&path).map_err(|e| hub_err(&req.repo_id, e))?;
         let etag = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if let Err(e) = verify_blob(&blob, &etag) {

@@ -45,11 +45,29 @@ impl Drop for Hub {
 
 /// Serves `repo` with `files`; `corrupt` names a file whose bytes differ from its hash.
 pub fn serve(repo: &'static str, files: HashMap<String, Vec<u8>>, corrupt: Option<&'static str>) -> Hub {
-    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+    serve_repos(vec![(repo, files)], corrupt)
+}
+
+/// A file of a repository as the hub lists it (with its size when asked `?blobs=true`).
+fn listing(served: &HashMap<String, Served>, with_sizes: bool) -> String {
+    let siblings: Vec<_> = served
+        .iter()
+        .map(|(k, f)| {
+            if with_sizes {
+                serde_json::json!({"rfilename": k, "size": f.body.len()})
+            } else {
+                serde_json::json!({"rfilename": k})
+            }
+        })
+        .collect();
+    serde_json::json!({"sha": COMMIT, "siblings": siblings}).to_string()
+}
+
+/// Files as served: each with the hash the hub names it by.
+fn served_files(files: HashMap<String, Vec<u8>>, corrupt: Option<&str>) -> HashMap<String, Served> {
     let mut served = HashMap::new();
     for (name, body) in files {
-        let lfs = name.ends_with(".safetensors");
+        let lfs = name.ends_with(".safetensors") || name.ends_with(".pt");
         let etag = if lfs {
             hex(&sha2::Sha256::digest(&body))
         } else {
@@ -64,28 +82,43 @@ pub fn serve(repo: &'static str, files: HashMap<String, Vec<u8>>, corrupt: Optio
         }
         served.insert(name, Served { body, etag, lfs });
     }
+    served
+}
+
+/// Serves several repositories from one server, as the hub does.
+pub fn serve_repos(repos: Vec<(&'static str, HashMap<String, Vec<u8>>)>, corrupt: Option<&'static str>) -> Hub {
+    let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+    let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+    let repos: Vec<(&str, HashMap<String, Served>)> =
+        repos.into_iter().map(|(repo, files)| (repo, served_files(files, corrupt))).collect();
     let (srv, base) = (server.clone(), url.clone());
     let thread = std::thread::spawn(move || {
         for req in srv.incoming_requests() {
             let path = req.url().split('?').next().unwrap_or("").to_owned();
+            let with_sizes = req.url().contains("blobs=true");
             let header =
                 |name: &str, value: &str| tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap();
-            if path == format!("/api/models/{repo}/revision/main") {
-                let siblings: Vec<_> = served.keys().map(|k| serde_json::json!({"rfilename": k})).collect();
-                let body = serde_json::json!({"sha": COMMIT, "siblings": siblings}).to_string();
+            if let Some((_, served)) = repos.iter().find(|(r, _)| path == format!("/api/models/{r}/revision/main")) {
                 let _ = req.respond(
-                    tiny_http::Response::from_string(body).with_header(header("Content-Type", "application/json")),
+                    tiny_http::Response::from_string(listing(served, with_sizes))
+                        .with_header(header("Content-Type", "application/json")),
                 );
                 continue;
             }
-            let prefix = format!("/{repo}/resolve/main/");
-            let (file, from_cdn) = if let Some(f) = path.strip_prefix(&prefix) {
-                (served.get(f), false)
-            } else if let Some(sha) = path.strip_prefix("/cdn/") {
-                (served.values().find(|s| s.etag == sha), true)
-            } else {
-                (None, false)
-            };
+            let mut found = (None, false);
+            for (repo, served) in &repos {
+                if let Some(f) = path.strip_prefix(&format!("/{repo}/resolve/main/")) {
+                    found = (served.get(f), false);
+                } else if let Some(sha) = path.strip_prefix("/cdn/")
+                    && let Some(f) = served.values().find(|s| s.etag == sha)
+                {
+                    found = (Some(f), true);
+                }
+                if found.0.is_some() {
+                    break;
+                }
+            }
+            let (file, from_cdn) = found;
             let Some(file) = file else {
                 let _ = req.respond(tiny_http::Response::from_string("not found").with_status_code(404));
                 continue;

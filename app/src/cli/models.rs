@@ -18,6 +18,10 @@ pub enum ModelsCommand {
     /// Download a checkpoint (e.g. 1e12Leon/RemoteReasoner) and verify every file.
     Pull {
         repo_id: String,
+        /// Fetch only these files (e.g. --file sam2.1_hiera_tiny.pt from facebook/sam2.1-hiera-tiny);
+        /// default: a transformers checkpoint's inference files.
+        #[arg(long = "file")]
+        files: Vec<String>,
         #[arg(long, default_value = "main")]
         revision: String,
         /// Hub cache directory (default: $RR_MODELS, else the Hugging Face cache).
@@ -38,12 +42,13 @@ pub enum ModelsCommand {
 
 pub fn run(args: &ModelsArgs) -> anyhow::Result<()> {
     match &args.command {
-        ModelsCommand::Pull { repo_id, revision, dir, endpoint } => {
+        ModelsCommand::Pull { repo_id, files, revision, dir, endpoint } => {
             let req = PullRequest {
                 repo_id: repo_id.clone(),
                 revision: revision.clone(),
                 cache_dir: dir.clone(),
                 endpoint: endpoint.clone(),
+                files: files.clone(),
             };
             let mut err = std::io::stderr().lock();
             let mut last = (String::new(), u64::MAX);

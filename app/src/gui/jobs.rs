@@ -48,11 +48,15 @@ pub enum Pending {
         revision: u64,
     },
     Export,
-    /// A download: fraction done, what it is fetching.
+    /// A download: fraction done, what it is fetching; `offer`: one of the
+    /// first-run dialog's ([`super::setup::OFFERS`]).
     Pull {
         fraction: f32,
         message: String,
+        offer: Option<usize>,
     },
+    /// The first-run dialog asking the hub for the sizes of its offers.
+    PlanPull,
     Sweep(SweepState),
 }
 
@@ -114,7 +118,7 @@ impl Jobs {
     /// The download in flight: fraction and what it fetches.
     pub fn pull(&self) -> Option<(f32, &str)> {
         self.0.values().find_map(|p| match p {
-            Pending::Pull { fraction, message } => Some((*fraction, message.as_str())),
+            Pending::Pull { fraction, message, .. } => Some((*fraction, message.as_str())),
             _ => None,
         })
     }
@@ -168,6 +172,8 @@ pub enum Command {
     /// Export every feature with the dialog's choices.
     Export(Box<super::dialogs::ExportDialog>),
     PullModel,
+    /// The first-run dialog's choice.
+    Setup(super::setup::SetupCommand),
     SaveProject(PathBuf),
     LoadProject(PathBuf),
     /// Restore the recovery file.

@@ -9,6 +9,7 @@ pub mod overlay;
 mod panels;
 mod query;
 pub mod session;
+pub mod setup;
 pub mod view;
 
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ pub fn run(path: Option<PathBuf>, renderer: RendererChoice, screenshot: Option<P
             if app.screenshot.is_some() {
                 // A screenshot run is not interactive: no restore question in the picture.
                 app.session.recovery_offer = None;
+            } else {
+                app.offer_setup();
             }
             Ok(Box::new(app))
         }),
@@ -136,6 +139,8 @@ pub enum DialogPurpose {
     ExportTo,
     ModelDir,
     SamCheckpoint,
+    SetupModelDir,
+    SetupSam,
 }
 
 /// Seconds between two autosaves of unsaved work.
@@ -348,10 +353,17 @@ impl WorkbenchApp {
             }
             EventKind::Exported { report } => self.on_exported(job, &report),
             EventKind::SweepDone { result, features, .. } => self.on_sweep_done(job, &result, features),
-            EventKind::ModelPulled { path } => {
-                if let Some(Pending::Pull { .. }) = self.jobs.remove(job) {
+            EventKind::ModelPulled { path } => match self.jobs.remove(job) {
+                Some(Pending::Pull { offer: Some(offer), .. }) => self.on_setup_pulled(offer, &path),
+                Some(Pending::Pull { offer: None, .. }) => {
                     let model = self.session.settings.model.trim().to_owned();
                     self.notify_info(format!("Downloaded and verified {model} into {}", path.display()));
+                }
+                _ => {}
+            },
+            EventKind::PullPlanned { plans } => {
+                if let Some(Pending::PlanPull) = self.jobs.remove(job) {
+                    self.on_pull_planned(plans);
                 }
             }
             EventKind::Cancelled => self.on_cancelled(job),
@@ -393,7 +405,7 @@ impl WorkbenchApp {
 
     fn on_progress(&mut self, job: JobId, new_fraction: f32, new_message: String) {
         match self.jobs.get_mut(job) {
-            Some(Pending::Pull { fraction, message }) => (*fraction, *message) = (new_fraction, new_message),
+            Some(Pending::Pull { fraction, message, .. }) => (*fraction, *message) = (new_fraction, new_message),
             Some(Pending::Sweep(sw)) => (sw.fraction, sw.message) = (new_fraction, new_message),
             Some(Pending::Overviews { fraction }) => *fraction = new_fraction,
             _ => {}
@@ -541,6 +553,12 @@ impl WorkbenchApp {
                 }
             }
             Some(Pending::LoadProject { restoring: true }) => return self.set_recovery_aside(&error),
+            Some(Pending::Pull { offer: Some(_), .. }) => self.on_setup_failed(&error),
+            // The dialog says the sizes are unknown; no need for a notification too.
+            Some(Pending::PlanPull) => {
+                let n = setup::OFFERS.len();
+                return self.on_pull_planned(vec![Err(error); n]);
+            }
             _ => {}
         }
         self.notify_error(error);
@@ -579,8 +597,9 @@ impl WorkbenchApp {
             Command::Export(dialog) => self.export(&dialog),
             Command::PullModel => {
                 let request = self.session.pull_request();
-                self.start(request, Pending::Pull { fraction: 0.0, message: "starting".into() });
+                self.start(request, Pending::Pull { fraction: 0.0, message: "starting".into(), offer: None });
             }
+            Command::Setup(command) => self.apply_setup(command),
             Command::SaveProject(path) => self.save_project(path, false),
             Command::LoadProject(path) => self.load_project(path),
             Command::Restore(path) => {
@@ -784,7 +803,7 @@ impl WorkbenchApp {
                 d = d.add_filter(ext.to_uppercase(), &[ext.as_str()]);
             }
             let picked = match (purpose, save) {
-                (DialogPurpose::ModelDir, _) => d.pick_folder(),
+                (DialogPurpose::ModelDir | DialogPurpose::SetupModelDir, _) => d.pick_folder(),
                 (_, true) => d.save_file(),
                 (_, false) => d.pick_file(),
             };
@@ -983,6 +1002,7 @@ impl eframe::App for WorkbenchApp {
         dialogs::export_dialog_ui(self, &ctx);
         dialogs::open_url_ui(self, &ctx);
         dialogs::settings_ui(self, &ctx);
+        setup::setup_ui(self, &ctx);
         dialogs::help_ui(self, &ctx);
         dialogs::about_ui(self, &ctx);
         dialogs::recovery_ui(self, &ctx);

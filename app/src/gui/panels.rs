@@ -68,6 +68,10 @@ pub fn menu_bar_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                     app.session.show_help = true;
                     ui.close();
                 }
+                if ui.button("Set up models…").clicked() {
+                    app.open_setup();
+                    ui.close();
+                }
                 if ui.button("About RemoteReasoner").clicked() {
                     app.session.show_about = true;
                     ui.close();

@@ -107,12 +107,18 @@ fn models_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
         (None, p) => format!("Segmenter: {} (loads when needed)", short(p)),
     };
     ui.label(seg);
-    if s.settings.model.trim().is_empty() && s.settings.endpoint.trim().is_empty() {
+    let unconfigured = s.settings.model.trim().is_empty() && s.settings.endpoint.trim().is_empty();
+    if unconfigured {
         ui.label(RichText::new(NO_MODEL).color(Color32::from_rgb(230, 180, 80)));
     }
-    if ui.button("Settings…").clicked() {
-        app.session.show_settings = true;
-    }
+    ui.horizontal(|ui| {
+        if unconfigured && app.session.setup.is_none() && ui.button("Set up models…").clicked() {
+            app.open_setup();
+        }
+        if ui.button("Settings…").clicked() {
+            app.session.show_settings = true;
+        }
+    });
 }
 
 fn short(s: &str) -> String {

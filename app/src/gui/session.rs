@@ -53,6 +53,9 @@ pub struct Settings {
     pub hub_endpoint: String,
     /// Where downloads go; empty: `RR_MODELS`, else the Hugging Face cache.
     pub models_cache: String,
+    /// The first-run dialog was answered (or put off with "Later"): it does
+    /// not open by itself again.
+    pub setup_seen: bool,
 }
 
 impl Default for Settings {
@@ -69,6 +72,7 @@ impl Default for Settings {
             simplify_method: SimplifyMethod::VisvalingamPreserve,
             hub_endpoint: String::new(),
             models_cache: String::new(),
+            setup_seen: false,
         }
     }
 }
@@ -162,6 +166,8 @@ pub struct Session {
     pub show_help: bool,
     /// Help > About: version, build and licences.
     pub show_about: bool,
+    /// The first-run dialog, while it is open.
+    pub setup: Option<crate::gui::setup::Setup>,
     pub export_dialog: Option<crate::gui::dialogs::ExportDialog>,
     /// The "Open URL" dialog's text, while it is open.
     pub open_url: Option<String>,
@@ -204,6 +210,7 @@ impl Session {
             show_settings: false,
             show_help: false,
             show_about: false,
+            setup: None,
             export_dialog: None,
             open_url: None,
             recovery_offer: None,
@@ -232,6 +239,11 @@ impl Session {
         }
     }
 
+    /// The hub server the settings name (`None`: `HF_ENDPOINT`, else huggingface.co).
+    pub fn hub_endpoint(&self) -> Option<String> {
+        Some(self.settings.hub_endpoint.trim().to_owned()).filter(|e| !e.is_empty())
+    }
+
     /// Whether the model setting looks like a hub repository id (`owner/name`).
     pub fn model_is_repo(&self) -> bool {
         // Syntax only: this runs every frame the settings window is open.
@@ -246,7 +258,8 @@ impl Session {
                 repo_id: self.settings.model.trim().to_owned(),
                 revision: "main".into(),
                 cache_dir: Some(self.models_cache()),
-                endpoint: Some(self.settings.hub_endpoint.trim().to_owned()).filter(|e| !e.is_empty()),
+                endpoint: self.hub_endpoint(),
+                files: Vec::new(),
             },
         }
     }
@@ -376,9 +389,9 @@ impl Session {
 }
 
 /// What the query panel says when no checkpoint is configured.
-pub const NO_MODEL: &str = "No RemoteReasoner checkpoint is configured. Set its directory in Settings, or download it \
-with `remote-reasoner models pull 1e12Leon/RemoteReasoner` and enter 1e12Leon/RemoteReasoner. Without it you can \
-still draw boxes (tool B): they are segmented, traced and exported.";
+pub const NO_MODEL: &str = "No RemoteReasoner checkpoint is configured: Help > Set up models… downloads it, or points \
+at a checkpoint folder or a server. Without it you can still draw boxes (tool B): they are segmented, traced and \
+exported.";
 
 #[cfg(test)]
 mod tests {

@@ -112,6 +112,9 @@ pub enum RequestKind {
     /// Download a checkpoint from the hub on a thread of its own:
     /// [`EventKind::Progress`] per chunk, then [`EventKind::ModelPulled`].
     PullModel { request: crate::hub::PullRequest },
+    /// Ask the hub what each download would fetch and how big it is, without
+    /// fetching: [`EventKind::PullPlanned`] (one entry per request, in order).
+    PlanPull { requests: Vec<crate::hub::PullRequest> },
     /// Cancel job `job` (tile rendering, overview building, a question between tokens).
     Cancel,
 }
@@ -225,6 +228,10 @@ pub enum EventKind {
     /// A checkpoint is in the hub cache, verified: its snapshot directory.
     ModelPulled {
         path: PathBuf,
+    },
+    /// What each requested download would fetch: its files or why the hub could not say.
+    PullPlanned {
+        plans: Vec<Result<Vec<crate::hub::RemoteFile>, String>>,
     },
     /// The job stopped early: cancelled, or superseded by a newer request.
     Cancelled,

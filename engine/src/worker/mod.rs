@@ -372,6 +372,12 @@ impl Worker {
                 let out = self.out.clone();
                 self.spawn_job(job, "file", move || pull(job, &request, &out));
             }
+            RequestKind::PlanPull { requests } => {
+                self.spawn_job(job, "file", move || {
+                    let plans = requests.iter().map(|r| crate::hub::plan(r).map_err(|e| e.to_string())).collect();
+                    Ok(EventKind::PullPlanned { plans })
+                });
+            }
         }
     }
 
