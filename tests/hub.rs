@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use engine::hub::{self, PullRequest};
+use sha2::Digest as _;
 
 #[path = "common/hub_server.rs"]
 mod hub_server;
@@ -107,4 +108,36 @@ fn plan_lists_sizes_and_named_files_are_pulled_alone() {
     let whole = PullRequest { files: Vec::new(), ..req };
     let e = hub::plan(&whole).unwrap_err().to_string();
     assert!(e.contains("no config.json"), "{e}");
+}
+
+/// An interrupted download resumes where it stopped (a range request from the
+/// partial file's length), and a second pull fetches nothing again.
+#[test]
+fn an_interrupted_download_resumes_and_a_finished_one_is_not_fetched_again() {
+    let hub = serve("acme/tiny-reasoner", checkpoint_files(), None);
+    let cache = tempfile::tempdir().unwrap();
+    let req = PullRequest {
+        repo_id: "acme/tiny-reasoner".into(),
+        revision: "main".into(),
+        cache_dir: Some(cache.path().to_owned()),
+        endpoint: Some(hub.url.clone()),
+        files: Vec::new(),
+    };
+    // What a killed download leaves: the first part of the weights beside the blobs.
+    let weights = std::fs::read(fixture().join("model.safetensors")).unwrap();
+    let sha: String = sha2::Sha256::digest(&weights).iter().map(|b| format!("{b:02x}")).collect();
+    let blobs = cache.path().join("models--acme--tiny-reasoner/blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let half = weights.len() / 2;
+    std::fs::write(blobs.join(format!("{sha}.part")), &weights[..half]).unwrap();
+
+    let snapshot = hub::pull(&req, |_| {}).unwrap();
+    assert_eq!(std::fs::read(snapshot.join("model.safetensors")).unwrap(), weights, "resumed to the same bytes");
+    let ranges: Vec<String> = hub.log.lock().unwrap().iter().map(|(_, r)| r.clone()).collect();
+    assert!(ranges.contains(&format!("bytes={half}-")), "{ranges:?}");
+
+    hub.log.lock().unwrap().clear();
+    assert_eq!(hub::pull(&req, |_| {}).unwrap(), snapshot);
+    let fetched: Vec<_> = hub.log.lock().unwrap().iter().filter(|(p, _)| !p.starts_with("/api/")).cloned().collect();
+    assert!(fetched.is_empty(), "nothing fetched again: {fetched:?}");
 }

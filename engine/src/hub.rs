@@ -196,17 +196,30 @@ pub fn plan(req: &PullRequest) -> Result<Vec<RemoteFile>> {
 
 /// Downloads the files [`plan`] lists and returns the snapshot directory, ready
 /// for `--model` (or holding the named files). Files already in the cache are
-/// verified and kept; interrupted downloads resume.
+/// verified (hashed again) and kept; interrupted downloads resume.
 pub fn pull(req: &PullRequest, mut progress: impl FnMut(&PullProgress)) -> Result<PathBuf> {
     let files = plan(req)?;
     let repo = api_repo(req)?;
+    let cache = Cache::new(req.cache_dir.clone().unwrap_or_else(default_cache_dir));
+    let cached = cache.repo(Repo::with_revision(req.repo_id.clone(), RepoType::Model, req.revision.clone()));
     let mut snapshot = None;
     for (i, file) in files.iter().enumerate() {
         let name = &file.name;
         let state = PullProgress { file: name.clone(), file_index: i, files: files.len(), file_bytes: 0, file_size: 0 };
-        let adapter = ProgressAdapter { state, f: &mut progress };
-        let path =
-            repo.download_with_progress(name, adapter).map_err(|e| hub_err(&req.repo_id, format!("{name}: {e}")))?;
+        let mut adapter = ProgressAdapter { state, f: &mut progress };
+        // hf-hub's download fetches again what the cache holds; a partial
+        // download (`blobs/<hash>.part`) it resumes with a range request.
+        let path = match cached.get(name) {
+            Some(path) => {
+                let size = std::fs::metadata(&path).map(|m| m.len() as usize).unwrap_or(0);
+                adapter.init(size, name);
+                adapter.update(size);
+                path
+            }
+            None => {
+                repo.download_with_progress(name, adapter).map_err(|e| hub_err(&req.repo_id, format!("{name}: {e}")))?
+            }
+        };
         let blob = std::fs::canonicalize(&path).map_err(|e| hub_err(&req.repo_id, e))?;
         let etag = blob.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if let Err(e) = verify_blob(&blob, &etag) {

@@ -31,6 +31,8 @@ struct Served {
 pub struct Hub {
     server: Arc<tiny_http::Server>,
     pub url: String,
+    /// Every file request served: its path and `Range` header.
+    pub log: Arc<std::sync::Mutex<Vec<(String, String)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -92,9 +94,13 @@ pub fn serve_repos(repos: Vec<(&'static str, HashMap<String, Vec<u8>>)>, corrupt
     let repos: Vec<(&str, HashMap<String, Served>)> =
         repos.into_iter().map(|(repo, files)| (repo, served_files(files, corrupt))).collect();
     let (srv, base) = (server.clone(), url.clone());
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = log.clone();
     let thread = std::thread::spawn(move || {
         for req in srv.incoming_requests() {
             let path = req.url().split('?').next().unwrap_or("").to_owned();
+            let range = req.headers().iter().find(|h| h.field.equiv("Range")).map(|h| h.value.to_string());
+            seen.lock().unwrap().push((path.clone(), range.unwrap_or_default()));
             let with_sizes = req.url().contains("blobs=true");
             let header =
                 |name: &str, value: &str| tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap();
@@ -161,7 +167,7 @@ pub fn serve_repos(repos: Vec<(&'static str, HashMap<String, Vec<u8>>)>, corrupt
             let _ = req.respond(resp);
         }
     });
-    Hub { server, url, thread: Some(thread) }
+    Hub { server, url, log, thread: Some(thread) }
 }
 
 pub fn checkpoint_files() -> HashMap<String, Vec<u8>> {
