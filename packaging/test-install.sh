@@ -20,8 +20,10 @@ bundle=$(ls "$pkgs"/remote-reasoner-*-linux.tar.gz 2>/dev/null | tail -1)
 mirror=${RR_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 cache=$HOME/.cache/remote-reasoner/roots
 out=${RR_INSTALL_OUT:-$HOME/.cache/remote-reasoner/install-test}
-dpkg -s debootstrap >/dev/null 2>&1 ||
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+for p in debootstrap lintian; do
+  dpkg -s "$p" >/dev/null 2>&1 ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$p" >/dev/null
+done
 mkdir -p "$cache/debs" "$out"
 work=$(mktemp -d /var/tmp/rr-install.XXXXXX)
 trap 'rm -rf --one-file-system "$work"' EXIT
@@ -139,6 +141,13 @@ collect() {
   cp -r "$1/srv/rr/out" "$out/$2"
 }
 
+# Debian's own checks first; the one tag suppressed is about uploads to Debian's archive (a first
+# upload closes an ITP bug there).
+if ! findings=$(lintian --fail-on error,warning --suppress-tags initial-upload-closes-no-bugs "$deb" 2>&1); then
+  echo "test-install: lintian finds errors or warnings in $deb:" >&2
+  echo "$findings" >&2
+  exit 1
+fi
 debian12
 debian13
 echo "test-install: both passed; screenshots in $out/debian12-deb/workbench.png and $out/debian13-bundle/workbench.png"
