@@ -5,7 +5,7 @@
 #   remote-reasoner-<version>-<arch>-linux.tar.gz   the portable bundle (GDAL inside; packaging/bundle.sh)
 # Needs what the README's set-up installs (tools/setup.sh) plus librsvg2-bin (icons) and
 # dpkg-dev (dpkg-shlibdeps: the package's dependencies are read off the binary) and patchelf (the
-# bundle's RUNPATHs); cargo-deb is installed, pinned, under the shared cache.
+# bundle's RUNPATHs); cargo-deb and cargo-about are installed, pinned, under the shared cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh >&2
@@ -22,6 +22,10 @@ cargo_deb_version=3.8.0
 if ! "$tools/bin/cargo-deb" --version 2>/dev/null | grep -q "$cargo_deb_version"; then
   cargo install --locked --quiet --root "$tools" --version "$cargo_deb_version" cargo-deb
 fi
+cargo_about_version=0.9.3
+if ! "$tools/bin/cargo-about" --version 2>/dev/null | grep -q "$cargo_about_version"; then
+  cargo install --locked --quiet --root "$tools" --version "$cargo_about_version" --features cli cargo-about
+fi
 cargo build --release --locked --bin remote-reasoner
 bin="$CARGO_TARGET_DIR/release/remote-reasoner"
 gen="$CARGO_TARGET_DIR/release/packaging"
@@ -32,6 +36,18 @@ mkdir -p "$gen/completions"
 "$bin" completions bash >"$gen/completions/remote-reasoner"
 "$bin" completions zsh >"$gen/completions/_remote-reasoner"
 "$bin" completions fish >"$gen/completions/remote-reasoner.fish"
+# The licences of every crate compiled into the binary, read offline from the crates' own files by
+# cargo-about; cached by the lock file and the configuration (the scan takes a while on 2 cores).
+key=$(cat Cargo.lock packaging/licences/* | sha256sum | cut -c1-16)
+crates="$tools/licences/rust-crates-$key.txt"
+if [ ! -s "$crates" ]; then
+  cargo fetch --locked --quiet
+  mkdir -p "$tools/licences"
+  "$tools/bin/cargo-about" generate --manifest-path app/Cargo.toml -c packaging/licences/about.toml --offline \
+    --locked -o "$crates.part" packaging/licences/third-party.hbs 2>/dev/null
+  mv "$crates.part" "$crates"
+fi
+gzip -n -9 <"$crates" >"$gen/rust-crates.txt.gz"
 for size in 16 32 48 64 128 256 512; do
   mkdir -p "$gen/icons/$size"
   rsvg-convert -w "$size" -h "$size" packaging/linux/icons/io.remotereasoner.RemoteReasoner.svg \

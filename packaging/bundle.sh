@@ -57,6 +57,7 @@ for pkg in $(printf '%s\n' "${packages[@]}" | sort -u); do
   cp "/usr/share/doc/$pkg/copyright" "$root/share/doc/licences/$pkg.copyright"
 done
 cp packaging/debian/copyright "$root/share/doc/licences/remote-reasoner.copyright"
+gunzip <"$gen/rust-crates.txt.gz" >"$root/share/doc/licences/rust-crates.txt"
 cp README.md "$root/share/doc/README.md"
 cp assets/README.md "$root/share/doc/ASSETS.md"
 cp -r assets/prompts "$root/share/remote-reasoner/prompts"

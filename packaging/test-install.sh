@@ -102,6 +102,7 @@ debian12() {
   run_commands "$root" remote-reasoner
   in_root "$root" 'man -w remote-reasoner >/dev/null 2>&1 || test -f /usr/share/man/man1/remote-reasoner.1.gz
     test -f /usr/share/applications/io.remotereasoner.RemoteReasoner.desktop
+    zgrep -q "^  gdal " /usr/share/doc/remote-reasoner/rust-crates.txt.gz
     dpkg -L remote-reasoner | grep -v "/\.$" >/srv/rr/out/owned
     apt-get purge -y -qq remote-reasoner >/dev/null
     while read -r f; do if [ -f "$f" ] || [ -L "$f" ]; then echo "still there: $f" >&2; exit 1; fi; done </srv/rr/out/owned
@@ -126,7 +127,9 @@ debian13() {
     mkdir -m 777 /srv/rr/out"
   snapshot "$root" "$work/13-before"
   in_root "$root" "runuser -u analyst -- tar -C /home/analyst -xzf /srv/rr/$(basename "$bundle")
-    if ldd /home/analyst/$name/bin/remote-reasoner | grep 'not found'; then exit 1; fi"
+    if ldd /home/analyst/$name/bin/remote-reasoner | grep 'not found'; then exit 1; fi
+    grep -q '^  gdal ' /home/analyst/$name/share/doc/licences/rust-crates.txt
+    test -f /home/analyst/$name/share/doc/licences/libgdal32.copyright"
   run_commands "$root" "/home/analyst/$name/remote-reasoner"
   in_root "$root" "rm -rf /home/analyst/$name"
   snapshot "$root" "$work/13-after"

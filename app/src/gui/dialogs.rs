@@ -349,6 +349,8 @@ pub const LICENCES: &[&str] = &[
     "RemoteReasoner: Apache-2.0.",
     "Bundled sample image: SpaceNet (SpaceNet LLC / CosmiQ Works; Maxar), CC BY-SA 4.0.",
     "Linked libraries: GDAL and PROJ (MIT), egui/eframe and candle (MIT or Apache-2.0); model weights carry their own licences.",
+    "Every Rust crate in the binary with its licence text: /usr/share/doc/remote-reasoner/rust-crates.txt.gz \
+     (the portable bundle: share/doc/licences/, with the copyright of each bundled library).",
 ];
 
 /// A raster by URL (`https://`, `s3://`, `/vsicurl/` …) or a STAC item
