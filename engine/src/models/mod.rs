@@ -10,6 +10,7 @@ pub mod pth;
 pub mod quant;
 pub mod qwen2_5_vl;
 pub mod sam2;
+pub mod sam3;
 pub mod sam_v1;
 pub mod tiny_vit;
 pub mod trace;
