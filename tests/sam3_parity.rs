@@ -4,7 +4,8 @@
 //! loaded here through `sam3::Checkpoint` as a user's checkpoint would be; seed
 //! 2 has its weight matrices scaled ×4 so attention is peaked (a wrong global
 //! RoPE scale showed as 6e-5 of the largest at the init scale, 1.2e-2 here).
-//! The vision encoder: ViT tokens, each FPN level and its position encoding.
+//! The vision encoder (ViT tokens, each FPN level and its position encoding) and
+//! the text encoder (every projected token state, padded rows of two lengths).
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
@@ -47,6 +48,21 @@ fn vision_encoder_matches_transformers() {
             let e = relative_error(pos, &expected[&format!("vision.pos.{i}")]);
             assert!(e < 1e-5, "seed {seed}: position encoding {i} differs by {e:.2e}");
         }
+    }
+}
+
+#[test]
+fn text_encoder_matches_transformers() {
+    let device = Device::Cpu;
+    for seed in 0..3 {
+        let dir = seed_dir(seed);
+        let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &device).unwrap();
+        let text = Checkpoint::open(&dir).unwrap().text(&device).unwrap();
+        let ids = expected["inputs.input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+        let out = text.forward(&ids, &expected["inputs.attention_mask"]).unwrap();
+        let e = relative_error(&out, &expected["text.features"]);
+        eprintln!("seed {seed}: text features max|Δ|/max|ref| {e:.2e}");
+        assert!(e < 1e-5, "seed {seed}: text features differ by {e:.2e} of the largest");
     }
 }
 

@@ -8,6 +8,29 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Deserialize)]
 pub struct Config {
     pub vision_config: VisionConfig,
+    pub text_config: TextConfig,
+    pub detr_encoder_config: WidthConfig,
+}
+
+/// The CLIP text tower (`CLIPTextConfig`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// The context: prompts are padded to it.
+    pub max_position_embeddings: usize,
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+/// A stage of which only the width matters to the stages ported so far.
+#[derive(Clone, Debug, Deserialize)]
+pub struct WidthConfig {
+    pub hidden_size: usize,
 }
 
 /// The vision encoder: the Perception Encoder ViT and its FPN neck.

@@ -1,6 +1,6 @@
 //! SAM 3 ("Segment Anything with Concepts") image model in candle — in progress
-//! (issue 16): the vision encoder (Perception Encoder ViT + FPN neck) is ported
-//! and checked against transformers' `Sam3Model`; the text encoder, the fusion
+//! (issue 16): the vision encoder (Perception Encoder ViT + FPN neck) and the
+//! text encoder are ported and checked against transformers' `Sam3Model`; the fusion
 //! encoder, the DETR decoder with its presence head, the exemplar (box) encoder
 //! and the mask head follow.
 //!
@@ -9,6 +9,7 @@
 //! `facebook/sam3` (which also holds the video tracker's, ignored here).
 
 pub mod config;
+pub mod text;
 pub mod vision;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use crate::error::{EngineError, Result};
 use crate::models;
 use crate::models::quant::linear::SharedFiles;
 pub use config::Config;
+pub use text::TextEncoder;
 pub use vision::{VisionEncoder, VisionOutput};
 
 /// A SAM 3 checkpoint directory, mapped once; each stage is built from it.
@@ -61,6 +63,15 @@ impl Checkpoint {
         let prefix = self.prefix;
         VarBuilder::from_backend(Box::new(SharedFiles(self.mapped.clone())), DType::F32, device.clone())
             .rename_f(move |name: &str| format!("{prefix}{name}"))
+    }
+
+    /// The text encoder and its projection (f32).
+    pub fn text(&self, device: &Device) -> Result<TextEncoder> {
+        let width = self.config.detr_encoder_config.hidden_size;
+        TextEncoder::new(&self.config.text_config, width, self.var_builder(device)).map_err(|e| EngineError::Model {
+            path: self.dir.clone(),
+            reason: format!("weights do not match config.json: {e}"),
+        })
     }
 
     /// The vision encoder (f32).
