@@ -14,17 +14,22 @@ use sha2::Digest as _;
 mod hub_server;
 use hub_server::{COMMIT, checkpoint_files, fixture, serve};
 
+/// The pull of `repo`'s inference files from `hub` into `cache`.
+fn request(repo: &str, hub: &hub_server::Hub, cache: &Path) -> PullRequest {
+    PullRequest {
+        repo_id: repo.into(),
+        revision: "main".into(),
+        cache_dir: Some(cache.to_owned()),
+        endpoint: Some(hub.url.clone()),
+        files: Vec::new(),
+    }
+}
+
 #[test]
 fn pull_downloads_verifies_lists_and_the_model_answers() {
     let hub = serve("acme/tiny-reasoner", checkpoint_files(), None);
     let cache = tempfile::tempdir().unwrap();
-    let req = PullRequest {
-        repo_id: "acme/tiny-reasoner".into(),
-        revision: "main".into(),
-        cache_dir: Some(cache.path().to_owned()),
-        endpoint: Some(hub.url.clone()),
-        files: Vec::new(),
-    };
+    let req = request("acme/tiny-reasoner", &hub, cache.path());
     let mut seen = Vec::new();
     let snapshot = hub::pull(&req, |p| seen.push(p.clone())).unwrap();
     assert_eq!(snapshot, cache.path().join("models--acme--tiny-reasoner/snapshots").join(COMMIT));
@@ -63,13 +68,7 @@ fn pull_downloads_verifies_lists_and_the_model_answers() {
 fn a_corrupt_download_is_refused_and_removed() {
     let hub = serve("acme/broken", checkpoint_files(), Some("model.safetensors"));
     let cache = tempfile::tempdir().unwrap();
-    let req = PullRequest {
-        repo_id: "acme/broken".into(),
-        revision: "main".into(),
-        cache_dir: Some(cache.path().to_owned()),
-        endpoint: Some(hub.url.clone()),
-        files: Vec::new(),
-    };
+    let req = request("acme/broken", &hub, cache.path());
     let e = hub::pull(&req, |_| {}).unwrap_err().to_string();
     assert!(e.contains("corrupt"), "{e}");
     let blobs = cache.path().join("models--acme--broken/blobs");
@@ -116,13 +115,7 @@ fn plan_lists_sizes_and_named_files_are_pulled_alone() {
 fn an_interrupted_download_resumes_and_a_finished_one_is_not_fetched_again() {
     let hub = serve("acme/tiny-reasoner", checkpoint_files(), None);
     let cache = tempfile::tempdir().unwrap();
-    let req = PullRequest {
-        repo_id: "acme/tiny-reasoner".into(),
-        revision: "main".into(),
-        cache_dir: Some(cache.path().to_owned()),
-        endpoint: Some(hub.url.clone()),
-        files: Vec::new(),
-    };
+    let req = request("acme/tiny-reasoner", &hub, cache.path());
     // What a killed download leaves: the first part of the weights beside the blobs.
     let weights = std::fs::read(fixture().join("model.safetensors")).unwrap();
     let sha: String = sha2::Sha256::digest(&weights).iter().map(|b| format!("{b:02x}")).collect();

@@ -1,6 +1,6 @@
 //! Tensor operations shared by the model ports.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{D, DType, Result, Tensor};
 
 /// Queries per block in long attentions: the score matrix of one block
 /// (batch × heads × block × keys) stays a few tens of MB instead of the gigabyte a
@@ -463,6 +463,25 @@ pub fn resample_planes(
         }
     }
     out
+}
+
+/// Pads (B, H, W, C) to multiples of `ws` and cuts it into (B·nW, ws, ws, C).
+pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
+    let (b, h, w, c) = x.dims4()?;
+    let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+    let x = if ph > 0 || pw > 0 { x.pad_with_zeros(1, 0, ph)?.pad_with_zeros(2, 0, pw)? } else { x.clone() };
+    let (hp, wp) = (h + ph, w + pw);
+    let x = x.reshape((b, hp / ws, ws, wp / ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?;
+    Ok((x.contiguous()?.reshape(((), ws, ws, c))?, (hp, wp)))
+}
+
+/// The inverse of [`window_partition`], cropped back to (h, w).
+pub fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w): (usize, usize)) -> Result<Tensor> {
+    let c = x.dim(D::Minus1)?;
+    let b = x.dim(0)? / (hp * wp / ws / ws);
+    let x = x.reshape((b, hp / ws, wp / ws, ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?;
+    let x = x.reshape((b, hp, wp, c))?;
+    if hp > h || wp > w { x.narrow(1, 0, h)?.narrow(2, 0, w)?.contiguous() } else { Ok(x) }
 }
 
 #[cfg(test)]

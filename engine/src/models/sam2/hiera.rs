@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{D, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, LayerNorm, Linear, VarBuilder, conv2d, layer_norm, linear};
 
 use crate::models::ops;
@@ -96,25 +96,6 @@ impl Dense {
             Self::Bf16(l) => l.forward(x),
         }
     }
-}
-
-/// Pads (B, H, W, C) to multiples of `ws` and cuts it into (B·nW, ws, ws, C).
-fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
-    let (b, h, w, c) = x.dims4()?;
-    let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
-    let x = if ph > 0 || pw > 0 { x.pad_with_zeros(1, 0, ph)?.pad_with_zeros(2, 0, pw)? } else { x.clone() };
-    let (hp, wp) = (h + ph, w + pw);
-    let x = x.reshape((b, hp / ws, ws, wp / ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?;
-    Ok((x.contiguous()?.reshape(((), ws, ws, c))?, (hp, wp)))
-}
-
-/// The inverse of [`window_partition`], cropped back to (h, w).
-fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w): (usize, usize)) -> Result<Tensor> {
-    let c = x.dim(D::Minus1)?;
-    let b = x.dim(0)? / (hp * wp / ws / ws);
-    let x = x.reshape((b, hp / ws, wp / ws, ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?;
-    let x = x.reshape((b, hp, wp, c))?;
-    if hp > h || wp > w { x.narrow(1, 0, h)?.narrow(2, 0, w)?.contiguous() } else { Ok(x) }
 }
 
 /// 2×2 max pooling of (B, H, W, C).
@@ -226,7 +207,7 @@ impl MultiScaleBlock {
             None => x.clone(),
         };
         let mut ws = self.window_size;
-        let (mut y, mut pad_hw) = if ws > 0 { window_partition(&normed, ws)? } else { (normed, (h, w)) };
+        let (mut y, mut pad_hw) = if ws > 0 { ops::window_partition(&normed, ws)? } else { (normed, (h, w)) };
         y = self.attention(&y)?;
         let (sh, sw) = (shortcut.dim(1)?, shortcut.dim(2)?);
         if self.q_pool {
@@ -234,7 +215,7 @@ impl MultiScaleBlock {
             pad_hw = (sh + (ws - sh % ws.max(1)) % ws.max(1), sw + (ws - sw % ws.max(1)) % ws.max(1));
         }
         if self.window_size > 0 {
-            y = window_unpartition(&y, ws, pad_hw, (sh, sw))?;
+            y = ops::window_unpartition(&y, ws, pad_hw, (sh, sw))?;
         }
         let x = (shortcut + y)?;
         let m = self.mlp(&self.norm2.forward(&x)?)?;

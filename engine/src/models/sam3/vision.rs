@@ -5,7 +5,7 @@
 //! from its last output, each with a sine position encoding.
 //! Tensor names follow transformers' `Sam3VisionModel` (`backbone.*`, `neck.*`).
 
-use candle_core::{D, DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Conv2d, ConvTranspose2d, LayerNorm, Linear, VarBuilder};
 
 use super::config::{VisionConfig, VitConfig};
@@ -31,24 +31,6 @@ fn axial_rope(cfg: &VitConfig, h: usize, w: usize, scale: f32, device: &Device) 
     }
     let t = Tensor::from_vec(angles, (h * w, freqs * 2), device)?;
     Ok((t.cos()?, t.sin()?))
-}
-
-/// Pads `x` (B, H, W, C) with zeros to multiples of `ws` and cuts it into
-/// windows (B·nH·nW, ws, ws, C); returns the padded size too.
-fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
-    let (b, h, w, c) = x.dims4()?;
-    let (hp, wp) = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
-    let x = x.pad_with_zeros(1, 0, hp - h)?.pad_with_zeros(2, 0, wp - w)?;
-    let x = x.reshape((b, hp / ws, ws, wp / ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?;
-    Ok((x.reshape((b * (hp / ws) * (wp / ws), ws, ws, c))?, (hp, wp)))
-}
-
-/// Inverse of [`window_partition`], dropping the padding.
-fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w): (usize, usize)) -> Result<Tensor> {
-    let c = x.dim(D::Minus1)?;
-    let b = x.dim(0)? / ((hp / ws) * (wp / ws));
-    let x = x.reshape((b, hp / ws, wp / ws, ws, ws, c))?.permute((0, 1, 3, 2, 4, 5))?.contiguous()?;
-    x.reshape((b, hp, wp, c))?.narrow(1, 0, h)?.narrow(2, 0, w)?.contiguous()
 }
 
 /// Self-attention with axial RoPE on q and k.
@@ -117,8 +99,8 @@ impl Block {
         let (_, h, w, _) = x.dims4()?;
         let y = self.norm1.forward(x)?;
         let y = if self.window > 0 {
-            let (windows, padded) = window_partition(&y, self.window)?;
-            window_unpartition(&self.attn.forward(&windows, rope)?, self.window, padded, (h, w))?
+            let (windows, padded) = ops::window_partition(&y, self.window)?;
+            ops::window_unpartition(&self.attn.forward(&windows, rope)?, self.window, padded, (h, w))?
         } else {
             self.attn.forward(&y, rope)?
         };
