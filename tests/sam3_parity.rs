@@ -5,7 +5,8 @@
 //! 2 has its weight matrices scaled ×4 so attention is peaked (a wrong global
 //! RoPE scale showed as 6e-5 of the largest at the init scale, 1.2e-2 here).
 //! The vision encoder (ViT tokens, each FPN level and its position encoding) and
-//! the text encoder (every projected token state, padded rows of two lengths).
+//! the text encoder (every projected token state, padded rows of two lengths),
+//! the fusion encoder (text prompt).
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
@@ -63,6 +64,29 @@ fn text_encoder_matches_transformers() {
         let e = relative_error(&out, &expected["text.features"]);
         eprintln!("seed {seed}: text features max|Δ|/max|ref| {e:.2e}");
         assert!(e < 1e-5, "seed {seed}: text features differ by {e:.2e} of the largest");
+    }
+}
+
+/// The fusion encoder on a text-only prompt (the prompt is the projected text,
+/// its padding masked), fed transformers' own coarsest FPN level.
+#[test]
+fn fusion_encoder_matches_transformers() {
+    let device = Device::Cpu;
+    for seed in 0..3 {
+        let dir = seed_dir(seed);
+        let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &device).unwrap();
+        let encoder = Checkpoint::open(&dir).unwrap().fusion_encoder(&device).unwrap();
+        let out = encoder
+            .forward(
+                &expected["vision.fpn.2"],
+                &expected["vision.pos.2"],
+                &expected["text.features"],
+                &expected["inputs.attention_mask"],
+            )
+            .unwrap();
+        let e = relative_error(&out, &expected["text.encoder.last_hidden_state"]);
+        eprintln!("seed {seed}: fused image tokens max|Δ|/max|ref| {e:.2e}");
+        assert!(e < 1e-5, "seed {seed}: fusion encoder differs by {e:.2e} of the largest");
     }
 }
 

@@ -20,6 +20,8 @@ outputs of each stage go to expected.safetensors:
     vision.last_hidden_state          ViT output [B, T, C]
     vision.fpn.{i}, vision.pos.{i}    FPN levels and their sine position encodings
     text.features                     projected text tokens [B, 32, 256-ish]
+    {case}.geometry.*, {case}.encoder.last_hidden_state, {case}.decoder.*
+                                      each stage's output as the whole model runs
     {case}.pred_logits / pred_boxes / presence_logits / pred_masks / semantic_seg
         for case in text (text only), boxes ("visual" + boxes), both (text + boxes)
 
@@ -134,13 +136,35 @@ def run_seed(seed, out_dir):
             "boxes": dict(input_ids=visual, attention_mask=visual_mask, input_boxes=boxes, input_boxes_labels=labels),
             "both": dict(input_ids=ids, attention_mask=mask, input_boxes=boxes, input_boxes_labels=labels),
         }
+        # Each stage's output, captured as the whole model runs.
+        captured = {}
+
+        def keep(name, fields):
+            def hook(_module, _args, out):
+                for field in fields:
+                    value = getattr(out, field, None)
+                    if isinstance(value, torch.Tensor):
+                        captured[f"{name}.{field}"] = value
+            return hook
+
+        hooks = [
+            model.geometry_encoder.register_forward_hook(keep("geometry", ["last_hidden_state", "attention_mask"])),
+            model.detr_encoder.register_forward_hook(keep("encoder", ["last_hidden_state"])),
+            model.detr_decoder.register_forward_hook(
+                keep("decoder", ["intermediate_hidden_states", "reference_boxes", "presence_logits"])),
+        ]
         for case, kwargs in cases.items():
+            captured.clear()
             out = model(pixel_values=pixels, **kwargs)
+            for key, value in captured.items():
+                expected[f"{case}.{key}"] = value.float() if value.dtype == torch.bool else value
             for key in ("pred_logits", "pred_boxes", "presence_logits", "pred_masks", "semantic_seg"):
                 value = getattr(out, key, None)
                 if value is not None:
                     expected[f"{case}.{key}"] = value
-    save_file({k: v.contiguous().float() if v.is_floating_point() else v.contiguous()
+    for h in hooks:
+        h.remove()
+    save_file({k: v.clone().contiguous().float() if v.is_floating_point() else v.clone().contiguous()
                for k, v in expected.items()}, os.path.join(out_dir, "expected.safetensors"))
     return {k: list(v.shape) for k, v in expected.items()}
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 pub struct Config {
     pub vision_config: VisionConfig,
     pub text_config: TextConfig,
-    pub detr_encoder_config: WidthConfig,
+    pub detr_encoder_config: StageConfig,
 }
 
 /// The CLIP text tower (`CLIPTextConfig`).
@@ -27,10 +27,34 @@ pub struct TextConfig {
     pub hidden_act: String,
 }
 
-/// A stage of which only the width matters to the stages ported so far.
+/// A transformer stage of the detector (`Sam3DETREncoderConfig` and kin).
 #[derive(Clone, Debug, Deserialize)]
-pub struct WidthConfig {
+pub struct StageConfig {
     pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_relu")]
+    pub hidden_act: String,
+}
+
+fn default_relu() -> String {
+    "relu".into()
+}
+
+impl StageConfig {
+    pub fn validate(&self, what: &str) -> Result<(), String> {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "{what}: hidden_size {} is not split evenly by {} heads",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.hidden_act != "relu" {
+            return Err(format!("{what}: hidden_act {:?} is not supported (SAM 3 uses ReLU)", self.hidden_act));
+        }
+        Ok(())
+    }
 }
 
 /// The vision encoder: the Perception Encoder ViT and its FPN neck.

@@ -1,7 +1,7 @@
 //! SAM 3 ("Segment Anything with Concepts") image model in candle — in progress
-//! (issue 16): the vision encoder (Perception Encoder ViT + FPN neck) and the
-//! text encoder are ported and checked against transformers' `Sam3Model`; the fusion
-//! encoder, the DETR decoder with its presence head, the exemplar (box) encoder
+//! (issue 16): the vision encoder (Perception Encoder ViT + FPN neck), the text
+//! encoder and the fusion encoder are ported and checked against transformers'
+//! `Sam3Model`; the DETR decoder with its presence head, the exemplar (box) encoder
 //! and the mask head follow.
 //!
 //! Checkpoints in transformers' layout: `config.json` + safetensors, tensor
@@ -9,6 +9,7 @@
 //! `facebook/sam3` (which also holds the video tracker's, ignored here).
 
 pub mod config;
+pub mod encoder;
 pub mod text;
 pub mod vision;
 
@@ -23,6 +24,7 @@ use crate::error::{EngineError, Result};
 use crate::models;
 use crate::models::quant::linear::SharedFiles;
 pub use config::Config;
+pub use encoder::FusionEncoder;
 pub use text::TextEncoder;
 pub use vision::{VisionEncoder, VisionOutput};
 
@@ -71,6 +73,13 @@ impl Checkpoint {
         TextEncoder::new(&self.config.text_config, width, self.var_builder(device)).map_err(|e| EngineError::Model {
             path: self.dir.clone(),
             reason: format!("weights do not match config.json: {e}"),
+        })
+    }
+
+    /// The fusion encoder (f32).
+    pub fn fusion_encoder(&self, device: &Device) -> Result<FusionEncoder> {
+        FusionEncoder::new(&self.config.detr_encoder_config, self.var_builder(device).pp("detr_encoder")).map_err(|e| {
+            EngineError::Model { path: self.dir.clone(), reason: format!("weights do not match config.json: {e}") }
         })
     }
 
