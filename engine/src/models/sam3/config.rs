@@ -10,6 +10,7 @@ pub struct Config {
     pub vision_config: VisionConfig,
     pub text_config: TextConfig,
     pub detr_encoder_config: StageConfig,
+    pub detr_decoder_config: DecoderConfig,
 }
 
 /// The CLIP text tower (`CLIPTextConfig`).
@@ -25,6 +26,14 @@ pub struct TextConfig {
     pub layer_norm_eps: f64,
     #[serde(default = "default_act")]
     pub hidden_act: String,
+}
+
+/// The DETR decoder: a stage with learned queries.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DecoderConfig {
+    #[serde(flatten)]
+    pub stage: StageConfig,
+    pub num_queries: usize,
 }
 
 /// A transformer stage of the detector (`Sam3DETREncoderConfig` and kin).

@@ -1,7 +1,7 @@
 //! SAM 3 ("Segment Anything with Concepts") image model in candle — in progress
 //! (issue 16): the vision encoder (Perception Encoder ViT + FPN neck), the text
-//! encoder and the fusion encoder are ported and checked against transformers'
-//! `Sam3Model`; the DETR decoder with its presence head, the exemplar (box) encoder
+//! encoder, the fusion encoder and the DETR decoder with its presence head are
+//! ported and checked against transformers' `Sam3Model`; the exemplar (box) encoder
 //! and the mask head follow.
 //!
 //! Checkpoints in transformers' layout: `config.json` + safetensors, tensor
@@ -9,6 +9,7 @@
 //! `facebook/sam3` (which also holds the video tracker's, ignored here).
 
 pub mod config;
+pub mod decoder;
 pub mod encoder;
 pub mod text;
 pub mod vision;
@@ -24,6 +25,7 @@ use crate::error::{EngineError, Result};
 use crate::models;
 use crate::models::quant::linear::SharedFiles;
 pub use config::Config;
+pub use decoder::{Decoder, DecoderOutput};
 pub use encoder::FusionEncoder;
 pub use text::TextEncoder;
 pub use vision::{VisionEncoder, VisionOutput};
@@ -79,6 +81,14 @@ impl Checkpoint {
     /// The fusion encoder (f32).
     pub fn fusion_encoder(&self, device: &Device) -> Result<FusionEncoder> {
         FusionEncoder::new(&self.config.detr_encoder_config, self.var_builder(device).pp("detr_encoder")).map_err(|e| {
+            EngineError::Model { path: self.dir.clone(), reason: format!("weights do not match config.json: {e}") }
+        })
+    }
+
+    /// The DETR decoder (f32).
+    pub fn decoder(&self, device: &Device) -> Result<Decoder> {
+        let cfg = &self.config.detr_decoder_config;
+        Decoder::new(&cfg.stage, cfg.num_queries, self.var_builder(device).pp("detr_decoder")).map_err(|e| {
             EngineError::Model { path: self.dir.clone(), reason: format!("weights do not match config.json: {e}") }
         })
     }
