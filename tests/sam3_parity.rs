@@ -123,6 +123,30 @@ fn decoder_matches_transformers() {
     }
 }
 
+/// Scores and masks of the text-only case from transformers' decoder queries,
+/// fused image and FPN levels: the final logits, masks and semantic map.
+#[test]
+fn scoring_and_mask_head_match_transformers() {
+    let device = Device::Cpu;
+    for seed in 0..3 {
+        let dir = seed_dir(seed);
+        let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &device).unwrap();
+        let checkpoint = Checkpoint::open(&dir).unwrap();
+        let (scoring, masks) = (checkpoint.scoring(&device).unwrap(), checkpoint.mask_decoder(&device).unwrap());
+        let queries = expected["text.decoder.intermediate_hidden_states"].get(1).unwrap();
+        let (prompt, valid) = (&expected["text.features"], &expected["inputs.attention_mask"]);
+        let logits = scoring.forward(&queries, prompt, valid).unwrap();
+        let levels: Vec<_> = (0..3).map(|i| expected[&format!("vision.fpn.{i}")].clone()).collect();
+        let out = masks.forward(&queries, &levels, &expected["text.encoder.last_hidden_state"], prompt, valid).unwrap();
+        for (name, ours) in [("pred_logits", &logits), ("pred_masks", &out.instances), ("semantic_seg", &out.semantic)]
+        {
+            let e = relative_error(ours, &expected[&format!("text.{name}")]);
+            eprintln!("seed {seed}: {name} max|Δ|/max|ref| {e:.2e}");
+            assert!(e < 1e-5, "seed {seed}: {name} differs by {e:.2e} of the largest");
+        }
+    }
+}
+
 #[test]
 fn a_config_the_port_cannot_run_is_an_error_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@ pub struct Config {
     pub text_config: TextConfig,
     pub detr_encoder_config: StageConfig,
     pub detr_decoder_config: DecoderConfig,
+    pub mask_decoder_config: MaskConfig,
 }
 
 /// The CLIP text tower (`CLIPTextConfig`).
@@ -26,6 +27,14 @@ pub struct TextConfig {
     pub layer_norm_eps: f64,
     #[serde(default = "default_act")]
     pub hidden_act: String,
+}
+
+/// The mask head (`Sam3MaskDecoderConfig`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct MaskConfig {
+    pub hidden_size: usize,
+    pub num_upsampling_stages: usize,
+    pub num_attention_heads: usize,
 }
 
 /// The DETR decoder: a stage with learned queries.

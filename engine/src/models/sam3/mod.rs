@@ -11,6 +11,7 @@
 pub mod config;
 pub mod decoder;
 pub mod encoder;
+pub mod heads;
 pub mod text;
 pub mod vision;
 
@@ -27,6 +28,7 @@ use crate::models::quant::linear::SharedFiles;
 pub use config::Config;
 pub use decoder::{Decoder, DecoderOutput};
 pub use encoder::FusionEncoder;
+pub use heads::{MaskDecoder, Masks, Scoring};
 pub use text::TextEncoder;
 pub use vision::{VisionEncoder, VisionOutput};
 
@@ -91,6 +93,22 @@ impl Checkpoint {
         Decoder::new(&cfg.stage, cfg.num_queries, self.var_builder(device).pp("detr_decoder")).map_err(|e| {
             EngineError::Model { path: self.dir.clone(), reason: format!("weights do not match config.json: {e}") }
         })
+    }
+
+    /// The query scoring (f32).
+    pub fn scoring(&self, device: &Device) -> Result<Scoring> {
+        let cfg = &self.config.detr_decoder_config.stage;
+        Scoring::new(cfg, self.var_builder(device).pp("dot_product_scoring")).map_err(|e| self.mismatch(&e))
+    }
+
+    /// The mask head (f32).
+    pub fn mask_decoder(&self, device: &Device) -> Result<MaskDecoder> {
+        MaskDecoder::new(&self.config.mask_decoder_config, self.var_builder(device).pp("mask_decoder"))
+            .map_err(|e| self.mismatch(&e))
+    }
+
+    fn mismatch(&self, e: &candle_core::Error) -> EngineError {
+        EngineError::Model { path: self.dir.clone(), reason: format!("weights do not match config.json: {e}") }
     }
 
     /// The vision encoder (f32).
