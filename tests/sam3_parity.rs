@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use engine::models::sam3::Checkpoint;
+use engine::models::sam3::{Checkpoint, Sam3Image};
 
 fn seed_dir(seed: usize) -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/fixtures/sam3_tiny/seed{seed}"));
@@ -143,6 +143,31 @@ fn scoring_and_mask_head_match_transformers() {
             let e = relative_error(ours, &expected[&format!("text.{name}")]);
             eprintln!("seed {seed}: {name} max|Δ|/max|ref| {e:.2e}");
             assert!(e < 1e-5, "seed {seed}: {name} differs by {e:.2e} of the largest");
+        }
+    }
+}
+
+/// The whole text-prompt path chained in Rust from pixels and token ids:
+/// logits, presence, boxes, masks and the semantic map of `Sam3Model`.
+#[test]
+fn text_prompt_end_to_end_matches_transformers() {
+    let device = Device::Cpu;
+    for seed in 0..3 {
+        let dir = seed_dir(seed);
+        let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &device).unwrap();
+        let model = Sam3Image::load(&Checkpoint::open(&dir).unwrap(), &device).unwrap();
+        let ids = expected["inputs.input_ids"].to_dtype(candle_core::DType::U32).unwrap();
+        let p = model.predict_text(&expected["inputs.pixel_values"], &ids, &expected["inputs.attention_mask"]).unwrap();
+        for (name, ours) in [
+            ("pred_logits", &p.logits),
+            ("presence_logits", &p.presence),
+            ("pred_boxes", &p.boxes),
+            ("pred_masks", &p.masks),
+            ("semantic_seg", &p.semantic),
+        ] {
+            let e = relative_error(ours, &expected[&format!("text.{name}")]);
+            eprintln!("seed {seed}: end to end {name} max|Δ|/max|ref| {e:.2e}");
+            assert!(e < 1e-5, "seed {seed}: end-to-end {name} differs by {e:.2e} of the largest");
         }
     }
 }

@@ -141,6 +141,8 @@ pub struct DecoderOutput {
     pub reference_boxes: Tensor,
     /// (L, B, 1), clamped to ±10.
     pub presence_logits: Tensor,
+    /// (B, Q, 4): the last layer's refined boxes, x1 y1 x2 y2 in [0, 1].
+    pub boxes: Tensor,
 }
 
 /// The decoder.
@@ -231,6 +233,7 @@ impl Decoder {
             presence.push(p.clamp(-10f32, 10f32)?);
         }
         Ok(DecoderOutput {
+            boxes: cxcywh_to_xyxy(&boxes)?,
             queries: Tensor::stack(&queries, 0)?,
             reference_boxes: Tensor::stack(&refs, 0)?,
             presence_logits: Tensor::stack(&presence, 0)?,

@@ -1,8 +1,9 @@
 //! SAM 3 ("Segment Anything with Concepts") image model in candle — in progress
 //! (issue 16): the vision encoder (Perception Encoder ViT + FPN neck), the text
-//! encoder, the fusion encoder and the DETR decoder with its presence head are
-//! ported and checked against transformers' `Sam3Model`; the exemplar (box) encoder
-//! and the mask head follow.
+//! encoder, the fusion encoder, the DETR decoder with its presence head, the
+//! scoring and the mask head are ported and checked against transformers'
+//! `Sam3Model`, alone and chained for text prompts; the exemplar (box) encoder,
+//! the tokenizer and pre/post-processing follow.
 //!
 //! Checkpoints in transformers' layout: `config.json` + safetensors, tensor
 //! names as `Sam3Model` saves them, or prefixed `detector_model.` as in
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{EngineError, Result};
@@ -31,6 +32,73 @@ pub use encoder::FusionEncoder;
 pub use heads::{MaskDecoder, Masks, Scoring};
 pub use text::TextEncoder;
 pub use vision::{VisionEncoder, VisionOutput};
+
+/// The image model's stages, built from one checkpoint.
+#[derive(Debug)]
+pub struct Sam3Image {
+    pub vision: VisionEncoder,
+    pub text: TextEncoder,
+    pub encoder: FusionEncoder,
+    pub decoder: Decoder,
+    pub scoring: Scoring,
+    pub masks: MaskDecoder,
+}
+
+/// What the model finds for a prompt: one entry per query.
+#[derive(Debug)]
+pub struct Prediction {
+    /// (B, Q) query logits; the score is sigmoid(logit) × sigmoid(presence).
+    pub logits: Tensor,
+    /// (B, 1) the concept's presence logit.
+    pub presence: Tensor,
+    /// (B, Q, 4) x1 y1 x2 y2 in [0, 1] of the model input.
+    pub boxes: Tensor,
+    /// (B, Q, H, W) mask logits at the finest FPN level.
+    pub masks: Tensor,
+    /// (B, 1, H, W) semantic logits.
+    pub semantic: Tensor,
+}
+
+impl Sam3Image {
+    pub fn load(checkpoint: &Checkpoint, device: &Device) -> Result<Self> {
+        Ok(Self {
+            vision: checkpoint.vision(device)?,
+            text: checkpoint.text(device)?,
+            encoder: checkpoint.fusion_encoder(device)?,
+            decoder: checkpoint.decoder(device)?,
+            scoring: checkpoint.scoring(device)?,
+            masks: checkpoint.mask_decoder(device)?,
+        })
+    }
+
+    /// A text prompt: `pixels` (B, 3, S, S) normalised, `ids`/`valid` (B, T).
+    /// (Exemplar boxes join the prompt once the geometry encoder is ported.)
+    pub fn predict_text(&self, pixels: &Tensor, ids: &Tensor, valid: &Tensor) -> candle_core::Result<Prediction> {
+        let vision = self.vision.forward(pixels)?;
+        let prompt = self.text.forward(ids, valid)?;
+        // The released model drops the coarsest (0.5×) level; the fusion runs on the 1× one.
+        let used = vision.levels.len().saturating_sub(1);
+        if used == 0 {
+            candle_core::bail!("SAM 3 needs at least two FPN levels");
+        }
+        let (image, pos) = (&vision.levels[used - 1], &vision.positions[used - 1]);
+        let (_, _, h, w) = image.dims4()?;
+        let fused = self.encoder.forward(image, pos, &prompt, valid)?;
+        let pos_tokens = pos.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let dec = self.decoder.forward(&fused, &pos_tokens, (h, w), &prompt, valid)?;
+        let last = dec.queries.dim(0)? - 1;
+        let queries = dec.queries.get(last)?;
+        let logits = self.scoring.forward(&queries, &prompt, valid)?;
+        let masks = self.masks.forward(&queries, &vision.levels[..used], &fused, &prompt, valid)?;
+        Ok(Prediction {
+            logits,
+            presence: dec.presence_logits.get(last)?,
+            boxes: dec.boxes,
+            masks: masks.instances,
+            semantic: masks.semantic,
+        })
+    }
+}
 
 /// A SAM 3 checkpoint directory, mapped once; each stage is built from it.
 pub struct Checkpoint {
