@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use engine::models::sam3::{Checkpoint, Sam3Image};
+use engine::models::sam3::{Checkpoint, Exemplars, Sam3Image};
 
 fn seed_dir(seed: usize) -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/fixtures/sam3_tiny/seed{seed}"));
@@ -147,27 +147,69 @@ fn scoring_and_mask_head_match_transformers() {
     }
 }
 
-/// The whole text-prompt path chained in Rust from pixels and token ids:
-/// logits, presence, boxes, masks and the semantic map of `Sam3Model`.
+/// The whole model chained in Rust from pixels, token ids and boxes: logits,
+/// presence, boxes, masks and the semantic map of `Sam3Model` for a text
+/// prompt, exemplar boxes alone ("visual" + boxes) and both.
 #[test]
-fn text_prompt_end_to_end_matches_transformers() {
+fn prompts_end_to_end_match_transformers() {
     let device = Device::Cpu;
     for seed in 0..3 {
         let dir = seed_dir(seed);
         let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &device).unwrap();
         let model = Sam3Image::load(&Checkpoint::open(&dir).unwrap(), &device).unwrap();
-        let ids = expected["inputs.input_ids"].to_dtype(candle_core::DType::U32).unwrap();
-        let p = model.predict_text(&expected["inputs.pixel_values"], &ids, &expected["inputs.attention_mask"]).unwrap();
-        for (name, ours) in [
-            ("pred_logits", &p.logits),
-            ("presence_logits", &p.presence),
-            ("pred_boxes", &p.boxes),
-            ("pred_masks", &p.masks),
-            ("semantic_seg", &p.semantic),
+        let u32s = |name: &str| expected[name].to_dtype(candle_core::DType::U32).unwrap();
+        let labels = expected["inputs.input_boxes_labels"].to_dtype(candle_core::DType::F32).unwrap();
+        let valid = labels.ne(-10f32).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+        let labels = labels.maximum(0f32).unwrap();
+        let ex = Exemplars { boxes: &expected["inputs.input_boxes"], labels: &labels, valid: &valid };
+        let pixels = &expected["inputs.pixel_values"];
+        for (case, ids, mask, exemplars) in [
+            ("text", u32s("inputs.input_ids"), &expected["inputs.attention_mask"], None),
+            ("boxes", u32s("inputs.visual_ids"), &expected["inputs.visual_mask"], Some(&ex)),
+            ("both", u32s("inputs.input_ids"), &expected["inputs.attention_mask"], Some(&ex)),
         ] {
-            let e = relative_error(ours, &expected[&format!("text.{name}")]);
-            eprintln!("seed {seed}: end to end {name} max|Δ|/max|ref| {e:.2e}");
-            assert!(e < 1e-5, "seed {seed}: end-to-end {name} differs by {e:.2e} of the largest");
+            let p = model.predict(pixels, &ids, mask, exemplars).unwrap();
+            for (name, ours) in [
+                ("pred_logits", &p.logits),
+                ("presence_logits", &p.presence),
+                ("pred_boxes", &p.boxes),
+                ("pred_masks", &p.masks),
+                ("semantic_seg", &p.semantic),
+            ] {
+                let e = relative_error(ours, &expected[&format!("{case}.{name}")]);
+                eprintln!("seed {seed}: {case} end to end {name} max|Δ|/max|ref| {e:.2e}");
+                assert!(e < 1e-5, "seed {seed}: {case} end-to-end {name} differs by {e:.2e} of the largest");
+            }
+        }
+    }
+}
+
+/// The exemplar encoder: a positive and a negative box (row 0), two positives
+/// (row 1), one padded box each; tokens and validity of both box cases.
+#[test]
+fn exemplar_encoder_matches_transformers() {
+    let device = Device::Cpu;
+    for seed in 0..3 {
+        let dir = seed_dir(seed);
+        let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &device).unwrap();
+        let geometry = Checkpoint::open(&dir).unwrap().geometry(&device).unwrap();
+        let labels = expected["inputs.input_boxes_labels"].to_dtype(candle_core::DType::F32).unwrap();
+        let valid = labels.ne(-10f32).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+        let labels = labels.maximum(0f32).unwrap();
+        let (tokens, keep) = geometry
+            .forward(
+                &expected["inputs.input_boxes"],
+                &labels,
+                &valid,
+                &expected["vision.fpn.2"],
+                &expected["vision.pos.2"],
+            )
+            .unwrap();
+        for case in ["boxes", "both"] {
+            let e = relative_error(&tokens, &expected[&format!("{case}.geometry.last_hidden_state")]);
+            eprintln!("seed {seed}: {case} exemplar tokens max|Δ|/max|ref| {e:.2e}");
+            assert!(e < 1e-5, "seed {seed}: {case} exemplar tokens differ by {e:.2e}");
+            assert_eq!(relative_error(&keep, &expected[&format!("{case}.geometry.attention_mask")]), 0.0);
         }
     }
 }

@@ -12,6 +12,7 @@ pub struct Config {
     pub detr_encoder_config: StageConfig,
     pub detr_decoder_config: DecoderConfig,
     pub mask_decoder_config: MaskConfig,
+    pub geometry_encoder_config: GeometryConfig,
 }
 
 /// The CLIP text tower (`CLIPTextConfig`).
@@ -27,6 +28,16 @@ pub struct TextConfig {
     pub layer_norm_eps: f64,
     #[serde(default = "default_act")]
     pub hidden_act: String,
+}
+
+/// The exemplar encoder (`Sam3GeometryEncoderConfig`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct GeometryConfig {
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub roi_size: usize,
 }
 
 /// The mask head (`Sam3MaskDecoderConfig`).

@@ -1,9 +1,9 @@
 //! SAM 3 ("Segment Anything with Concepts") image model in candle — in progress
 //! (issue 16): the vision encoder (Perception Encoder ViT + FPN neck), the text
 //! encoder, the fusion encoder, the DETR decoder with its presence head, the
-//! scoring and the mask head are ported and checked against transformers'
-//! `Sam3Model`, alone and chained for text prompts; the exemplar (box) encoder,
-//! the tokenizer and pre/post-processing follow.
+//! scoring, the mask head and the exemplar (box) encoder are ported and checked against transformers'
+//! `Sam3Model`, alone and chained (text, exemplar boxes, both); the tokenizer
+//! and pre/post-processing follow.
 //!
 //! Checkpoints in transformers' layout: `config.json` + safetensors, tensor
 //! names as `Sam3Model` saves them, or prefixed `detector_model.` as in
@@ -12,6 +12,7 @@
 pub mod config;
 pub mod decoder;
 pub mod encoder;
+pub mod geometry;
 pub mod heads;
 pub mod text;
 pub mod vision;
@@ -29,6 +30,7 @@ use crate::models::quant::linear::SharedFiles;
 pub use config::Config;
 pub use decoder::{Decoder, DecoderOutput};
 pub use encoder::FusionEncoder;
+pub use geometry::GeometryEncoder;
 pub use heads::{MaskDecoder, Masks, Scoring};
 pub use text::TextEncoder;
 pub use vision::{VisionEncoder, VisionOutput};
@@ -42,6 +44,16 @@ pub struct Sam3Image {
     pub decoder: Decoder,
     pub scoring: Scoring,
     pub masks: MaskDecoder,
+    pub geometry: GeometryEncoder,
+}
+
+/// Exemplar boxes for a prompt: (B, N, 4) cx cy w h in [0, 1] of the model
+/// input, labels (B, N) 1 positive / 0 negative, validity (B, N) (right-padded).
+#[derive(Debug)]
+pub struct Exemplars<'a> {
+    pub boxes: &'a Tensor,
+    pub labels: &'a Tensor,
+    pub valid: &'a Tensor,
 }
 
 /// What the model finds for a prompt: one entry per query.
@@ -68,14 +80,21 @@ impl Sam3Image {
             decoder: checkpoint.decoder(device)?,
             scoring: checkpoint.scoring(device)?,
             masks: checkpoint.mask_decoder(device)?,
+            geometry: checkpoint.geometry(device)?,
         })
     }
 
-    /// A text prompt: `pixels` (B, 3, S, S) normalised, `ids`/`valid` (B, T).
-    /// (Exemplar boxes join the prompt once the geometry encoder is ported.)
-    pub fn predict_text(&self, pixels: &Tensor, ids: &Tensor, valid: &Tensor) -> candle_core::Result<Prediction> {
+    /// A prompt of text and, optionally, exemplar boxes: `pixels` (B, 3, S, S)
+    /// normalised, `ids`/`text_valid` (B, T) (boxes alone: the text "visual").
+    pub fn predict(
+        &self,
+        pixels: &Tensor,
+        ids: &Tensor,
+        text_valid: &Tensor,
+        exemplars: Option<&Exemplars>,
+    ) -> candle_core::Result<Prediction> {
         let vision = self.vision.forward(pixels)?;
-        let prompt = self.text.forward(ids, valid)?;
+        let text = self.text.forward(ids, text_valid)?;
         // The released model drops the coarsest (0.5×) level; the fusion runs on the 1× one.
         let used = vision.levels.len().saturating_sub(1);
         if used == 0 {
@@ -83,13 +102,21 @@ impl Sam3Image {
         }
         let (image, pos) = (&vision.levels[used - 1], &vision.positions[used - 1]);
         let (_, _, h, w) = image.dims4()?;
-        let fused = self.encoder.forward(image, pos, &prompt, valid)?;
+        let (prompt, valid) = match exemplars {
+            None => (text, text_valid.to_dtype(DType::F32)?),
+            Some(ex) => {
+                let (tokens, keep) = self.geometry.forward(ex.boxes, ex.labels, ex.valid, image, pos)?;
+                (Tensor::cat(&[text, tokens], 1)?, Tensor::cat(&[text_valid.to_dtype(DType::F32)?, keep], 1)?)
+            }
+        };
+        let (prompt, valid) = (&prompt, &valid);
+        let fused = self.encoder.forward(image, pos, prompt, valid)?;
         let pos_tokens = pos.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
-        let dec = self.decoder.forward(&fused, &pos_tokens, (h, w), &prompt, valid)?;
+        let dec = self.decoder.forward(&fused, &pos_tokens, (h, w), prompt, valid)?;
         let last = dec.queries.dim(0)? - 1;
         let queries = dec.queries.get(last)?;
-        let logits = self.scoring.forward(&queries, &prompt, valid)?;
-        let masks = self.masks.forward(&queries, &vision.levels[..used], &fused, &prompt, valid)?;
+        let logits = self.scoring.forward(&queries, prompt, valid)?;
+        let masks = self.masks.forward(&queries, &vision.levels[..used], &fused, prompt, valid)?;
         Ok(Prediction {
             logits,
             presence: dec.presence_logits.get(last)?,
@@ -161,6 +188,12 @@ impl Checkpoint {
         Decoder::new(&cfg.stage, cfg.num_queries, self.var_builder(device).pp("detr_decoder")).map_err(|e| {
             EngineError::Model { path: self.dir.clone(), reason: format!("weights do not match config.json: {e}") }
         })
+    }
+
+    /// The exemplar (box) encoder (f32).
+    pub fn geometry(&self, device: &Device) -> Result<GeometryEncoder> {
+        GeometryEncoder::new(&self.config.geometry_encoder_config, self.var_builder(device).pp("geometry_encoder"))
+            .map_err(|e| self.mismatch(&e))
     }
 
     /// The query scoring (f32).
