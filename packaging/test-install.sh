@@ -12,7 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
-[ "$(id -u)" = 0 ] || { echo "test-install: needs root (debootstrap, chroot): sudo bash $0" >&2; exit 1; }
+if [ "$(id -u)" != 0 ]; then
+  # debootstrap, chroot and mounts need root; keep the caller's cache paths.
+  command -v sudo >/dev/null && exec sudo --preserve-env=HOME,RR_PACKAGES,RR_DEBIAN_MIRROR,RR_INSTALL_OUT bash "$0" "$@"
+  echo "test-install: needs root (debootstrap, chroot) and there is no sudo" >&2
+  exit 1
+fi
 pkgs=${RR_PACKAGES:-$HOME/.cache/remote-reasoner/packages}
 deb=$(ls "$pkgs"/remote-reasoner_*.deb 2>/dev/null | tail -1)
 bundle=$(ls "$pkgs"/remote-reasoner-*-linux.tar.gz 2>/dev/null | tail -1)
