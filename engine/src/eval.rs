@@ -10,6 +10,7 @@
 //! Protocols: `segearth` (SegEarth-R1's: masks letterboxed to 1024, the first
 //! question per image) and `full` (full resolution, every question).
 
+pub use crate::base::box_iou;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -122,16 +123,6 @@ pub fn letterbox(m: &Mask) -> Mask {
         }
     }
     out
-}
-
-/// Box IoU of [x1, y1, x2, y2] boxes.
-pub fn box_iou(a: [f64; 4], b: [f64; 4]) -> f64 {
-    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = iw * ih;
-    let area = |r: [f64; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
-    let union = area(a) + area(b) - inter;
-    if union <= 0.0 { 0.0 } else { inter / union }
 }
 
 /// The bounding box of a mask's pixels (corners), if any.

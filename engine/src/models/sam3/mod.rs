@@ -14,6 +14,7 @@ pub mod decoder;
 pub mod encoder;
 pub mod geometry;
 pub mod heads;
+pub mod post;
 pub mod text;
 pub mod vision;
 
@@ -32,6 +33,7 @@ pub use decoder::{Decoder, DecoderOutput};
 pub use encoder::FusionEncoder;
 pub use geometry::GeometryEncoder;
 pub use heads::{MaskDecoder, Masks, Scoring};
+pub use post::{Instance, select};
 pub use text::TextEncoder;
 pub use vision::{VisionEncoder, VisionOutput};
 
