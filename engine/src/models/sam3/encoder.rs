@@ -76,8 +76,11 @@ impl Module for Mlp {
     }
 }
 
+/// A pre-norm layer: self-attention (positions on queries and keys, if any;
+/// a key mask, if any), cross-attention to `keys`/`values`, ReLU MLP. The
+/// fusion encoder and the exemplar encoder differ only in what they pass.
 #[derive(Debug)]
-struct Layer {
+pub struct PreNormLayer {
     norm1: LayerNorm,
     self_attn: Attention,
     norm2: LayerNorm,
@@ -86,26 +89,38 @@ struct Layer {
     mlp: Mlp,
 }
 
-impl Layer {
-    fn new(cfg: &StageConfig, vb: VarBuilder) -> Result<Self> {
-        let (d, h) = (cfg.hidden_size, cfg.num_attention_heads);
-        let ln = |name: &str| candle_nn::layer_norm(d, 1e-5, vb.pp(name));
+/// What a [`PreNormLayer`] attends with and to.
+#[derive(Debug)]
+pub struct LayerInputs<'a> {
+    pub self_pos: Option<&'a Tensor>,
+    pub self_mask: Option<&'a Tensor>,
+    pub keys: &'a Tensor,
+    pub values: &'a Tensor,
+    pub cross_mask: Option<&'a Tensor>,
+}
+
+impl PreNormLayer {
+    pub fn new(width: usize, heads: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        let ln = |name: &str| candle_nn::layer_norm(width, 1e-5, vb.pp(name));
         Ok(Self {
             norm1: ln("layer_norm1")?,
-            self_attn: Attention::new(d, h, vb.pp("self_attn"))?,
+            self_attn: Attention::new(width, heads, vb.pp("self_attn"))?,
             norm2: ln("layer_norm2")?,
-            cross_attn: Attention::new(d, h, vb.pp("cross_attn"))?,
+            cross_attn: Attention::new(width, heads, vb.pp("cross_attn"))?,
             norm3: ln("layer_norm3")?,
-            mlp: Mlp::new(d, cfg.intermediate_size, vb.pp("mlp"))?,
+            mlp: Mlp::new(width, hidden, vb.pp("mlp"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor, pos: &Tensor, prompt: &Tensor, prompt_mask: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, inputs: &LayerInputs) -> Result<Tensor> {
         let y = self.norm1.forward(x)?;
-        let with_pos = (&y + pos)?;
-        let x = (x + self.self_attn.forward(&with_pos, &with_pos, &y, None)?)?;
+        let q = match inputs.self_pos {
+            Some(pos) => (&y + pos)?,
+            None => y.clone(),
+        };
+        let x = (x + self.self_attn.forward(&q, &q, &y, inputs.self_mask)?)?;
         let y = self.norm2.forward(&x)?;
-        let x = (&x + self.cross_attn.forward(&y, prompt, prompt, Some(prompt_mask))?)?;
+        let x = (&x + self.cross_attn.forward(&y, inputs.keys, inputs.values, inputs.cross_mask)?)?;
         &x + self.mlp.forward(&self.norm3.forward(&x)?)?
     }
 }
@@ -113,14 +128,22 @@ impl Layer {
 /// The fusion encoder.
 #[derive(Debug)]
 pub struct FusionEncoder {
-    layers: Vec<Layer>,
+    layers: Vec<PreNormLayer>,
 }
 
 impl FusionEncoder {
     pub fn new(cfg: &StageConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate("detr_encoder_config").map_err(candle_core::Error::msg)?;
-        let layers =
-            (0..cfg.num_layers).map(|i| Layer::new(cfg, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| {
+                PreNormLayer::new(
+                    cfg.hidden_size,
+                    cfg.num_attention_heads,
+                    cfg.intermediate_size,
+                    vb.pp(format!("layers.{i}")),
+                )
+            })
+            .collect::<Result<_>>()?;
         Ok(Self { layers })
     }
 
@@ -131,8 +154,15 @@ impl FusionEncoder {
         let tokens = |t: &Tensor| -> Result<Tensor> { t.flatten_from(2)?.transpose(1, 2)?.contiguous() };
         let (mut x, pos) = (tokens(image)?, tokens(pos)?);
         let mask = key_mask(prompt_valid)?;
+        let inputs = LayerInputs {
+            self_pos: Some(&pos),
+            self_mask: None,
+            keys: prompt,
+            values: prompt,
+            cross_mask: Some(&mask),
+        };
         for layer in &self.layers {
-            x = layer.forward(&x, &pos, prompt, &mask)?;
+            x = layer.forward(&x, &inputs)?;
         }
         Ok(x)
     }

@@ -10,7 +10,7 @@ use candle_nn::{Conv2d, Embedding, LayerNorm, Linear, VarBuilder};
 
 use super::config::GeometryConfig;
 use super::decoder::cxcywh_to_xyxy;
-use super::encoder::{Attention, Mlp, key_mask};
+use super::encoder::{LayerInputs, PreNormLayer, key_mask};
 
 /// torchvision's `roi_align` (aligned=False, adaptive sampling) of one box
 /// (x1, y1, x2, y2 in feature pixels) on `feat` (C, H, W) into (C, size, size).
@@ -67,39 +67,6 @@ fn bilinear_taps(y: f32, x: f32, h: usize, w: usize, taps: &mut Vec<(usize, f32)
     taps.extend([(y0 * w + x0, hy * hx), (y0 * w + x1, hy * lx), (y1 * w + x0, ly * hx), (y1 * w + x1, ly * lx)]);
 }
 
-#[derive(Debug)]
-struct Layer {
-    norm1: LayerNorm,
-    self_attn: Attention,
-    norm2: LayerNorm,
-    cross_attn: Attention,
-    norm3: LayerNorm,
-    mlp: Mlp,
-}
-
-impl Layer {
-    fn new(cfg: &GeometryConfig, vb: VarBuilder) -> Result<Self> {
-        let (d, h) = (cfg.hidden_size, cfg.num_attention_heads);
-        let ln = |name: &str| candle_nn::layer_norm(d, 1e-5, vb.pp(name));
-        Ok(Self {
-            norm1: ln("layer_norm1")?,
-            self_attn: Attention::new(d, h, vb.pp("self_attn"))?,
-            norm2: ln("layer_norm2")?,
-            cross_attn: Attention::new(d, h, vb.pp("cross_attn"))?,
-            norm3: ln("layer_norm3")?,
-            mlp: Mlp::new(d, cfg.intermediate_size, vb.pp("mlp"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, mask: &Tensor, image: &Tensor, image_keys: &Tensor) -> Result<Tensor> {
-        let y = self.norm1.forward(x)?;
-        let x = (x + self.self_attn.forward(&y, &y, &y, Some(mask))?)?;
-        let y = self.norm2.forward(&x)?;
-        let x = (&x + self.cross_attn.forward(&y, image_keys, image, None)?)?;
-        &x + self.mlp.forward(&self.norm3.forward(&x)?)?
-    }
-}
-
 /// The exemplar encoder.
 #[derive(Debug)]
 pub struct GeometryEncoder {
@@ -111,7 +78,7 @@ pub struct GeometryEncoder {
     image_norm: LayerNorm,
     final_proj: Linear,
     prompt_norm: LayerNorm,
-    layers: Vec<Layer>,
+    layers: Vec<PreNormLayer>,
     out_norm: LayerNorm,
     roi: usize,
     width: usize,
@@ -128,8 +95,9 @@ impl GeometryEncoder {
             );
         }
         let ln = |name: &str| candle_nn::layer_norm(d, 1e-5, vb.pp(name));
-        let layers =
-            (0..cfg.num_layers).map(|i| Layer::new(cfg, vb.pp(format!("layers.{i}")))).collect::<Result<_>>()?;
+        let layers = (0..cfg.num_layers)
+            .map(|i| PreNormLayer::new(d, cfg.num_attention_heads, cfg.intermediate_size, vb.pp(format!("layers.{i}"))))
+            .collect::<Result<_>>()?;
         Ok(Self {
             label_embed: candle_nn::embedding(2, d, vb.pp("label_embed"))?,
             cls: vb.get((1, d), "cls_embed.weight")?,
@@ -226,9 +194,16 @@ impl GeometryEncoder {
         let flat = |t: &Tensor| -> Result<Tensor> { t.flatten_from(2)?.transpose(1, 2)?.contiguous() };
         let image_tokens = flat(image)?;
         let image_keys = (&image_tokens + flat(pos)?)?;
+        let inputs = LayerInputs {
+            self_pos: None,
+            self_mask: Some(&mask),
+            keys: &image_keys,
+            values: &image_tokens,
+            cross_mask: None,
+        };
         let mut x = x;
         for layer in &self.layers {
-            x = layer.forward(&x, &mask, &image_tokens, &image_keys)?;
+            x = layer.forward(&x, &inputs)?;
         }
         Ok((self.out_norm.forward(&x)?, keep))
     }
