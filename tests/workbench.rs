@@ -433,13 +433,20 @@ fn first_run_dialog_downloads_both_models_then_answers() {
 #[test]
 fn first_run_dialog_offline_later_folder_and_server() {
     let tmp = tempfile::tempdir().unwrap();
+    // A hub that hangs up on every connection. (A port bound and released could be
+    // taken by another test's server meanwhile.)
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in dead.incoming() {
+            drop(stream);
+        }
+    });
     let settings = Settings {
-        hub_endpoint: format!("http://{}", dead.local_addr().unwrap()),
+        hub_endpoint: dead_url,
         models_cache: tmp.path().join("models").display().to_string(),
         ..Settings::default()
     };
-    drop(dead);
     let mut h = harness(None, settings, tmp.path().join("recovery.gpkg"));
     h.state_mut().offer_setup();
     step_until(&mut h, "the sizes", |a| a.session.setup.as_ref().is_some_and(|s| s.sizes.is_some()));
