@@ -465,6 +465,13 @@ fn first_run_dialog_offline_later_folder_and_server() {
     settle(&mut h);
     h.get_by_label("Use a checkpoint folder on this computer").click();
     settle(&mut h);
+    // A folder without config.json is refused, saying why; the dialog stays.
+    h.state_mut().session.setup.as_mut().unwrap().local_model = tmp.path().display().to_string();
+    settle(&mut h);
+    h.get_by_label("Use this folder").click();
+    settle(&mut h);
+    assert!(h.state().session.settings.model.is_empty());
+    h.get_by_label_contains("has no config.json");
     let folder = root().join("tests/fixtures/qwen2_5_vl_tiny_trained");
     h.state_mut().session.setup.as_mut().unwrap().local_model = folder.display().to_string();
     settle(&mut h);

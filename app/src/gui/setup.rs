@@ -38,6 +38,8 @@ pub struct Setup {
     pub api_model: String,
     /// The last download's failure, shown until the next try.
     pub error: Option<String>,
+    /// Why the checkpoint folder was refused (checked when chosen, not every frame).
+    pub local_error: Option<String>,
 }
 
 /// What the dialog asked for, applied after the frame.
@@ -103,6 +105,11 @@ impl WorkbenchApp {
                 self.next_setup_download();
             }
             SetupCommand::UseLocalFolder => {
+                let folder = std::path::Path::new(setup.local_model.trim());
+                if !folder.join("config.json").is_file() {
+                    setup.local_error = Some(format!("{} has no config.json.", folder.display()));
+                    return;
+                }
                 settings.model = setup.local_model.trim().to_owned();
                 settings.sam = setup.local_sam.trim().to_owned();
                 settings.endpoint.clear();
@@ -306,12 +313,10 @@ fn local_ui(
         }
         ui.end_row();
     });
-    let folder = std::path::Path::new(setup.local_model.trim());
-    let ok = folder.join("config.json").is_file();
-    if !setup.local_model.trim().is_empty() && !ok {
-        ui.colored_label(ui.visuals().warn_fg_color, "This folder has no config.json.");
+    if let Some(e) = &setup.local_error {
+        ui.colored_label(ui.visuals().warn_fg_color, e);
     }
-    if ui.add_enabled(ok, egui::Button::new("Use this folder")).clicked() {
+    if ui.add_enabled(!setup.local_model.trim().is_empty(), egui::Button::new("Use this folder")).clicked() {
         *command = Some(SetupCommand::UseLocalFolder);
     }
 }
