@@ -381,3 +381,28 @@ fn pil_resize_equals_pillow() {
     }
     assert!(vertical_first >= 10, "the fixture must exercise the vertical-first order");
 }
+
+/// torchvision's antialiased bilinear resize of uint8 images (SAM 3's
+/// processor), bit for bit, on 48 size pairs made by torchvision itself: its
+/// 16-bit weights take a precision that depends on the largest weight, so
+/// shrinking and growing round differently from Pillow.
+#[test]
+fn torch_resize_equals_torchvision() {
+    use engine::models::pil_resize::resize_rgb8_torch;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/pillow_resize");
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let size = |v: &Value| (v[0].as_u64().unwrap() as usize, v[1].as_u64().unwrap() as usize);
+    let mut checked = 0;
+    for (source, prefix, list) in [("source.png", "", "cases"), ("large.png", "large_", "large")] {
+        let src = png(&dir.join(source));
+        for case in cases[list].as_array().unwrap() {
+            let (w, h) = size(if list == "cases" { &case["size"] } else { case });
+            let want = png(&dir.join(format!("{prefix}{w}_{h}_torchvision.png")));
+            let got = resize_rgb8_torch(&src.data, (src.width, src.height), (w, h));
+            let differ = got.iter().zip(&want.data).filter(|(a, b)| a != b).count();
+            assert_eq!(differ, 0, "{source} → {w}×{h}: {differ} values differ from torchvision");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 48);
+}

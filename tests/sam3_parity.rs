@@ -232,3 +232,70 @@ fn a_config_the_port_cannot_run_is_an_error_naming_the_file() {
     let e = Checkpoint::open(tmp.path()).unwrap().vision(&Device::Cpu).err().unwrap().to_string();
     assert!(e.contains("weights do not match config.json"), "{e}");
 }
+
+/// The whole path an analyst's request takes, against transformers'
+/// `Sam3Processor` → `Sam3Model` → `post_process_instance_segmentation` on a
+/// non-square crop of the bundled sample: CLIP tokens of a phrase with capitals,
+/// runs of spaces and punctuation (tokenizer.json beside the weights), pixel
+/// values (torchvision's resize), exemplar boxes given in image pixels, and
+/// every query's score, box (image pixels) and mask (image size).
+#[test]
+fn processor_to_instances_match_transformers() {
+    use engine::base::{PixelBox, RgbImage};
+    use engine::models::sam3::processor::{ConceptTokenizer, pixel_values};
+    use engine::segment::concept::{ConceptPrompt, ConceptSegmenter, Exemplar, FindOptions};
+    let device = Device::Cpu;
+    let exemplars = vec![
+        Exemplar { bbox: PixelBox { x1: 12.5, y1: 20.0, x2: 70.0, y2: 61.0 }, positive: true },
+        Exemplar { bbox: PixelBox { x1: 90.0, y1: 8.0, x2: 140.0, y2: 50.5 }, positive: false },
+    ];
+    let cases = [
+        ("e2e_text", "  Storage   Tanks, the SHIPS!", vec![]),
+        ("e2e_boxes", "", exemplars.clone()),
+        ("e2e_both", "ship", exemplars),
+    ];
+    for seed in 0..3 {
+        let dir = seed_dir(seed);
+        let expected = candle_core::safetensors::load(dir.join("expected.safetensors"), &device).unwrap();
+        let img = &expected["e2e.image"];
+        let (h, w, _) = img.dims3().unwrap();
+        let image = RgbImage::new(w, h, img.flatten_all().unwrap().to_vec1::<u8>().unwrap()).unwrap();
+        let mut model = ConceptSegmenter::load(&dir, &device).unwrap();
+        let size = model.image_size();
+        let tokenizer = ConceptTokenizer::load(&dir, 32).unwrap();
+        for (case, text, exemplars) in &cases {
+            let prompt = ConceptPrompt { text: (*text).into(), exemplars: exemplars.clone() };
+            let (ids, mask) = tokenizer.encode(prompt.model_text()).unwrap();
+            let want = |k: &str| expected[&format!("{case}.{k}")].flatten_all().unwrap().to_vec1::<i64>().unwrap();
+            let as_i64 = |v: &[u32]| v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>();
+            assert_eq!(as_i64(&ids), want("input_ids"), "seed {seed} {case}: token ids");
+            assert_eq!(as_i64(&mask), want("attention_mask"), "seed {seed} {case}: attention mask");
+            let pixels = Tensor::from_vec(pixel_values(&image, size), (1, 3, size, size), &device).unwrap();
+            let e = relative_error(&pixels, &expected[&format!("{case}.pixel_values")]);
+            assert!(e < 1e-6, "seed {seed} {case}: pixel values differ by {e:.2e}");
+
+            let all = FindOptions { threshold: 0.0, nms_iou: 1.0 };
+            let (found, _) = model.find(None, &image, &prompt, &all).unwrap();
+            let scores: Vec<f32> = expected[&format!("{case}.scores")].to_vec1().unwrap();
+            let boxes: Vec<Vec<f32>> = expected[&format!("{case}.boxes")].to_vec2().unwrap();
+            let masks = &expected[&format!("{case}.masks")];
+            assert_eq!(found.len(), scores.len(), "seed {seed} {case}: every query at threshold 0");
+            // Ours come best first, transformers' in query order.
+            let mut order: Vec<usize> = (0..scores.len()).collect();
+            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+            let mut differ = 0;
+            for (f, &q) in found.iter().zip(&order) {
+                assert!((f.score - scores[q]).abs() < 1e-5, "seed {seed} {case}: score {} vs {}", f.score, scores[q]);
+                let b = [f.bbox.x1, f.bbox.y1, f.bbox.x2, f.bbox.y2];
+                for (ours, theirs) in b.iter().zip(&boxes[q]) {
+                    assert!((*ours as f32 - theirs).abs() < 1e-3, "seed {seed} {case}: box {b:?} vs {:?}", boxes[q]);
+                }
+                let want: Vec<u8> = masks.get(q).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                differ += f.mask.data.iter().zip(&want).filter(|(a, b)| **a != (**b == 1)).count();
+            }
+            let total = found.len() * w * h;
+            eprintln!("seed {seed} {case}: {} instances, {differ} of {total} mask pixels differ", found.len());
+            assert!(differ * 10_000 <= total, "seed {seed} {case}: {differ} of {total} mask pixels differ");
+        }
+    }
+}

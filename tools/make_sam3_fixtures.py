@@ -25,6 +25,17 @@ outputs of each stage go to expected.safetensors:
     {case}.pred_logits / pred_boxes / presence_logits / pred_masks / semantic_seg
         for case in text (text only), boxes ("visual" + boxes), both (text + boxes)
 
+Through transformers' `Sam3Processor` as well (its image processor at this model's
+size, CLIP's tokenizer with the first 126 of its merges — `tools/clip_tokenizer.py`,
+saved beside the weights as tokenizer.json): a non-square crop of the bundled sample
+and, per case `e2e_text` (a phrase with capitals, double spaces and punctuation),
+`e2e_boxes` (a positive and a negative box in image pixels, no text) and `e2e_both`:
+
+    {case}.input_ids / attention_mask / pixel_values   what the processor made
+    {case}.input_boxes / input_boxes_labels            (box cases)
+    {case}.scores / boxes / masks                      post_process_instance_segmentation
+        at threshold 0 (every query, boxes in image pixels, masks at the image's size, u8)
+
     .venv/bin/python tools/make_sam3_fixtures.py [OUT_DIR]   # default tests/fixtures/sam3_tiny
 """
 
@@ -32,9 +43,11 @@ import json
 import os
 import sys
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import save_file
-from transformers import Sam3Config, Sam3Model
+from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
 from transformers.models.sam3.configuration_sam3 import (
     Sam3DETRDecoderConfig,
     Sam3DETREncoderConfig,
@@ -45,6 +58,11 @@ from transformers.models.sam3.configuration_sam3 import (
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import clip_tokenizer  # noqa: E402
+
+SAMPLE = os.path.join(ROOT, "assets", "samples", "rotterdam_port_rgb_4p5m_spacenet6.tif")
+TINY_MERGES = 126  # 512 byte symbols + 126 merges + 2 specials = the text vocabulary (640)
 SEEDS = [0, 1, 2]
 # Seed 2 is a stressed variant: every weight matrix ×4, so attention is peaked rather than
 # nearly uniform (at transformers' init scale a wrong position encoding barely shows).
@@ -60,7 +78,7 @@ def tiny_config():
                         pretrain_image_size=56)
     return Sam3Config(
         vision_config=Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=32, scale_factors=[4.0, 2.0, 1.0, 0.5]),
-        text_config=dict(vocab_size=512, hidden_size=32, intermediate_size=64, projection_dim=16,
+        text_config=dict(vocab_size=512 + TINY_MERGES + 2, hidden_size=32, intermediate_size=64, projection_dim=16,
                          num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=32, hidden_act="gelu"),
         geometry_encoder_config=Sam3GeometryEncoderConfig(hidden_size=32, num_layers=2, num_attention_heads=4,
                                                           intermediate_size=64, roi_size=7),
@@ -164,9 +182,37 @@ def run_seed(seed, out_dir):
                     expected[f"{case}.{key}"] = value
     for h in hooks:
         h.remove()
+    expected.update(through_processor(model, out_dir, seed))
     save_file({k: v.clone().contiguous().float() if v.is_floating_point() else v.clone().contiguous()
                for k, v in expected.items()}, os.path.join(out_dir, "expected.safetensors"))
     return {k: list(v.shape) for k, v in expected.items()}
+
+
+def through_processor(model, out_dir, seed):
+    """The model as an analyst runs it in transformers: processor in, post-processing out."""
+    tokenizer = clip_tokenizer.build(out_dir, TINY_MERGES)
+    processor = Sam3Processor(Sam3ImageProcessor(size={"height": IMAGE, "width": IMAGE}), tokenizer)
+    w, h = 150 + 23 * seed, 97 + 41 * seed
+    image = Image.open(SAMPLE).convert("RGB").crop((60 + 9 * seed, 40, 60 + 9 * seed + w, 40 + h))
+    boxes = [[[12.5, 20.0, 70.0, 61.0], [90.0, 8.0, 140.0, 50.5]]]
+    cases = {
+        "e2e_text": dict(text="  Storage   Tanks, the SHIPS!"),
+        "e2e_boxes": dict(input_boxes=boxes, input_boxes_labels=[[1, 0]]),
+        "e2e_both": dict(text="ship", input_boxes=boxes, input_boxes_labels=[[1, 0]]),
+    }
+    out = {}
+    with torch.no_grad():
+        for case, kwargs in cases.items():
+            inputs = processor(images=image, return_tensors="pt", **kwargs)
+            for key in ("input_ids", "attention_mask", "pixel_values", "input_boxes", "input_boxes_labels"):
+                if key in inputs:
+                    out[f"{case}.{key}"] = inputs[key]
+            outputs = model(**{k: v for k, v in inputs.items() if k != "original_sizes"})
+            result = processor.post_process_instance_segmentation(outputs, threshold=0.0, target_sizes=[(h, w)])[0]
+            out[f"{case}.scores"], out[f"{case}.boxes"] = result["scores"], result["boxes"]
+            out[f"{case}.masks"] = result["masks"].to(torch.uint8)
+    out["e2e.image"] = torch.from_numpy(np.array(image))
+    return out
 
 
 def main():

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The reference implementations the model ports are checked against, pinned, in a
 # virtual environment outside the clone (PyPI only): sam2, segment-anything,
-# ultralytics (MobileSAM's TinyViT), transformers, on CPU torch. Safe to re-run:
+# ultralytics (MobileSAM's TinyViT), transformers, on CPU torch; open_clip_torch
+# without its dependencies, for CLIP's BPE merge list (tools/clip_tokenizer.py). Safe to re-run:
 # it reinstalls only when the pins below change. Prints the venv's python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +12,13 @@ pins=(
   sam2==1.1.0 segment-anything==1.0 ultralytics==8.4.190
   transformers==5.24.0 tokenizers==0.23.3
 )
+extra=(open_clip_torch==3.3.0)
 stamp="$venv/.rr-pins"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${pins[*]}" ] && [ -x "$venv/bin/python" ]; then
+  if [ "$(cat "$venv/.rr-extra" 2>/dev/null)" != "${extra[*]}" ]; then
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "${extra[@]}" >&2
+    echo "${extra[*]}" >"$venv/.rr-extra"
+  fi
   echo "$venv/bin/python"
   exit 0
 fi
@@ -28,5 +34,7 @@ python3 -m venv "$venv"
 echo "setup_reference: installing ${pins[*]} into $venv" >&2
 # sam2's optional CUDA extension is not wanted (and cannot build here).
 SAM2_BUILD_CUDA=0 "$venv/bin/pip" install -q --disable-pip-version-check "${pins[@]}" >&2
+"$venv/bin/pip" install -q --disable-pip-version-check --no-deps "${extra[@]}" >&2
+echo "${extra[*]}" >"$venv/.rr-extra"
 echo "${pins[*]}" >"$stamp"
 echo "$venv/bin/python"

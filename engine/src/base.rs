@@ -190,6 +190,55 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
         .unwrap_or_else(|p| Err(EngineError::Internal(panic_message(&*p))))
 }
 
+/// A binary mask, row-major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mask {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<bool>,
+}
+
+impl Mask {
+    pub fn empty(width: usize, height: usize) -> Self {
+        Self { width, height, data: vec![false; width * height] }
+    }
+
+    pub fn count(&self) -> usize {
+        self.data.iter().filter(|&&v| v).count()
+    }
+
+    /// OR of same-sized masks.
+    pub fn union<'a>(width: usize, height: usize, masks: impl IntoIterator<Item = &'a Mask>) -> Self {
+        let mut out = Self::empty(width, height);
+        for m in masks {
+            for (o, &v) in out.data.iter_mut().zip(&m.data) {
+                *o |= v;
+            }
+        }
+        out
+    }
+
+    /// SHA-256 (hex) of the size and the pixels: masks made in different
+    /// processes compared without shipping them (`ask --json` reports it).
+    ///
+    /// ```
+    /// use engine::base::Mask;
+    /// let mut m = Mask::empty(3, 2);
+    /// let blank = m.digest();
+    /// m.data[4] = true;
+    /// assert_ne!(m.digest(), blank);
+    /// assert_ne!(Mask::empty(2, 3).digest(), blank, "the size counts");
+    /// ```
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update((self.width as u64).to_le_bytes());
+        h.update((self.height as u64).to_le_bytes());
+        h.update(self.data.iter().map(|&v| u8::from(v)).collect::<Vec<u8>>());
+        format!("{:x}", h.finalize())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,11 @@
 //! 8 bits, and Pillow 13's order of the passes (vertical first when the height
 //! shrinks by more than twice what the width does) — the rounding makes the
 //! order visible in the pixels.
+//!
+//! Also torchvision's antialiased resize of `uint8` tensors (what transformers'
+//! torchvision-backed processors, SAM 3's among them, feed their models): the
+//! same filter and taps, but 16-bit weights at the largest precision that fits
+//! (chosen per axis), and always the horizontal pass first.
 
 /// Pillow's resampling filters we need.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,21 +47,49 @@ impl Filter {
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
+/// Whose fixed-point weights: Pillow's 22 bits, or torch's int16 ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fixed {
+    Pillow,
+    Torch,
+}
+
 /// `precompute_coeffs` + `normalize_coeffs_8bpc`: per output index, the first
 /// input index and the tap count, and the fixed-point weights (`ksize` a row).
 struct Coeffs {
     ksize: usize,
     bounds: Vec<(usize, usize)>,
     weights: Vec<i32>,
+    precision: u32,
+}
+
+impl Coeffs {
+    fn clip8(&self, v: i64) -> u8 {
+        (v >> self.precision).clamp(0, 255) as u8
+    }
+
+    fn round(&self) -> i64 {
+        1 << (self.precision - 1)
+    }
+}
+
+/// Torch's `_compute_index_ranges_int16_weights`: the most bits such that the
+/// largest weight, doubled, stays under 2¹⁵.
+fn torch_precision(largest: f64) -> u32 {
+    (0..22).find(|p| (0.5 + largest * f64::from(1u32 << (p + 1))) as i64 >= 1 << 15).unwrap_or(22)
 }
 
 fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
+    coefficients_as(in_size, out_size, filter, Fixed::Pillow)
+}
+
+fn coefficients_as(in_size: usize, out_size: usize, filter: Filter, fixed: Fixed) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
+    let mut normalised = vec![0f64; out_size * ksize];
     let mut k = vec![0f64; ksize];
     for xx in 0..out_size {
         let center = (xx as f64 + 0.5) * scale;
@@ -69,20 +102,21 @@ fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
             ww += *kx;
         }
         for (x, &kx) in k.iter().enumerate().take(xmax) {
-            let w = if ww != 0.0 { kx / ww } else { kx };
-            let fixed = w * f64::from(1u32 << PRECISION_BITS);
-            weights[xx * ksize + x] = if w < 0.0 { (-0.5 + fixed) as i32 } else { (0.5 + fixed) as i32 };
+            normalised[xx * ksize + x] = if ww != 0.0 { kx / ww } else { kx };
         }
         bounds.push((xmin, xmax));
     }
-    Coeffs { ksize, bounds, weights }
+    let precision = match fixed {
+        Fixed::Pillow => PRECISION_BITS,
+        Fixed::Torch => torch_precision(normalised.iter().copied().fold(0.0, f64::max)),
+    };
+    let scale = f64::from(1u32 << precision);
+    let weights = normalised
+        .iter()
+        .map(|&w| if w < 0.0 { (-0.5 + w * scale) as i32 } else { (0.5 + w * scale) as i32 })
+        .collect();
+    Coeffs { ksize, bounds, weights, precision }
 }
-
-fn clip8(v: i64) -> u8 {
-    (v >> PRECISION_BITS).clamp(0, 255) as u8
-}
-
-const ROUND: i64 = 1 << (PRECISION_BITS - 1);
 
 /// The horizontal pass over rows `first..first + rows` of `src` (`width` wide).
 fn pass_horizontal(src: &[u8], width: usize, (first, rows): (usize, usize), c: &Coeffs) -> Vec<u8> {
@@ -97,8 +131,8 @@ fn pass_horizontal(src: &[u8], width: usize, (first, rows): (usize, usize), c: &
                 let ss = k
                     .iter()
                     .enumerate()
-                    .fold(ROUND, |ss, (x, &w)| ss + i64::from(row[(x + xmin) * 3 + ch]) * i64::from(w));
-                dst[xx * 3 + ch] = clip8(ss);
+                    .fold(c.round(), |ss, (x, &w)| ss + i64::from(row[(x + xmin) * 3 + ch]) * i64::from(w));
+                dst[xx * 3 + ch] = c.clip8(ss);
             }
         }
     }
@@ -115,8 +149,8 @@ fn pass_vertical(src: &[u8], width: usize, first: usize, c: &Coeffs) -> Vec<u8> 
             let ss = k
                 .iter()
                 .enumerate()
-                .fold(ROUND, |ss, (y, &w)| ss + i64::from(src[(y + ymin) * width * 3 + x]) * i64::from(w));
-            out[yy * width * 3 + x] = clip8(ss);
+                .fold(c.round(), |ss, (y, &w)| ss + i64::from(src[(y + ymin) * width * 3 + x]) * i64::from(w));
+            out[yy * width * 3 + x] = c.clip8(ss);
         }
     }
     out
@@ -143,5 +177,18 @@ pub fn resize_rgb8(data: &[u8], (w, h): (usize, usize), (nw, nh): (usize, usize)
             let temp = pass_vertical(data, w, 0, &coefficients(h, nh, filter));
             pass_horizontal(&temp, w, (0, nh), &coefficients(w, nw, filter))
         }
+    }
+}
+
+/// Interleaved RGB `w`×`h` → `nw`×`nh` (all non-zero), as torchvision's
+/// `resize(img_uint8, [nh, nw], antialias=True)` with bilinear interpolation.
+pub fn resize_rgb8_torch(data: &[u8], (w, h): (usize, usize), (nw, nh): (usize, usize)) -> Vec<u8> {
+    let across = |d: &[u8]| pass_horizontal(d, w, (0, h), &coefficients_as(w, nw, Filter::Bilinear, Fixed::Torch));
+    let down = |d: &[u8], width| pass_vertical(d, width, 0, &coefficients_as(h, nh, Filter::Bilinear, Fixed::Torch));
+    match (nw != w, nh != h) {
+        (false, false) => data.to_vec(),
+        (true, false) => across(data),
+        (false, true) => down(data, w),
+        (true, true) => down(&across(data), nw),
     }
 }

@@ -4,6 +4,7 @@
 //! RemoteReasoner recipe: one prompt per box (box + positive centre point,
 //! single-mask output), each mask kept, all OR-merged.
 
+pub mod concept;
 pub mod output;
 pub mod watershed;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+pub use crate::base::Mask;
 use crate::base::PixelBox;
 use crate::base::RgbImage;
 use crate::base::Window;
@@ -23,55 +25,6 @@ use crate::models::sam_v1::{self, Backbone, SamV1};
 use crate::models::sam2::{self, ImageEmbedding, Prediction, Prompt, Sam2};
 use crate::models::trace::Trace;
 
-/// A binary mask, row-major.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mask {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<bool>,
-}
-
-impl Mask {
-    pub fn empty(width: usize, height: usize) -> Self {
-        Self { width, height, data: vec![false; width * height] }
-    }
-
-    pub fn count(&self) -> usize {
-        self.data.iter().filter(|&&v| v).count()
-    }
-
-    /// OR of same-sized masks.
-    pub fn union<'a>(width: usize, height: usize, masks: impl IntoIterator<Item = &'a Mask>) -> Self {
-        let mut out = Self::empty(width, height);
-        for m in masks {
-            for (o, &v) in out.data.iter_mut().zip(&m.data) {
-                *o |= v;
-            }
-        }
-        out
-    }
-
-    /// SHA-256 (hex) of the size and the pixels: masks made in different
-    /// processes compared without shipping them (`ask --json` reports it).
-    ///
-    /// ```
-    /// use engine::segment::Mask;
-    /// let mut m = Mask::empty(3, 2);
-    /// let blank = m.digest();
-    /// m.data[4] = true;
-    /// assert_ne!(m.digest(), blank);
-    /// assert_ne!(Mask::empty(2, 3).digest(), blank, "the size counts");
-    /// ```
-    pub fn digest(&self) -> String {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update((self.width as u64).to_le_bytes());
-        h.update((self.height as u64).to_le_bytes());
-        h.update(self.data.iter().map(|&v| u8::from(v)).collect::<Vec<u8>>());
-        format!("{:x}", h.finalize())
-    }
-}
-
 /// Which method produced a mask: provenance for every result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Method {
@@ -79,6 +32,8 @@ pub enum Method {
     Sam2(String),
     /// SAM v1 or MobileSAM, e.g. `sam_vit_b`, `mobile_sam`.
     SamV1(String),
+    /// SAM 3 finding a concept's instances, e.g. `sam3`.
+    Sam3(String),
     /// No checkpoint configured: seeded watershed on the colour gradient.
     WatershedFallback,
 }
@@ -86,7 +41,7 @@ pub enum Method {
 impl std::fmt::Display for Method {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Sam2(name) | Self::SamV1(name) => write!(f, "{name}"),
+            Self::Sam2(name) | Self::SamV1(name) | Self::Sam3(name) => write!(f, "{name}"),
             Self::WatershedFallback => write!(f, "watershed fallback (no SAM checkpoint)"),
         }
     }

@@ -103,6 +103,9 @@ pub struct VitConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub patch_size: usize,
+    /// The side images are resized to (1008 for the released model).
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
     /// The side the position table was trained at (its grid is tiled to the input's).
     pub pretrain_image_size: usize,
     /// Side of the attention windows in patches; 0: every layer global.
@@ -115,6 +118,10 @@ pub struct VitConfig {
     pub hidden_act: String,
     #[serde(default)]
     pub rope_parameters: RopeParameters,
+}
+
+fn default_image_size() -> usize {
+    1008
 }
 
 fn default_act() -> String {
@@ -154,6 +161,9 @@ impl VitConfig {
                 "patch_size {} does not fit pretrain_image_size {}",
                 self.patch_size, self.pretrain_image_size
             ));
+        }
+        if self.image_size < self.patch_size || self.image_size > 8192 {
+            return Err(format!("image_size {} is not between patch_size and 8192", self.image_size));
         }
         if self.hidden_act != "gelu" {
             return Err(format!("hidden_act {:?} is not supported (SAM 3 uses exact GELU)", self.hidden_act));

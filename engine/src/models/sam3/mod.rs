@@ -15,6 +15,7 @@ pub mod encoder;
 pub mod geometry;
 pub mod heads;
 pub mod post;
+pub mod processor;
 pub mod text;
 pub mod vision;
 
@@ -95,7 +96,18 @@ impl Sam3Image {
         text_valid: &Tensor,
         exemplars: Option<&Exemplars>,
     ) -> candle_core::Result<Prediction> {
-        let vision = self.vision.forward(pixels)?;
+        self.predict_encoded(&self.vision.forward(pixels)?, ids, text_valid, exemplars)
+    }
+
+    /// [`Self::predict`] on an image already encoded (the vision encoder is most
+    /// of the work: one encoding serves every prompt on the image).
+    pub fn predict_encoded(
+        &self,
+        vision: &VisionOutput,
+        ids: &Tensor,
+        text_valid: &Tensor,
+        exemplars: Option<&Exemplars>,
+    ) -> candle_core::Result<Prediction> {
         let text = self.text.forward(ids, text_valid)?;
         // The released model drops the coarsest (0.5×) level; the fusion runs on the 1× one.
         let used = vision.levels.len().saturating_sub(1);
