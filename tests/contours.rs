@@ -154,6 +154,9 @@ fn sample_set(gt: GeoTransform, crs: Option<String>, reasoning: String) -> (Feat
         source: "/data/scène.tif".into(),
         window: Some(Window { x: 0, y: 0, width: 60, height: 40 }),
         created_at: "2026-11-26T07:00:00Z".into(),
+        concept: "réservoir de stockage".into(),
+        exemplars: "+1,2.5,30,40;-5,6,7,8".into(),
+        segmenter_hash: "fedcba987654".into(),
     });
     let feature = |id, geometry| Feature {
         id,
@@ -240,6 +243,9 @@ fn geopackage_geojson_flatgeobuf_read_back_with_gdal() {
             assert_eq!(string_field(&f, "weights_hash"), "0123456789ab");
             assert_eq!(string_field(&f, "segmenter"), "sam2.1_hiera_large");
             assert_eq!(string_field(&f, "window"), "0,0,60,40");
+            assert_eq!(string_field(&f, "concept"), "réservoir de stockage");
+            assert_eq!(string_field(&f, "exemplars"), "+1,2.5,30,40;-5,6,7,8");
+            assert_eq!(string_field(&f, "segmenter_hash"), "fedcba987654");
             assert_eq!(f.field_as_double(f.field_index("score").unwrap()).unwrap(), Some(0.93));
             assert_eq!(f.field_as_integer(f.field_index("edited").unwrap()).unwrap(), Some(0));
             drop(f);

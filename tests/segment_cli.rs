@@ -219,3 +219,110 @@ fn segment_prompts_a_box_with_exactly_the_points_given() {
     let (iou_neg, _) = run(&["--point", "160,110,-"], "negative.png");
     assert_ne!(iou_neg, iou_alone);
 }
+
+/// SAM 3 through the command line on a shared GeoTIFF, with the random-weight
+/// model transformers built (tests/fixtures/sam3_tiny, loaded as a user's
+/// checkpoint is): a concept and exemplars → one feature per instance with its
+/// score and provenance; the threshold and NMS keep what they say.
+#[test]
+fn segment_text_finds_every_instance_with_sam3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = shared("sf_bay_ships_rapideye_5m.tif");
+    let sam3 = root().join("tests/fixtures/sam3_tiny/seed1");
+    let run = |threshold: &str, nms: &str, features: &Path| {
+        ok_json(&[
+            "segment",
+            "--sam3",
+            sam3.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--window",
+            "40,20,600,300",
+            "--text",
+            "ship",
+            "--exemplar",
+            "100,100,140,130",
+            "--exemplar",
+            "300,50,340,90,-",
+            "--threshold",
+            threshold,
+            "--nms",
+            nms,
+            "--features",
+            features.to_str().unwrap(),
+            "--json",
+        ])
+    };
+    let scores = |v: &serde_json::Value| -> Vec<f64> {
+        v["instances"].as_array().unwrap().iter().map(|i| i["score"].as_f64().unwrap()).collect()
+    };
+    // Threshold 0, no NMS: every query of the model is an instance, best first.
+    let all_path = tmp.path().join("all.geojson");
+    let all = run("0", "1", &all_path);
+    assert_eq!(all["method"], "sam3 (ViT 64×3)");
+    let s = scores(&all);
+    assert_eq!(s.len(), 8, "the tiny model has 8 queries");
+    assert!(s.windows(2).all(|p| p[0] >= p[1]), "best first: {s:?}");
+    assert_eq!(all["exemplars"], "+100,100,140,130;-300,50,340,90");
+    let boxes_file = tmp.path().join("all_boxes.geojson");
+    let fc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&boxes_file).unwrap()).unwrap();
+    let feats = fc["features"].as_array().unwrap();
+    assert_eq!(feats.len(), 8, "one box feature per instance");
+    for (f, score) in feats.iter().zip(&s) {
+        let p = &f["properties"];
+        assert_eq!(p["concept"], "ship");
+        assert_eq!(p["task"], "concept");
+        assert_eq!(p["exemplars"], "+100,100,140,130;-300,50,340,90");
+        assert!(!p["segmenter_hash"].as_str().unwrap().is_empty(), "SAM 3's weights are named");
+        assert!((p["score"].as_f64().unwrap() - score).abs() < 1e-6);
+    }
+    // A threshold keeps exactly the instances at or above it.
+    let cut = (s[2] + s[3]) / 2.0;
+    let some = run(&cut.to_string(), "1", &tmp.path().join("some.gpkg"));
+    assert_eq!(scores(&some), s[..3].to_vec());
+    // NMS: no two kept boxes overlap by more than the IoU given.
+    let nms = run("0", "0.1", &tmp.path().join("nms.fgb"));
+    let kept: Vec<[f64; 4]> = nms["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| serde_json::from_value(i["box"].clone()).unwrap())
+        .collect();
+    assert!(!kept.is_empty() && kept.len() <= 8);
+    for (i, a) in kept.iter().enumerate() {
+        for b in &kept[i + 1..] {
+            assert!(engine::base::box_iou(*a, *b) <= 0.1 + 1e-9, "{a:?} and {b:?} overlap");
+        }
+    }
+}
+
+/// Bad SAM 3 requests fail in one line naming the problem, before any work.
+#[test]
+fn segment_text_refuses_bad_requests_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = shared("sf_bay_ships_rapideye_5m.tif");
+    let sam3 = root().join("tests/fixtures/sam3_tiny/seed0");
+    let no_tokenizer = tmp.path().join("no_tokenizer");
+    std::fs::create_dir(&no_tokenizer).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(sam3.join(f), no_tokenizer.join(f)).unwrap();
+    }
+    let out = tmp.path().join("m.png");
+    let base = ["segment", "--image", image.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let cases: [(Vec<&str>, &str); 6] = [
+        (vec!["--text", "ship"], "--sam3"),
+        (vec!["--sam3", sam3.to_str().unwrap(), "--exemplar", "1,2,3"], "--exemplar '1,2,3'"),
+        (vec!["--sam3", sam3.to_str().unwrap(), "--exemplar", "50,50,10,60"], "empty"),
+        (vec!["--sam3", sam3.to_str().unwrap(), "--exemplar", "5000,50,5100,60"], "outside the window"),
+        (vec!["--sam3", sam3.to_str().unwrap(), "--text", "ship", "--threshold", "2"], "--threshold"),
+        (vec!["--sam3", no_tokenizer.to_str().unwrap(), "--text", "ship"], "tokenizer.json"),
+    ];
+    for (extra, needle) in cases {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let o = rr(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} must fail");
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

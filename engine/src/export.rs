@@ -14,7 +14,8 @@
 //!   `weights_hash` → `weights`, `segmenter` → `segmenter`, `score`,
 //!   `object_score` → `obj_score`, `reasoning`, `source`, `window` (`x,y,w,h`),
 //!   `created_at` → `created`, `edited`, `simplify_method` → `simp_meth`,
-//!   `simplify_tol` → `simp_tol` (pixels). Shapefile strings hold at most 254
+//!   `simplify_tol` → `simp_tol` (pixels), and for SAM 3's instances `concept`,
+//!   `exemplars` (`+x1,y1,x2,y2;-…` raster pixels) and `segmenter_hash` → `seg_hash`. Shapefile strings hold at most 254
 //!   bytes (UTF-8, `.cpg` written): longer values are cut at a character
 //!   boundary and the cut fields are listed in an extra `truncated` field.
 //! - **Atomic**: everything is written into a temporary directory beside the
@@ -119,7 +120,7 @@ const fn field(name: &'static str, shp: &'static str, ty: OGRFieldType::Type) ->
     FieldSpec { name, shp, ty }
 }
 
-const FIELDS: [FieldSpec; 16] = [
+const FIELDS: [FieldSpec; 19] = [
     field("id", "id", OGRFieldType::OFTInteger64),
     field("task", "task", OGRFieldType::OFTString),
     field("query", "query", OGRFieldType::OFTString),
@@ -136,6 +137,9 @@ const FIELDS: [FieldSpec; 16] = [
     field("edited", "edited", OGRFieldType::OFTInteger),
     field("simplify_method", "simp_meth", OGRFieldType::OFTString),
     field("simplify_tol", "simp_tol", OGRFieldType::OFTReal),
+    field("concept", "concept", OGRFieldType::OFTString),
+    field("exemplars", "exemplars", OGRFieldType::OFTString),
+    field("segmenter_hash", "seg_hash", OGRFieldType::OFTString),
 ];
 
 enum Value<'a> {
@@ -145,7 +149,7 @@ enum Value<'a> {
 }
 
 /// A feature's attribute values, in [`FIELDS`] order (text borrowed, not copied).
-fn values(f: &Feature) -> [Value<'_>; 16] {
+fn values(f: &Feature) -> [Value<'_>; 19] {
     fn text(s: &str) -> Value<'_> {
         Value::Text(std::borrow::Cow::Borrowed(s))
     }
@@ -168,6 +172,9 @@ fn values(f: &Feature) -> [Value<'_>; 16] {
         Value::Int(i64::from(f.edited)),
         Value::Text(f.simplify.map(|(m, _)| m.to_string()).unwrap_or_default().into()),
         Value::Real(f.simplify.map(|(_, t)| t)),
+        text(&p.concept),
+        text(&p.exemplars),
+        text(&p.segmenter_hash),
     ]
 }
 

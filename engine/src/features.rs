@@ -58,6 +58,13 @@ pub struct Provenance {
     pub weights_hash: String,
     /// SAM variant or the watershed fallback ([`crate::segment::Method`]).
     pub segmenter: String,
+    /// Prefix of the segmenter's weights fingerprint (SAM 3: the instances' model).
+    pub segmenter_hash: String,
+    /// The noun phrase SAM 3 was asked to find (concept segmentation).
+    pub concept: String,
+    /// SAM 3's exemplar boxes in raster pixels: `+x1,y1,x2,y2` (like this) or
+    /// `-x1,y1,x2,y2` (not like this), `;`-separated.
+    pub exemplars: String,
     /// The model's `<think>` text.
     pub reasoning: String,
     /// The raster the features were made on.

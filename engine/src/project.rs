@@ -148,6 +148,9 @@ pub fn load(path: &Path) -> Result<Project> {
                 "source",
                 "window",
                 "created_at",
+                "concept",
+                "exemplars",
+                "segmenter_hash",
             ];
             let values: Vec<String> = keys.iter().map(|k| text(k)).collect();
             let provenance = provenances
@@ -164,6 +167,9 @@ pub fn load(path: &Path) -> Result<Project> {
                         source: values[7].clone(),
                         window: parse_window(&values[8]),
                         created_at: values[9].clone(),
+                        concept: values[10].clone(),
+                        exemplars: values[11].clone(),
+                        segmenter_hash: values[12].clone(),
                     })
                 })
                 .clone();
@@ -255,6 +261,9 @@ mod tests {
             query: "où sont les navires ?".into(),
             reasoning: "Long hulls along the quay.".into(),
             window: Some(Window { x: 1, y: 2, width: 30, height: 40 }),
+            concept: "navire".into(),
+            exemplars: "+1,2,3,4".into(),
+            segmenter_hash: "abcdef012345".into(),
             ..Default::default()
         });
         let mut stairs: Vec<(f64, f64)> =
@@ -296,6 +305,12 @@ mod tests {
         assert_eq!(back.score, Some(0.875));
         assert_eq!(back.provenance.query, "où sont les navires ?");
         assert_eq!(back.provenance.window, Some(Window { x: 1, y: 2, width: 30, height: 40 }));
+        assert_eq!(
+            (back.provenance.concept.as_str(), back.provenance.exemplars.as_str()),
+            ("navire", "+1,2,3,4"),
+            "SAM 3's provenance survives a save"
+        );
+        assert_eq!(back.provenance.segmenter_hash, "abcdef012345");
         let bb = loaded.features[1].bbox.unwrap();
         for (x, y) in bb.iter().zip([10.0, 10.0, 20.0, 14.5]) {
             assert!((x - y).abs() < 1e-6, "{bb:?}");

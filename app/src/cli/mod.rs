@@ -5,6 +5,7 @@ pub mod args;
 pub mod ask;
 pub mod contour;
 pub mod eval;
+pub mod find;
 pub mod models;
 pub mod raster;
 pub mod segment;
@@ -43,7 +44,8 @@ pub enum Command {
     Overviews(raster::OverviewArgs),
     /// Ask a RemoteReasoner checkpoint about a window of a raster (region, pixel, contour, vqa, caption).
     Ask(Box<ask::AskArgs>),
-    /// Masks for boxes (and clicks) on a raster window: SAM 2.1 (or SAM v1 / MobileSAM), or the watershed fallback.
+    /// Masks for boxes (and clicks) on a raster window: SAM 2.1 (or SAM v1 / MobileSAM), or the watershed fallback;
+    /// with --text / --exemplar, every instance of a concept (SAM 3).
     Segment(segment::SegmentArgs),
     /// Trace a mask raster into georeferenced polygons with holes (GPKG, Shapefile, GeoJSON, FlatGeobuf).
     Polygonize(contour::PolygonizeArgs),

@@ -1,5 +1,6 @@
 //! `remote-reasoner segment`: boxes (and clicks) on a raster window → a mask, with
-//! SAM 2.1 when a checkpoint is given, the watershed fallback otherwise.
+//! SAM 2.1 when a checkpoint is given, the watershed fallback otherwise; or, with
+//! `--text` / `--exemplar`, every instance of a concept with SAM 3 (`find`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use serde_json::json;
 pub const SEGMENT_PIXEL_BUDGET: usize = 1024 * 1024;
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("text_or_exemplars").args(["text", "exemplars"]).multiple(true)))]
 pub struct SegmentArgs {
     /// SAM checkpoint: SAM 2.1 (`sam2.1_hiera_*.pt`), SAM v1 (`sam_vit_{b,l,h}_*.pth`)
     /// or MobileSAM (`mobile_sam.pt`), or safetensors of them; without one, the
@@ -37,16 +39,42 @@ pub struct SegmentArgs {
     #[arg(long)]
     pub window: Option<String>,
     /// A box in pixels of the raster: x1,y1,x2,y2. Repeat for several objects.
-    #[arg(long = "box", value_name = "X1,Y1,X2,Y2", required = true)]
+    #[arg(long = "box", value_name = "X1,Y1,X2,Y2", required_unless_present_any = ["text", "exemplars"],
+          conflicts_with_all = ["text", "exemplars"])]
     pub boxes: Vec<String>,
     /// A click x,y,+ (object) or x,y,- (not object), for the --box it follows. A box
     /// with no --point gets a positive point at its centre (RemoteReasoner's prompt);
     /// a box with points gets exactly those, as SAM2ImagePredictor.predict does.
     #[arg(long = "point", value_name = "X,Y,+|-", allow_hyphen_values = true)]
     pub points: Vec<String>,
-    /// Mask to write: .png, or .tif (georeferenced like the raster).
+    /// Mask to write: .png, or .tif (georeferenced like the raster); with SAM 3 the
+    /// instances' masks merged.
+    #[arg(long, required_unless_present = "features")]
+    pub out: Option<PathBuf>,
+    /// SAM 3 checkpoint directory (config.json, safetensors, tokenizer.json), for
+    /// --text and --exemplar.
+    #[arg(long, env = "RR_SAM3")]
+    pub sam3: Option<PathBuf>,
+    /// Find every instance of this concept with SAM 3: a short noun phrase
+    /// ("ship", "storage tank").
     #[arg(long)]
-    pub out: PathBuf,
+    pub text: Option<String>,
+    /// An example of the concept for SAM 3 in pixels of the raster, x1,y1,x2,y2;
+    /// append ,- for a counter-example. Repeat for several.
+    #[arg(long = "exemplar", value_name = "X1,Y1,X2,Y2[,-]", allow_hyphen_values = true)]
+    pub exemplars: Vec<String>,
+    /// SAM 3: keep instances scoring at least this (σ(logit)·σ(presence), 0–1).
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// SAM 3: an instance whose box overlaps a better one by more than this IoU is a duplicate.
+    #[arg(long, default_value_t = 0.6)]
+    pub nms: f64,
+    /// SAM 3: one feature per instance, with its score and provenance: .gpkg, .shp,
+    /// .geojson or .fgb (boxes beside the polygons).
+    #[arg(long, value_name = "FEATURES", requires = "text_or_exemplars")]
+    pub features: Option<PathBuf>,
+    #[command(flatten)]
+    pub contour: super::contour::ContourArgs,
     #[arg(long, default_value = "cpu")]
     pub device: engine::models::DeviceChoice,
     /// Print a JSON report.
@@ -65,7 +93,7 @@ fn numbers(s: &str, what: &str) -> anyhow::Result<Vec<f64>> {
         .with_context(|| format!("{what} '{s}' must be numbers separated by commas"))
 }
 
-fn parse_box(s: &str) -> anyhow::Result<PixelBox> {
+pub fn parse_box(s: &str) -> anyhow::Result<PixelBox> {
     match numbers(s, "--box")?.as_slice() {
         &[x1, y1, x2, y2] => Ok(PixelBox { x1, y1, x2, y2 }),
         v => bail!("--box '{s}' needs 4 numbers x1,y1,x2,y2, it has {}", v.len()),
@@ -139,6 +167,10 @@ pub fn segment_json(b: &PixelBox, s: &Segment) -> serde_json::Value {
 }
 
 pub fn run(args: &SegmentArgs) -> anyhow::Result<()> {
+    if args.text.is_some() || !args.exemplars.is_empty() {
+        return super::find::run(args);
+    }
+    let out_path = args.out.as_deref().context("--out names the mask to write")?;
     let prompts_in = prompts(args)?;
     let raster = Raster::open(&args.image)?;
     let info = raster.info().clone();
@@ -174,7 +206,7 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<()> {
     let segments = seg.segment(&prompts)?;
     let decode_ms = t.elapsed().as_secs_f64() * 1e3;
     let merged = Mask::union(w, h, segments.iter().map(|s| &s.mask));
-    let georeferenced = save_mask(&args.out, &merged, &info, &view)?;
+    let georeferenced = save_mask(out_path, &merged, &info, &view)?;
     let method = seg.method();
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -184,7 +216,7 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<()> {
             "window": [window.x, window.y, window.width, window.height],
             "mask_size": [w, h],
             "mask_pixels": merged.count(),
-            "out": args.out,
+            "out": out_path,
             "georeferenced": georeferenced,
             "masks": image_prompts
                 .iter()
@@ -203,7 +235,7 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<()> {
             merged.count(),
             w,
             h,
-            args.out.display(),
+            out_path.display(),
             if georeferenced { " (georeferenced)" } else { "" }
         )?;
         for (i, s) in segments.iter().enumerate() {

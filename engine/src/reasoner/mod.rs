@@ -78,9 +78,10 @@ pub struct Timings {
 }
 
 /// Why decoding stopped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
+    #[default]
     Eos,
     MaxNewTokens,
 }
@@ -101,7 +102,7 @@ impl StopReason {
 }
 
 /// Everything one question produced.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Answer {
     pub task: Goal,
     pub query: String,

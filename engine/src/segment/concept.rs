@@ -188,3 +188,110 @@ impl ConceptSegmenter {
             .collect()
     }
 }
+
+/// The concept lexicon (`assets/concepts.txt`), compiled in.
+const LEXICON: &str = include_str!("../../../assets/concepts.txt");
+
+/// `(concept, word)` pairs of the lexicon, longest word first.
+fn lexicon() -> Vec<(&'static str, &'static str)> {
+    let mut pairs: Vec<(&str, &str)> = LEXICON
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .flat_map(|(concept, words)| {
+            words.split(',').map(str::trim).filter(|w| !w.is_empty()).map(move |w| (concept.trim(), w))
+        })
+        .collect();
+    pairs.sort_by_key(|(_, w)| std::cmp::Reverse(w.len()));
+    pairs
+}
+
+/// Positions (byte offsets) where `word` or its plural stands as whole words in `text`.
+fn occurrences(text: &str, word: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for form in [word.to_owned(), format!("{word}s"), format!("{word}es")] {
+        let mut from = 0;
+        while let Some(i) = text[from..].find(&form) {
+            let at = from + i;
+            let end = at + form.len();
+            let before = text[..at].chars().next_back().is_none_or(|c| !c.is_alphanumeric());
+            let after = text[end..].chars().next().is_none_or(|c| !c.is_alphanumeric());
+            if before && after {
+                out.push(at);
+            }
+            from = end;
+        }
+    }
+    out
+}
+
+/// Lexicon matches in `text` (position, concept), longest words first, words
+/// inside a longer matched phrase not counted again ("tank" in "storage tanks").
+fn matches(text: &str, pairs: &[(&'static str, &'static str)]) -> Vec<(usize, &'static str)> {
+    let text = text.to_lowercase();
+    let mut taken: Vec<(usize, usize)> = Vec::new();
+    let mut found = Vec::new();
+    for &(concept, word) in pairs {
+        for at in occurrences(&text, word) {
+            let span = (at, at + word.len());
+            if taken.iter().all(|&(a, b)| span.1 <= a || span.0 >= b) {
+                taken.push(span);
+                found.push((at, concept));
+            }
+        }
+    }
+    found
+}
+
+/// The concept a question is about, for SAM 3, from the lexicon's phrases:
+/// explicit questions name it ("which vessels…"), implicit ones leave it to
+/// the reasoning ("where can planes take off?" → the runway the reasoning
+/// concludes on). Each concept scores 2 if the question names it, 1 per
+/// mention in the reasoning, 2 more if the reasoning's last sentence names it
+/// and the question does not (a conclusion, not an echo of the question), and 3
+/// if the answer's words do; ties go to the one named first. None when nothing
+/// in the lexicon is named.
+///
+/// ```
+/// use engine::segment::concept::concept_from;
+/// let think = "The bottom-left basin of the harbor has ships moored at the pier. These vessels are it.";
+/// assert_eq!(concept_from("Which vessels are moored in the bottom-left basin?", think, "").as_deref(), Some("ship"));
+/// let think = "Planes need a runway to take off. The airport has a long runway in the centre. \
+///              So the runway is where planes take off.";
+/// assert_eq!(concept_from("where can planes take off?", think, "").as_deref(), Some("runway"));
+/// let c = concept_from("what is there?", "Several storage tanks; one is empty.", "");
+/// assert_eq!(c.as_deref(), Some("storage tank"));
+/// assert_eq!(concept_from("how bright is it?", "It is bright.", ""), None);
+/// ```
+pub fn concept_from(query: &str, think: &str, answer: &str) -> Option<String> {
+    let pairs = lexicon();
+    let think = think.trim();
+    let last_sentence = think
+        .trim_end_matches(['.', '!', '?', ' ', '\n'])
+        .rfind(['.', '!', '?', '\n'])
+        .map_or(think, |i| &think[i + 1..]);
+    // The answer's words, not its box list.
+    let answer_words: String = answer.chars().filter(|c| !c.is_ascii_digit()).collect();
+    let mut scores: Vec<(&str, usize, usize)> = Vec::new(); // concept, score, first seen
+    let mut add = |found: Vec<(usize, &'static str)>, each: usize, once: usize, offset: usize| {
+        let mut seen: Vec<&str> = Vec::new();
+        for (at, concept) in found {
+            let first = !seen.contains(&concept);
+            seen.push(concept);
+            let gain = each + if first { once } else { 0 };
+            match scores.iter_mut().find(|(c, _, _)| *c == concept) {
+                Some(e) => e.1 += gain,
+                None => scores.push((concept, gain, offset + at)),
+            }
+        }
+    };
+    let asked = matches(query, &pairs);
+    let in_query: Vec<&str> = asked.iter().map(|(_, c)| *c).collect();
+    add(asked, 0, 2, 0);
+    add(matches(think, &pairs), 1, 0, 1 << 20);
+    let concluded = matches(last_sentence, &pairs).into_iter().filter(|(_, c)| !in_query.contains(c)).collect();
+    add(concluded, 0, 2, 1 << 21);
+    add(matches(&answer_words, &pairs), 0, 3, 1 << 22);
+    scores.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+    scores.first().map(|(c, _, _)| (*c).to_owned())
+}

@@ -111,6 +111,7 @@ pub fn run(args: &ContoursBenchArgs) -> anyhow::Result<()> {
         source: "scene.tif".into(),
         window: None,
         created_at: Provenance::now(),
+        ..Provenance::default()
     });
     let features: Vec<Feature> = polys
         .into_iter()

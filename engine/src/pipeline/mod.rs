@@ -25,6 +25,9 @@ use crate::reasoner::{Answer, AskEvent, AskOptions, LoadOptions, Reasoner};
 use crate::remote::{RemoteBackend, RemoteOptions};
 use crate::segment::{ImageKey, Mask, Method, Segment, Segmenter};
 
+mod concept;
+pub use concept::{ConceptQuery, Reasoned, Scope, exemplars_text, find, reason_then_find};
+
 /// Who answers: a checkpoint loaded here, or an OpenAI-compatible endpoint.
 #[derive(Debug)]
 pub enum Backend {
@@ -299,6 +302,7 @@ pub fn provenance(goal: Goal, answer: &Answer, origin: &Origin, window: Window, 
         source: origin.source.clone(),
         window: Some(window),
         created_at: Provenance::now(),
+        ..Provenance::default()
     })
 }
 
