@@ -130,3 +130,97 @@ fn ask_reports_bad_input_in_one_line() {
     ]);
     assert!(e.contains("outside"), "{e}");
 }
+
+/// Reasoning + concepts: the trained tiny reasoner answers "where are the
+/// ships?" with two boxes and reasoning about ships; SAM 3 (random weights from
+/// transformers) gets "ship" and those boxes as exemplars. Instances stay in
+/// the area the answer points at unless --scope image; every reasoner box is
+/// either matched by an instance or kept as a box; provenance names both models.
+#[test]
+fn ask_find_all_hands_the_reasoners_concept_and_boxes_to_sam3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = shared("rotterdam_port_rgb_4p5m_spacenet6.tif");
+    let sam3 = root().join("tests/fixtures/sam3_tiny/seed1");
+    let model = trained();
+    let run = |extra: &[&str]| {
+        let out = tmp.path().join("found.geojson");
+        let mut args = vec![
+            "ask",
+            "--model",
+            model.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--window",
+            "10,20,180,170",
+            "--find-all",
+            "--sam3",
+            sam3.to_str().unwrap(),
+            "--threshold",
+            "0",
+            "--nms",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend(extra);
+        args.push("where are the ships?");
+        let o = rr(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let boxes: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(tmp.path().join("found_boxes.geojson")).unwrap()).unwrap();
+        (v, boxes)
+    };
+    let boxes_of = |v: &serde_json::Value, key: &str| -> Vec<[f64; 4]> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| serde_json::from_value(b["box"].clone()).unwrap_or_default())
+            .collect()
+    };
+    let (anywhere, _) = run(&["--scope", "image"]);
+    assert_eq!(anywhere["concept"], "ship", "the concept the question and reasoning name");
+    assert_eq!(anywhere["found_by_sam3"], 8, "threshold 0, no NMS, scope image: every query");
+    let reasoner: Vec<[f64; 4]> = serde_json::from_value(anywhere["reasoner_boxes"].clone()).unwrap();
+    assert_eq!(reasoner.len(), 2);
+    let exemplars: Vec<&str> = anywhere["exemplars"].as_str().unwrap().split(';').collect();
+    assert_eq!(exemplars.len(), 2);
+    for (e, r) in exemplars.iter().zip(&reasoner) {
+        let v: Vec<f64> = e.strip_prefix('+').expect("positive").split(',').map(|n| n.parse().unwrap()).collect();
+        assert!(v.iter().zip(r).all(|(a, b)| (a - b).abs() <= 0.005), "exemplar {e} is reasoner box {r:?}");
+    }
+
+    let (scoped, fc) = run(&[]);
+    let found = scoped["found_by_sam3"].as_u64().unwrap() as usize;
+    assert!(found <= 8);
+    // The answer area: the reasoner boxes' hull grown by their median side.
+    let side = reasoner.iter().map(|b| (b[2] - b[0]).max(b[3] - b[1])).fold(f64::MIN, f64::max);
+    let hull = reasoner.iter().fold([f64::MAX, f64::MAX, f64::MIN, f64::MIN], |h, b| {
+        [h[0].min(b[0]), h[1].min(b[1]), h[2].max(b[2]), h[3].max(b[3])]
+    });
+    let instances = boxes_of(&scoped, "instances");
+    for b in &instances[..found] {
+        let (cx, cy) = ((b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0);
+        assert!(cx >= hull[0] - side && cx <= hull[2] + side && cy >= hull[1] - side && cy <= hull[3] + side, "{b:?}");
+    }
+    // Nothing the reasoner found is dropped: matched by an instance, or kept as a box.
+    for r in &reasoner {
+        let matched = instances[..found].iter().any(|b| engine::base::box_iou(*b, *r) >= 0.5);
+        let kept = instances[found..].iter().any(|b| b == r);
+        assert!(matched || kept, "reasoner box {r:?} lost");
+    }
+    let feats = fc["features"].as_array().unwrap();
+    assert_eq!(feats.len(), instances.len());
+    let p = &feats[0]["properties"];
+    assert_eq!(p["task"], "reason+concept");
+    assert_eq!(p["concept"], "ship");
+    assert!(p["reasoning"].as_str().unwrap().contains("Ships"));
+    assert!(p["model"].as_str().unwrap().contains("qwen2_5_vl_tiny_trained"));
+    assert_eq!(p["segmenter"], "sam3 (ViT 64×3)");
+    assert_ne!(p["weights_hash"], p["segmenter_hash"], "both models are named");
+
+    let (named, _) = run(&["--concept", "storage tank"]);
+    assert_eq!(named["concept"], "storage tank", "the analyst's concept wins");
+}

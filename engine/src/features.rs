@@ -101,7 +101,7 @@ pub struct Feature {
     pub id: i64,
     pub geometry: Geometry,
     pub provenance: Arc<Provenance>,
-    /// Predicted IoU of the mask (SAM), when there is one.
+    /// Predicted IoU of the mask (SAM 1/2), or the instance score σ(logit)·σ(presence) (SAM 3).
     pub score: Option<f64>,
     /// SAM 2.1's object score (logit), when there is one.
     pub object_score: Option<f64>,

@@ -56,6 +56,8 @@ pub struct AskArgs {
     pub mask_out: Option<PathBuf>,
     #[command(flatten)]
     pub contour: super::contour::ContourArgs,
+    #[command(flatten)]
+    pub find: super::find::FindAllArgs,
     /// Pixel budget of the image the model sees (default 802816, as in training).
     #[arg(long)]
     pub max_pixels: Option<usize>,
@@ -155,12 +157,15 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
     };
     let question = Question { goal: args.task, query: args.query.clone(), options };
     // Fingerprinting local weights reads them: only when the features are kept.
-    let kept = args.task == Goal::Contour || args.save_project.is_some();
+    let kept = args.task == Goal::Contour || args.save_project.is_some() || args.find.find_all;
     let origin = Origin {
         model: model_label(&args.backend, &backend),
         weights_hash: if kept { backend.weights_hash() } else { String::new() },
         source: args.image.display().to_string(),
     };
+    if args.find.find_all {
+        return super::find::ask_find_all(args, &img, &info, &mut backend, &origin, &question);
+    }
     let (stream, mut out) = (!args.json, std::io::stdout().lock());
     let mut segmenting = None;
     let outcome = engine::pipeline::run(&mut backend, segmenter.as_mut(), &img, None, &question, &origin, |p| {
@@ -189,6 +194,15 @@ pub fn run(args: &AskArgs) -> anyhow::Result<()> {
 fn check(args: &AskArgs) -> anyhow::Result<()> {
     if args.task != Goal::Caption && args.query.trim().is_empty() {
         bail!("a query is needed for --task {} (e.g. \"where can planes take off?\")", args.task);
+    }
+    if args.find.find_all {
+        if args.task != Goal::Region {
+            bail!("--find-all takes the reasoner's boxes (--task region), not --task {}", args.task);
+        }
+        if args.save_project.is_some() || args.contour.line_map.is_some() {
+            bail!("--find-all writes its features to --out and its mask to --mask-out");
+        }
+        return Ok(());
     }
     if args.out.is_some() && !args.task.segments() {
         bail!("--out writes the mask of --task pixel or the features of --task contour");

@@ -3,6 +3,8 @@
 //! its score and provenance (concept, exemplars, SAM 3's weights).
 
 use std::io::Write;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -10,11 +12,14 @@ use engine::base::Window;
 use engine::contour::ImageFrame;
 use engine::features::FeatureSet;
 use engine::geo::GeoTransform;
-use engine::pipeline::{ConceptQuery, Origin, read_window};
-use engine::raster::{Raster, RenderParams};
+use engine::pipeline::{
+    Backend, ConceptQuery, Origin, Progress, Question, Reasoned, Scope, WindowImage, read_window, reason_then_find,
+};
+use engine::raster::{Raster, RasterInfo, RenderParams};
 use engine::segment::concept::{ConceptSegmenter, Exemplar, FindOptions};
 use serde_json::json;
 
+use super::ask::AskArgs;
 use super::segment::{SEGMENT_PIXEL_BUDGET, SegmentArgs, parse_box, save_mask};
 
 /// `x1,y1,x2,y2` (an example) or `x1,y1,x2,y2,-` (a counter-example).
@@ -149,6 +154,114 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.out {
         writeln!(out, "  mask → {}{}", path.display(), if georeferenced { " (georeferenced)" } else { "" })?;
     }
+    for f in exported.iter().flat_map(|e| &e.files) {
+        writeln!(out, "  wrote {}", f.display())?;
+    }
+    Ok(())
+}
+
+/// `ask --find-all`: reasoning + concepts.
+#[derive(Clone, Debug, clap::Args)]
+pub struct FindAllArgs {
+    /// Reasoning + concepts: the reasoner's boxes become SAM 3's exemplars and the
+    /// concept the question and reasoning name its text, so every such instance
+    /// is found, not only those the model listed (needs --sam3; --out takes the
+    /// features, one per instance).
+    #[arg(long, requires = "sam3")]
+    pub find_all: bool,
+    /// SAM 3 checkpoint directory, for --find-all.
+    #[arg(long, env = "RR_SAM3")]
+    pub sam3: Option<PathBuf>,
+    /// The concept for SAM 3 (default: the one the question and reasoning name).
+    #[arg(long, requires = "find_all")]
+    pub concept: Option<String>,
+    /// Where instances may lie: answer (around the reasoner's boxes, the part of
+    /// the image its reasoning pointed at) or image (anywhere in the window).
+    #[arg(long, default_value = "answer")]
+    pub scope: Scope,
+    /// SAM 3: keep instances scoring at least this (0–1).
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// SAM 3: an instance whose box overlaps a better one by more than this IoU is a duplicate.
+    #[arg(long, default_value_t = 0.6)]
+    pub nms: f64,
+}
+
+/// The reasoner answers, then SAM 3 finds every instance; streamed like `ask`.
+pub fn ask_find_all(
+    args: &AskArgs,
+    img: &WindowImage,
+    info: &RasterInfo,
+    backend: &mut Backend,
+    origin: &Origin,
+    question: &Question,
+) -> anyhow::Result<()> {
+    let find = &args.find;
+    let options = find_options(find.threshold, find.nms)?;
+    let dir = find.sam3.as_deref().context("--find-all needs SAM 3: --sam3 DIR (or RR_SAM3)")?;
+    let t = Instant::now();
+    let mut seg = ConceptSegmenter::load(dir, &args.backend.device.open()?)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let sam3_hash = engine::hub::weights_fingerprint(dir).unwrap_or_default();
+    let how = Reasoned { concept: find.concept.clone(), options, scope: find.scope };
+    let (stream, mut out) = (!args.json, std::io::stdout().lock());
+    let outcome = reason_then_find(backend, &mut seg, img, None, question, &how, origin, &sam3_hash, |p| {
+        if let Progress::Text(t) = p
+            && stream
+        {
+            let _ = out.write_all(t.as_bytes());
+            let _ = out.flush();
+        }
+        ControlFlow::Continue(())
+    })?;
+    let mut features = outcome.features.clone();
+    for (i, f) in features.iter_mut().enumerate() {
+        f.id = i as u64 + 1;
+    }
+    let exported = match &args.out {
+        Some(path) => {
+            let set = engine::edit::feature_set(&features, info.geotransform.map(GeoTransform), info.crs_wkt.clone());
+            Some(
+                engine::export::export(path, &set, &args.contour.export_options(true), &mut |_, _| true)
+                    .with_context(|| format!("{}: cannot write the features", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let segments = outcome.segments.as_ref().context("SAM 3 returned no segments")?;
+    if let Some(path) = &args.mask_out {
+        save_mask(path, &segments.merged, info, img)?;
+    }
+    let p = &outcome.provenance;
+    let instances: Vec<_> = features
+        .iter()
+        .map(|f| json!({"id": f.id, "box": f.bbox, "score": f.score, "segmented": !f.polygons.0.is_empty()}))
+        .collect();
+    if args.json {
+        let report = json!({
+            "query": p.query, "think": outcome.answer.think, "answer": outcome.answer.answer,
+            "reasoner_boxes": outcome.boxes.iter().map(|b| [b.x1, b.y1, b.x2, b.y2]).collect::<Vec<_>>(),
+            "concept": p.concept, "exemplars": p.exemplars, "scope": format!("{:?}", find.scope).to_lowercase(),
+            "segmenter": p.segmenter, "segmenter_hash": p.segmenter_hash, "model": p.model, "weights_hash": p.weights_hash,
+            "instances": instances, "found_by_sam3": segments.per_box.len(),
+            "features": exported.as_ref().map(|e| json!({"files": e.files, "layers": e.layers})),
+            "timings": {"sam3_load_ms": load_ms},
+        });
+        serde_json::to_writer_pretty(&mut out, &report).context("cannot write the report")?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{}: {} instance(s) of {:?} from {} reasoner box(es) (scope {:?}); {} reasoner box(es) SAM 3 did not match kept as boxes",
+        p.segmenter,
+        segments.per_box.len(),
+        p.concept,
+        outcome.boxes.len(),
+        find.scope,
+        features.len() - segments.per_box.len()
+    )?;
     for f in exported.iter().flat_map(|e| &e.files) {
         writeln!(out, "  wrote {}", f.display())?;
     }
