@@ -123,3 +123,66 @@ fn sweep_tiles_resumes_and_matches_through_serve() {
         (l["tiles"].clone(), l["boxes_raw"].clone(), l["boxes"].clone())
     );
 }
+
+/// `sweep --segmenter sam3 --text ship` over a shared GeoTIFF in 8 tiles with
+/// the random-weight SAM 3 transformers built: one feature per instance with its
+/// score and the concept's provenance, no two kept instances duplicating each
+/// other across a seam, resumable, and a progress file of other settings refused.
+#[test]
+fn sweep_finds_every_instance_of_a_concept_with_sam3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = cli::shared("sf_bay_ships_rapideye_5m.tif");
+    let sam3 = cli::root().join("tests/fixtures/sam3_tiny/seed1");
+    let out = tmp.path().join("ships.geojson");
+    let args = |threshold: &'static str| {
+        vec![
+            "sweep".to_owned(),
+            "--segmenter".into(),
+            "sam3".into(),
+            "--sam3".into(),
+            sam3.display().to_string(),
+            "--image".into(),
+            image.display().to_string(),
+            "--text".into(),
+            "ship".into(),
+            "--tile".into(),
+            "256".into(),
+            "--overlap".into(),
+            "64".into(),
+            "--threshold".into(),
+            threshold.into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--json".into(),
+        ]
+    };
+    let run = |a: &[String]| ok_json(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let v = run(&args("0.1"));
+    assert_eq!(v["tiles"], 8);
+    assert_eq!(v["segmenter"], "sam3 (ViT 64×3)");
+    let n = v["instances"].as_u64().unwrap() as usize;
+    assert!(n > 0 && n <= v["boxes_raw"].as_u64().unwrap() as usize);
+    let boxes_file = tmp.path().join("ships_boxes.geojson");
+    let fc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&boxes_file).unwrap()).unwrap();
+    let feats = fc["features"].as_array().unwrap();
+    assert_eq!(feats.len(), n, "one feature per instance");
+    for f in feats {
+        let p = &f["properties"];
+        assert_eq!(p["task"], "sweep:concept");
+        assert_eq!(p["concept"], "ship");
+        assert!(p["score"].as_f64().unwrap() >= 0.1 - 1e-9, "{p}");
+        assert!(!p["segmenter_hash"].as_str().unwrap().is_empty());
+    }
+    // Resumed: nothing redone, the same instances.
+    let again = run(&args("0.1"));
+    assert_eq!((again["processed"].as_u64(), again["resumed"].as_u64()), (Some(0), Some(8)));
+    assert_eq!(again["instances"], v["instances"]);
+    // Another threshold is another sweep: the progress file is refused, not mixed in.
+    let o = rr(&args("0.3").iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("other settings"));
+    // Without --text, a SAM 3 sweep says what it needs.
+    let o =
+        rr(&["sweep", "--segmenter", "sam3", "--image", image.to_str().unwrap(), "--out", "x.gpkg", "--model", "m"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--text"), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -17,7 +17,7 @@ use engine::remote::{RemoteOptions, api_key_from_env};
 pub struct BackendArgs {
     /// Checkpoint directory (config.json, tokenizer.json, safetensors, …), or the
     /// repository id of one pulled with `models pull`.
-    #[arg(long, env = "RR_MODEL", required_unless_present = "endpoint", conflicts_with = "endpoint")]
+    #[arg(long, env = "RR_MODEL", conflicts_with = "endpoint")]
     pub model: Option<PathBuf>,
     /// An OpenAI-compatible chat-completions server instead of a local checkpoint
     /// (vLLM, SGLang, llama.cpp, `remote-reasoner serve`), e.g. http://gpu:8000.

@@ -363,6 +363,7 @@ impl Session {
             level: 0,
             aoi: None,
             max_pixels: self.settings.max_pixels,
+            concept: None,
         };
         // One progress file per (raster, question, task): rerunning resumes.
         use std::hash::{Hash, Hasher};
