@@ -697,3 +697,78 @@ fn open_url_dialog_opens_what_it_is_given() {
     step_until(&mut h, "the raster", |a| a.doc.is_some());
     assert!(h.state().session.open_url.is_none(), "the dialog closed");
 }
+
+/// "Find all" as an analyst uses it, with the random-weight SAM 3 transformers
+/// built: type a concept, draw an exemplar and a counter-example with the
+/// Exemplar tool (E), press Find all → one feature per instance, each with its
+/// score and the concept's provenance; then "From the answer": the trained tiny
+/// reasoner answers the question and its boxes and concept drive SAM 3.
+#[test]
+fn find_all_with_drawn_exemplars_and_from_the_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        model: root().join("tests/fixtures/qwen2_5_vl_tiny_trained").display().to_string(),
+        sam3: root().join("tests/fixtures/sam3_tiny/seed1").display().to_string(),
+        ..Settings::default()
+    };
+    let mut h = harness(Some(sample()), settings, tmp.path().join("recovery.gpkg"));
+    idle(&mut h);
+    h.get_by_label("Concept").click();
+    h.step();
+    h.get_by_label("Concept").type_text("ship");
+    h.step();
+    // One exemplar, then one counter-example, drawn on the map with the panel's tool.
+    h.get_by_label("Draw exemplar").click();
+    h.step();
+    let (a, b) = (screen_of(&h, [40.0, 50.0]), screen_of(&h, [80.0, 110.0]));
+    drag(&mut h, a, b);
+    h.get_by_label("counter-example").click();
+    h.step();
+    let (a, b) = (screen_of(&h, [120.0, 40.0]), screen_of(&h, [150.0, 70.0]));
+    drag(&mut h, a, b);
+    let ex = h.state().session.find.exemplars.clone();
+    assert_eq!(ex.len(), 2, "both boxes became exemplars");
+    assert!(ex[0].positive && !ex[1].positive);
+    assert!((ex[0].bbox.x1 - 40.0).abs() <= 1.0 && (ex[0].bbox.y2 - 110.0).abs() <= 1.0, "{:?}", ex[0].bbox);
+    h.state_mut().session.find.threshold = 0.05;
+    h.get_by_label("Find all").click();
+    h.step();
+    step_until(&mut h, "SAM 3's instances", |a| !a.busy());
+    let run = h.state().session.run.clone().unwrap();
+    assert!(run.error.is_none(), "{:?}", run.error);
+    let s = &h.state().session;
+    assert!(!s.features.is_empty(), "instances found");
+    for f in s.features.iter() {
+        assert_eq!(f.provenance.concept, "ship");
+        assert_eq!(f.provenance.task, "concept");
+        assert!(f.provenance.exemplars.starts_with('+') && f.provenance.exemplars.contains(";-"));
+        assert!(f.score.unwrap() >= 0.05, "score kept with the feature");
+        assert_eq!(f.provenance.segmenter, "sam3 (ViT 64×3)");
+    }
+    let found = s.features.len();
+
+    // From the answer: the question's boxes become exemplars; the typed concept stays the text.
+    h.state_mut().session.find.exemplars.clear();
+    h.state_mut().session.find.concept.clear();
+    h.get_by_label("Question").click();
+    h.step();
+    h.get_by_label("Question").type_text("where are the ships?");
+    h.step();
+    h.get_by_label("From the answer").click();
+    h.step();
+    h.get_by_label("Find all").click();
+    h.step();
+    step_until(&mut h, "the answer, then SAM 3", |a| !a.busy());
+    let run = h.state().session.run.clone().unwrap();
+    assert!(run.error.is_none(), "{:?}", run.error);
+    assert!(run.text.starts_with("<think>Ships are long hulls"), "the reasoning streamed: {}", run.text);
+    let s = &h.state().session;
+    let new: Vec<_> = s.features.iter().skip(found).collect();
+    assert!(!new.is_empty());
+    for f in &new {
+        assert_eq!(f.provenance.task, "reason+concept");
+        assert_eq!(f.provenance.concept, "ship", "named by the question and reasoning");
+        assert!(f.provenance.reasoning.contains("Ships are long hulls"));
+        assert_eq!(f.provenance.exemplars.matches('+').count(), 2, "the reasoner's two boxes");
+    }
+}

@@ -204,6 +204,14 @@ pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
                 }
             });
             ui.end_row();
+            let label = ui.label("SAM 3 folder");
+            ui.add(
+                egui::TextEdit::singleline(&mut s.sam3)
+                    .hint_text("config.json, safetensors, tokenizer.json: Find all")
+                    .desired_width(260.0),
+            )
+            .labelled_by(label.id);
+            ui.end_row();
             let label = ui.label("Device");
             let mut device = s.device.to_string();
             egui::ComboBox::from_id_salt("device")

@@ -122,6 +122,11 @@ fn details_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             row("model", p.model.clone());
             row("weights", p.weights_hash.clone());
             row("segmenter", p.segmenter.clone());
+            if !p.concept.is_empty() || !p.exemplars.is_empty() {
+                row("concept", p.concept.clone());
+                row("exemplars", p.exemplars.replace(';', "; "));
+                row("SAM 3 weights", p.segmenter_hash.clone());
+            }
             row("score", f.score.map_or_else(String::new, |v| format!("{v:.4}")));
             row("object score", f.object_score.map_or_else(String::new, |v| format!("{v:.3}")));
             row("window", p.window.map_or_else(String::new, |w| format!("{},{},{},{}", w.x, w.y, w.width, w.height)));

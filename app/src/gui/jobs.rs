@@ -151,6 +151,8 @@ pub enum Command {
     /// A raster, or a project (a `.gpkg` the engine tells apart).
     OpenAny(PathBuf),
     RunQuery,
+    /// "Find all": SAM 3 on the area (alone, or from the reasoner's answer).
+    FindAll,
     CancelRun,
     RunSweep,
     /// Stop a job (a sweep, overview building).

@@ -582,6 +582,7 @@ impl WorkbenchApp {
             Command::OpenDialog => self.open_dialog(),
             Command::OpenAny(path) => self.open_any(path),
             Command::RunQuery => self.run_query(),
+            Command::FindAll => self.find_all(),
             Command::CancelRun => self.cancel_run(),
             Command::RunSweep => self.run_sweep(),
             Command::Cancel(job) => self.engine.cancel(job),
@@ -672,6 +673,28 @@ impl WorkbenchApp {
         };
         let (raster, params) = (doc.raster, doc.params);
         match self.session.ask(raster, window, params) {
+            Ok(request) => {
+                let job = self.start(request, Pending::Ask);
+                if let Some(run) = self.session.run.as_mut() {
+                    run.job = Some(job);
+                }
+            }
+            Err(e) => self.notify_error(e),
+        }
+    }
+
+    /// "Find all" on the area: every instance of the panel's concept (SAM 3).
+    pub fn find_all(&mut self) {
+        let Some(doc) = &self.doc else {
+            self.notify_error("Open a raster first.");
+            return;
+        };
+        let Some(window) = overlay::area_window(self) else {
+            self.notify_error("The area to search is empty: draw it on the map, or pick View or Whole raster.");
+            return;
+        };
+        let (raster, params) = (doc.raster, doc.params);
+        match self.session.find_all(raster, window, params) {
             Ok(request) => {
                 let job = self.start(request, Pending::Ask);
                 if let Some(run) = self.session.run.as_mut() {
@@ -950,6 +973,7 @@ impl WorkbenchApp {
                     (i.consume_key(Modifiers::NONE, Key::B), session::Tool::DrawBox),
                     (i.consume_key(Modifiers::NONE, Key::A), session::Tool::DrawArea),
                     (i.consume_key(Modifiers::NONE, Key::R), session::Tool::Refine),
+                    (i.consume_key(Modifiers::NONE, Key::E), session::Tool::DrawExemplar),
                 ],
             )
         });

@@ -242,7 +242,7 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
 
     match s.tool {
         Tool::Select => consumed |= select_input(s, response, &to_source, tol),
-        Tool::DrawBox | Tool::DrawArea => {
+        Tool::DrawBox | Tool::DrawArea | Tool::DrawExemplar => {
             consumed = response.dragged() || response.drag_stopped();
             let origin = response.ctx.input(|i| i.pointer.press_origin());
             if response.drag_started()
@@ -263,6 +263,14 @@ pub fn overlay_input(app: &mut WorkbenchApp, response: &Response, rect: Rect) ->
                     s.drawn_area = Some(win);
                     s.area_mode = super::session::AreaMode::Drawn;
                     s.tool = Tool::Select;
+                } else if s.tool == Tool::DrawExemplar {
+                    let bbox = PixelBox {
+                        x1: win.x as f64,
+                        y1: win.y as f64,
+                        x2: (win.x + win.width) as f64,
+                        y2: (win.y + win.height) as f64,
+                    };
+                    s.find.exemplars.push(engine::segment::concept::Exemplar { bbox, positive: !s.find.negative });
                 } else {
                     let bx = PixelBox {
                         x1: win.x as f64,
@@ -478,10 +486,23 @@ pub fn overlay_paint(app: &mut WorkbenchApp, ui: &egui::Ui, rect: Rect) {
             }
         }
     }
+    // "Find all" exemplars: green (like this), red (not like this), dashed.
+    for e in &s.find.exemplars {
+        let b = e.bbox;
+        let r =
+            Rect::from_two_pos(view.source_to_screen(rect, [b.x1, b.y1]), view.source_to_screen(rect, [b.x2, b.y2]));
+        let c = if e.positive { Color32::from_rgb(40, 220, 80) } else { Color32::from_rgb(240, 50, 50) };
+        let corners = [r.left_top(), r.right_top(), r.right_bottom(), r.left_bottom(), r.left_top()];
+        shapes.extend(Shape::dashed_line(&corners, Stroke::new(2.0, c), 6.0, 4.0));
+    }
     if let Some((a, b)) = s.drawing {
         let r = Rect::from_two_pos(view.source_to_screen(rect, a), view.source_to_screen(rect, b));
-        let colour =
-            if s.tool == Tool::DrawArea { Color32::from_rgb(255, 210, 0) } else { Color32::from_rgb(0, 200, 255) };
+        let colour = match s.tool {
+            Tool::DrawArea => Color32::from_rgb(255, 210, 0),
+            Tool::DrawExemplar if s.find.negative => Color32::from_rgb(240, 50, 50),
+            Tool::DrawExemplar => Color32::from_rgb(40, 220, 80),
+            _ => Color32::from_rgb(0, 200, 255),
+        };
         shapes.push(Shape::rect_stroke(r, 0.0, Stroke::new(2.0, colour), egui::StrokeKind::Middle));
     }
     painter.add(Shape::mesh(mesh));

@@ -82,6 +82,7 @@ pub fn menu_bar_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 (super::session::Tool::Select, "Select", "Select and edit; drag elsewhere pans (V)"),
                 (super::session::Tool::DrawBox, "Box", "Draw a box to segment (B)"),
                 (super::session::Tool::DrawArea, "Area", "Draw the area the model sees (A)"),
+                (super::session::Tool::DrawExemplar, "Exemplar", "Draw an example for Find all (E)"),
                 (
                     super::session::Tool::Refine,
                     "Refine",

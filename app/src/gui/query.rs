@@ -78,6 +78,8 @@ pub fn query_panel_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
             run_buttons_ui(app, ui, enter);
             sweep_ui(app, ui);
             ui.separator();
+            find_all_ui(app, ui);
+            ui.separator();
             trace_ui(app, ui);
         });
     });
@@ -174,6 +176,53 @@ fn sweep_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
                 app.commands.push(Command::RunSweep);
             }
         }
+    }
+}
+
+/// "Find all" (SAM 3): a noun phrase and exemplar boxes drawn on the map find
+/// every instance in the area; "From the answer" lets the reasoner's answer to
+/// the question above supply the exemplars (and the concept, when none is typed).
+fn find_all_ui(app: &mut WorkbenchApp, ui: &mut egui::Ui) {
+    ui.label(RichText::new("Find all (SAM 3)").strong());
+    let s = &mut app.session;
+    let label = ui.label("Concept");
+    ui.add(
+        egui::TextEdit::singleline(&mut s.find.concept)
+            .hint_text("e.g. ship, storage tank")
+            .desired_width(f32::INFINITY),
+    )
+    .labelled_by(label.id);
+    ui.horizontal(|ui| {
+        let drawing = s.tool == Tool::DrawExemplar;
+        if ui
+            .selectable_label(drawing, "Draw exemplar")
+            .on_hover_text("Drag a box around one instance (E); SAM 3 finds the others like it")
+            .clicked()
+        {
+            s.tool = if drawing { Tool::Select } else { Tool::DrawExemplar };
+        }
+        ui.checkbox(&mut s.find.negative, "counter-example");
+    });
+    if !s.find.exemplars.is_empty() {
+        ui.horizontal(|ui| {
+            let (pos, neg) =
+                s.find.exemplars.iter().fold((0, 0), |(p, n), e| if e.positive { (p + 1, n) } else { (p, n + 1) });
+            ui.label(format!("{pos} exemplar(s), {neg} counter-example(s)"));
+            if ui.small_button("Clear").clicked() {
+                s.find.exemplars.clear();
+            }
+        });
+    }
+    ui.checkbox(&mut s.find.from_answer, "From the answer")
+        .on_hover_text("Ask the question above first: its boxes become exemplars and its concept the text, kept to the area the answer points at");
+    ui.add(egui::Slider::new(&mut s.find.threshold, 0.05..=0.95).text("min score"));
+    let idle = app.doc.is_some() && !app.busy();
+    if ui
+        .add_enabled(idle, egui::Button::new("Find all"))
+        .on_hover_text("Every instance in the area, one feature each")
+        .clicked()
+    {
+        app.commands.push(Command::FindAll);
     }
 }
 

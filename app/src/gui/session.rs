@@ -43,6 +43,8 @@ pub struct Settings {
     pub api_model: String,
     /// SAM checkpoint; empty: the watershed fallback.
     pub sam: String,
+    /// SAM 3 checkpoint directory, for "Find all"; empty: not set up.
+    pub sam3: String,
     pub device: DeviceChoice,
     pub max_pixels: usize,
     /// `None`: the checkpoint's own decoding settings.
@@ -65,6 +67,7 @@ impl Default for Settings {
             endpoint: String::new(),
             api_model: String::new(),
             sam: String::new(),
+            sam3: String::new(),
             device: DeviceChoice::Cpu,
             max_pixels: engine::reasoner::processor::TRAINING_MAX_PIXELS,
             temperature: None,
@@ -113,6 +116,28 @@ pub enum Tool {
     DrawArea,
     /// Click on the selected feature: left = object, right = not object.
     Refine,
+    /// Drag an exemplar box for "Find all" (a counter-example when the panel says so).
+    DrawExemplar,
+}
+
+/// "Find all" (SAM 3): the concept, the exemplars drawn on the map, the keep rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FindAll {
+    /// A noun phrase ("ship"); empty with "from the answer": the reasoner's.
+    pub concept: String,
+    /// Exemplar boxes in raster pixels.
+    pub exemplars: Vec<engine::segment::concept::Exemplar>,
+    /// The next exemplar drawn is a counter-example.
+    pub negative: bool,
+    /// Reasoning + concepts: ask the question first; its boxes are exemplars.
+    pub from_answer: bool,
+    pub threshold: f32,
+}
+
+impl Default for FindAll {
+    fn default() -> Self {
+        Self { concept: String::new(), exemplars: Vec::new(), negative: false, from_answer: false, threshold: 0.5 }
+    }
 }
 
 /// A vertex or box handle being dragged: the edited copy, committed on release.
@@ -154,6 +179,7 @@ pub struct Session {
     pub selected_vertex: Option<VertexRef>,
     pub hovered: Option<u64>,
     pub tool: Tool,
+    pub find: FindAll,
     pub drag: Option<Drag>,
     /// A box or area being drawn: start and current point (raster pixels).
     pub drawing: Option<([f64; 2], [f64; 2])>,
@@ -201,6 +227,7 @@ impl Session {
             selected_vertex: None,
             hovered: None,
             tool: Tool::default(),
+            find: FindAll::default(),
             drag: None,
             drawing: None,
             project_path: None,
@@ -337,6 +364,62 @@ impl Session {
         });
         let question = Question { goal: self.task, query, options: self.ask_options() };
         Ok(RequestKind::Ask { raster, window, params, question, models })
+    }
+
+    /// Starts "Find all" on `window`: SAM 3 alone (the concept and exemplars in
+    /// the panel), or driven by the reasoner's answer to the question.
+    pub fn find_all(&mut self, raster: RasterId, window: Window, params: RenderParams) -> Result<RequestKind, String> {
+        let sam3 = PathBuf::from(self.settings.sam3.trim());
+        if sam3.as_os_str().is_empty() {
+            return Err("Find all needs SAM 3: set its checkpoint folder in Settings.".into());
+        }
+        let f = &self.find;
+        let concept = f.concept.trim().to_owned();
+        if !f.from_answer && concept.is_empty() && f.exemplars.is_empty() {
+            return Err("Type what to find (e.g. ship), or draw exemplar boxes.".into());
+        }
+        let options = engine::segment::concept::FindOptions {
+            threshold: f.threshold,
+            ..engine::segment::concept::FindOptions::default()
+        };
+        let reasoned = if f.from_answer {
+            let models = self.models().ok_or(NO_MODEL)?;
+            if self.query.trim().is_empty() {
+                return Err("Type the question whose answer SAM 3 extends.".into());
+            }
+            let question =
+                Question { goal: Goal::Region, query: self.query.trim().to_owned(), options: self.ask_options() };
+            let how = engine::pipeline::Reasoned {
+                concept: Some(concept.clone()).filter(|c| !c.is_empty()),
+                options,
+                scope: engine::pipeline::Scope::Answer,
+            };
+            Some(Box::new(engine::pipeline::ReasonedSpec {
+                question,
+                how,
+                reasoner: models.reasoner,
+                label: models.label,
+            }))
+        } else {
+            None
+        };
+        let label = if f.from_answer { self.query.trim().to_owned() } else { format!("Find all: {concept}") };
+        self.run = Some(Run {
+            task: Goal::Pixel,
+            query: label,
+            raster,
+            window,
+            started: Instant::now(),
+            stage: Some(AskStage::Queued),
+            job: None,
+            text: String::new(),
+            outcome: None,
+            finished: None,
+            error: None,
+        });
+        let max_pixels = self.settings.max_pixels;
+        let query = engine::pipeline::ConceptQuery { text: concept, exemplars: f.exemplars.clone(), options };
+        Ok(RequestKind::Find { raster, window, params, max_pixels, sam3, concept: query, reasoned })
     }
 
     /// A sweep of the whole raster with the question (tiles of 1024 px with

@@ -64,6 +64,16 @@ pub struct Reasoned {
     pub scope: Scope,
 }
 
+/// A reasoned find as a request carries it: the question, how SAM 3 is driven,
+/// and the reasoner (a [`super::ReasonerSpec`] and the name provenance uses).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReasonedSpec {
+    pub question: Question,
+    pub how: Reasoned,
+    pub reasoner: super::ReasonerSpec,
+    pub label: Option<String>,
+}
+
 /// Exemplars for provenance: `+x1,y1,x2,y2` / `-…` in raster pixels, `;`-separated.
 ///
 /// ```

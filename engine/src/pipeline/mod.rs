@@ -26,7 +26,7 @@ use crate::remote::{RemoteBackend, RemoteOptions};
 use crate::segment::{ImageKey, Mask, Method, Segment, Segmenter};
 
 mod concept;
-pub use concept::{ConceptQuery, Reasoned, Scope, exemplars_text, find, reason_then_find};
+pub use concept::{ConceptQuery, Reasoned, ReasonedSpec, Scope, exemplars_text, find, reason_then_find};
 
 /// Who answers: a checkpoint loaded here, or an OpenAI-compatible endpoint.
 #[derive(Debug)]

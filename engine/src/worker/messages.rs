@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::base::{PixelBox, Window};
 use crate::edit::WorkFeature;
 use crate::export::{ExportOptions, ExportReport};
-use crate::pipeline::{Outcome, Question, ReasonerInfo, ReasonerSpec, Segments};
+use crate::pipeline::{ConceptQuery, Outcome, Question, ReasonedSpec, ReasonerInfo, ReasonerSpec, Segments};
 use crate::project::{Project, ProjectMeta};
 use crate::raster::{RasterInfo, RenderParams};
 use crate::segment::{Method, Segment};
@@ -58,6 +58,19 @@ pub enum RequestKind {
     /// A question about `window` of a raster, carried as far as its goal goes
     /// ([`crate::pipeline::run`]): stages, text as it grows, then [`EventKind::Answered`].
     Ask { raster: RasterId, window: Window, params: RenderParams, question: Question, models: Models },
+    /// Every instance of a concept in `window` with SAM 3 (checkpoint `sam3`):
+    /// [`crate::pipeline::find`]; with `reasoned`, the reasoner answers first and
+    /// drives SAM 3 ([`crate::pipeline::reason_then_find`], stages and text as for
+    /// `Ask`). Then [`EventKind::Answered`].
+    Find {
+        raster: RasterId,
+        window: Window,
+        params: RenderParams,
+        max_pixels: usize,
+        sam3: PathBuf,
+        concept: ConceptQuery,
+        reasoned: Option<Box<ReasonedSpec>>,
+    },
     /// Boxes drawn by hand (raster pixels) → masks and polygons: [`EventKind::Segmented`].
     /// The window is read at `max_pixels` as for a question, so its encoding is shared.
     Segment {

@@ -336,6 +336,7 @@ impl Worker {
             RequestKind::BuildOverviews { raster } => self.guarded(job, |w| w.start_overviews(job, raster)),
             RequestKind::Cancel => self.cancel(job),
             RequestKind::Ask { .. }
+            | RequestKind::Find { .. }
             | RequestKind::Segment { .. }
             | RequestKind::Refine { .. }
             | RequestKind::Sweep { .. }
@@ -469,7 +470,8 @@ impl Worker {
                 let budget = question.options.max_pixels.unwrap_or(crate::reasoner::processor::TRAINING_MAX_PIXELS);
                 Some((*raster, *window, *params, budget))
             }
-            RequestKind::Segment { raster, window, params, max_pixels, .. } => {
+            RequestKind::Segment { raster, window, params, max_pixels, .. }
+            | RequestKind::Find { raster, window, params, max_pixels, .. } => {
                 Some((*raster, *window, *params, *max_pixels))
             }
             RequestKind::Refine { raster, window, params, max_pixels, feature, .. } => {
@@ -485,7 +487,7 @@ impl Worker {
             _ => None,
         };
         let Some((raster, window, params, budget)) = read else { return self.hand_to_model(request, Input::None) };
-        if matches!(request.kind, RequestKind::Ask { .. }) {
+        if matches!(request.kind, RequestKind::Ask { .. } | RequestKind::Find { .. }) {
             // Told before the model thread has the job: its own stages come after.
             self.out.emit(job, EventKind::AskStage { stage: AskStage::Queued });
         }

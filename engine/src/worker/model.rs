@@ -15,6 +15,7 @@ use crate::base::{PixelBox, guard};
 use crate::error::{EngineError, Result};
 use crate::models::EncoderPrecision;
 use crate::pipeline::{self, Backend, Origin, Progress, ReasonerInfo, ReasonerSpec, WindowImage};
+use crate::segment::concept::ConceptSegmenter;
 use crate::segment::{Segment, Segmenter, WatershedSegmenter};
 
 /// A request forwarded as it came, with what the engine thread read for it.
@@ -44,6 +45,8 @@ struct Held {
     reasoner: Option<(ReasonerSpec, Backend, ReasonerInfo)>,
     /// The segmenter and the checkpoint it came from (`None`: the watershed fallback).
     segmenter: (Option<PathBuf>, Box<dyn Segmenter>),
+    /// SAM 3, its directory and its weights' fingerprint, once a find asked for it.
+    concept: Option<(PathBuf, ConceptSegmenter, String)>,
 }
 
 /// Whether loading a model for a job is told: not at all (a load request's
@@ -57,7 +60,7 @@ enum Announce {
 
 /// The thread's loop: one job at a time, each inside the one guard.
 pub(super) fn run(rx: &Receiver<ModelJob>, out: &Outbox, latest_click: &Mutex<HashMap<u64, JobId>>) {
-    let mut held = Held { reasoner: None, segmenter: (None, Box::new(WatershedSegmenter::default())) };
+    let mut held = Held { reasoner: None, segmenter: (None, Box::new(WatershedSegmenter::default())), concept: None };
     for ModelJob { request, input, cancel, done } in rx {
         let job = request.job;
         let superseded = match &request.kind {
@@ -124,6 +127,12 @@ impl Held {
                         if cancel.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
                     })?;
                 Ok(EventKind::Answered { raster, outcome: Box::new(outcome) })
+            }
+            (RequestKind::Find { sam3, concept, reasoned, .. }, Input::Image { image, raster, source }) => {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(EngineError::Cancelled);
+                }
+                self.find(job, &sam3, &concept, reasoned.as_deref(), &image, raster, &source, cancel, out)
             }
             (RequestKind::Segment { sam, boxes, .. }, Input::Image { image, raster, .. }) => {
                 let segmenter = self.segmenter(sam.as_deref(), job, out, Announce::Loaded)?;
@@ -195,6 +204,67 @@ impl Held {
             self.segmenter = (checkpoint.map(Path::to_owned), loaded);
         }
         Ok(&mut self.segmenter.1)
+    }
+
+    /// SAM 3 on the window, alone or driven by the reasoner.
+    #[allow(clippy::too_many_arguments)] // the find request's fields, unpacked once
+    fn find(
+        &mut self,
+        job: JobId,
+        sam3: &Path,
+        concept: &pipeline::ConceptQuery,
+        reasoned: Option<&pipeline::ReasonedSpec>,
+        image: &WindowImage,
+        raster: RasterId,
+        source: &Path,
+        cancel: &AtomicBool,
+        out: &Outbox,
+    ) -> Result<EventKind> {
+        let stage = |stage| out.emit(job, EventKind::AskStage { stage });
+        if let Some(r) = reasoned {
+            self.reasoner(&r.reasoner, job, out, Announce::Staged)?;
+        }
+        if self.concept.as_ref().is_none_or(|(dir, ..)| dir != sam3) {
+            self.concept = None;
+            stage(AskStage::LoadingSegmenter);
+            let loaded = ConceptSegmenter::load(sam3, &candle_core::Device::Cpu)?;
+            out.emit(job, EventKind::SegmenterLoaded { method: loaded.method() });
+            let hash = crate::hub::weights_fingerprint(sam3).unwrap_or_default();
+            self.concept = Some((sam3.to_owned(), loaded, hash));
+        }
+        let (Some((dir, seg, hash)), key) = (self.concept.as_mut(), Some(image.key(raster))) else {
+            return Err(EngineError::Internal("no SAM 3".into()));
+        };
+        let outcome = match (reasoned, self.reasoner.as_mut()) {
+            (None, _) => {
+                stage(AskStage::Segmenting);
+                let origin = Origin {
+                    model: dir.display().to_string(),
+                    weights_hash: hash.clone(),
+                    source: source.display().to_string(),
+                };
+                pipeline::find(seg, image, key, concept, &origin)?
+            }
+            (Some(r), Some((_, backend, info))) => {
+                let origin = Origin {
+                    model: r.label.clone().unwrap_or_else(|| backend.model_id()),
+                    weights_hash: info.weights_hash.clone(),
+                    source: source.display().to_string(),
+                };
+                pipeline::reason_then_find(backend, seg, image, key, &r.question, &r.how, &origin, hash, |p| {
+                    match p {
+                        Progress::EncodingImage => stage(AskStage::EncodingImage),
+                        Progress::ReadingPrompt { tokens } => stage(AskStage::ReadingPrompt { tokens }),
+                        Progress::Reasoning => stage(AskStage::Reasoning),
+                        Progress::Segmenting => stage(AskStage::Segmenting),
+                        Progress::Text(text) => out.emit(job, EventKind::AskText { text }),
+                    }
+                    if cancel.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                })?
+            }
+            (Some(_), None) => return Err(EngineError::Internal("no reasoner".into())),
+        };
+        Ok(EventKind::Answered { raster, outcome: Box::new(outcome) })
     }
 
     /// A whole-raster sweep with the held reasoner (an endpoint gets
