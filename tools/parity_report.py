@@ -16,17 +16,26 @@ Ports and references:
   sam_vit_b                  segment-anything 1.0  sam_model_registry["vit_b"]() -> state_dict .pth -> SamPredictor
   mobile_sam                 MobileSAM's TinyViT-5M (ultralytics' module, MobileSAM's names) in segment-anything's Sam
   qwen2_5_vl                 transformers Qwen2_5_VLForConditionalGeneration(config): its _init_weights
+  sam3                       transformers Sam3Model(Sam3Config()): the released geometry (1008² input, ViT 1024
+                             wide with 24-px windows, CLIP text tower 1024 wide, 200 queries) at reduced depth (ViT
+                             2 layers, the second global; text 2; fusion encoder 1; decoder 2; exemplar encoder 1),
+                             its _init_weights; CLIP's full tokenizer (tools/clip_tokenizer.py); Sam3Processor in,
+                             post_process_instance_segmentation out
 
 Cases per SAM: one box + centre point (single mask, the dynamic stability fallback),
 three boxes batched, one box with multimask output, points only, and a refinement
 (box + centre + a negative and a positive click + the previous low-res logits).
 Qwen: pixel values, prompt ids, vision tower, first-step logits, greedy tokens and
-the logits after them.
+the logits after them. SAM 3: a text prompt, a positive and a negative exemplar box
+("visual"), and text + one box; pixel values, token ids, ViT tokens, query logits,
+presence, boxes, mask logits, scores and the masks at the image's size.
 
 --check holds each case to the goals (exit status 1 otherwise): SAM masks equal on
 every pixel whose reference logit is farther than 1e-4 from 0 and on >= 99.99 % of all
 pixels, predicted IoU within 1e-5, object score within 1e-4; Qwen prompt ids and
-greedy tokens identical, pixel values within 1e-5.
+greedy tokens identical, pixel values within 1e-5; SAM 3 token ids identical, pixel
+values within 1e-5, scores within 1e-4, boxes within 1e-4 (of the image side), masks
+equal on >= 99.9 % of pixels.
 
     bash tools/setup_reference.sh                   # the pinned references, in a venv
     ~/.cache/remote-reasoner/reference/bin/python tools/parity_report.py [--seeds 0,1,2] [--scales 1,1.5] \
@@ -52,7 +61,7 @@ from safetensors.torch import load_file, save_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "assets", "samples", "rotterdam_port_rgb_4p5m_spacenet6.tif")
 QWEN_TEMPLATE = os.path.join(ROOT, "tests", "fixtures", "qwen2_5_vl_tiny")
-PORTS = ("sam2_tiny", "sam2_base_plus", "sam_vit_b", "mobile_sam", "qwen2_5_vl")
+PORTS = ("sam2_tiny", "sam2_base_plus", "sam_vit_b", "mobile_sam", "qwen2_5_vl", "sam3")
 NEAR_ZERO = 1e-4  # logits this close to 0 may flip either way in f32
 
 
@@ -458,6 +467,86 @@ def qwen_case(rep, exe, seed, scale, tmp):
         rep.fail(tag, f"greedy tokens differ: first at {next(i for i, (a, b) in enumerate(zip(got, tokens)) if a != b)}")
 
 
+def sam3_case(rep, exe, seed, scale, tmp):
+    import transformers
+    from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import clip_tokenizer
+    import make_sam3_checkpoint
+
+    rng = random.Random(seed * 7919 + int(scale * 1000))
+    torch.manual_seed(seed)
+    model = Sam3Model(make_sam3_checkpoint.config("reduced")).eval()  # transformers' own init
+    model.load_state_dict(scale_weights(model.state_dict(), scale))
+    model_dir = os.path.join(tmp, "sam3")
+    model.save_pretrained(model_dir)
+    tokenizer = clip_tokenizer.build(model_dir)
+    processor = Sam3Processor(Sam3ImageProcessor(), tokenizer)
+    img = test_image(rng)
+    w, h = img.size
+    tag = f"sam3 seed={seed} x{scale:g} {w}x{h}"
+    rep.cases += 1
+    img_path = os.path.join(tmp, "sam3.png")
+    img.save(img_path)
+    b1, b2 = random_box(rng, w, h), random_box(rng, w, h)
+    cases = {
+        "text": {"text": rng.choice(["ship", "storage tank", "Planes on the apron!"]), "exemplars": []},
+        "boxes": {"text": "", "exemplars": [b1 + [1], b2 + [0]]},
+        "both": {"text": "harbour crane", "exemplars": [b1 + [1]]},
+    }
+    with open(os.path.join(tmp, "sam3_cases.json"), "w") as f:
+        json.dump(cases, f)
+    t0 = time.time()
+    ref = {}
+    with torch.no_grad():
+        for name, c in cases.items():
+            kwargs = {}
+            if c["text"]:
+                kwargs["text"] = c["text"]
+            if c["exemplars"]:
+                kwargs["input_boxes"] = [[e[:4] for e in c["exemplars"]]]
+                kwargs["input_boxes_labels"] = [[e[4] for e in c["exemplars"]]]
+            inputs = processor(images=img, return_tensors="pt", **kwargs)
+            if "pixel_values" not in ref:
+                ref["pixel_values"] = inputs["pixel_values"]
+                ref["vision.tokens"] = model.vision_encoder(inputs["pixel_values"]).last_hidden_state
+            outputs = model(**{k: v for k, v in inputs.items() if k != "original_sizes"})
+            post = processor.post_process_instance_segmentation(outputs, threshold=0.0, target_sizes=[(h, w)])[0]
+            ref[f"{name}.input_ids"] = inputs["input_ids"][0]
+            for key in ("pred_logits", "presence_logits", "pred_boxes", "pred_masks"):
+                ref[f"{name}.{key}"] = getattr(outputs, key)
+            ref[f"{name}.scores"] = post["scores"]
+            ref[f"{name}.masks"] = post["masks"]
+    t1 = time.time()
+    path = os.path.join(tmp, "sam3_ours.safetensors")
+    subprocess.run([exe, "sam3", "--model", model_dir, "--image", img_path, "--cases",
+                    os.path.join(tmp, "sam3_cases.json"), "--out", path], check=True)
+    t2 = time.time()
+    ours = load_file(path)
+    rep.line(tag, f"transformers {transformers.__version__}; reference {t1 - t0:.1f} s, ours {t2 - t1:.1f} s")
+    d = rep.stage(tag, "pixel_values", ours["pixel_values"], ref["pixel_values"])
+    if d > 1e-5:
+        rep.fail(tag, f"pixel values differ by {d:.2e}")
+    rep.stage(tag, "vision.tokens", ours["vision.tokens"], ref["vision.tokens"])
+    for name in cases:
+        t = f"{tag} {name}"
+        if ours[f"{name}.input_ids"].long().tolist() != ref[f"{name}.input_ids"].tolist():
+            rep.fail(t, "token ids differ from the tokenizer's")
+            continue
+        for key in ("pred_logits", "presence_logits", "pred_masks"):
+            rep.stage(t, key, ours[f"{name}.{key}"], ref[f"{name}.{key}"])
+        if rep.stage(t, "pred_boxes", ours[f"{name}.pred_boxes"], ref[f"{name}.pred_boxes"]) > 1e-4:
+            rep.fail(t, "boxes differ by more than 1e-4 of the image side")
+        if rep.stage(t, "scores", ours[f"{name}.scores"], ref[f"{name}.scores"]) > 1e-4:
+            rep.fail(t, "scores differ by more than 1e-4")
+        a, b = ours[f"{name}.masks"].numpy() > 0.5, ref[f"{name}.masks"].numpy() > 0
+        agree = float((a == b).mean())
+        rep.line(t, f"{'masks':28s} {agree * 100:.4f} % of {a.size} pixels agree")
+        if agree < 0.999:
+            rep.fail(t, f"masks agree on {agree * 100:.3f} % of pixels")
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -490,6 +579,8 @@ def main():
                 with tempfile.TemporaryDirectory(prefix="rr-parity-") as tmp:
                     if port == "qwen2_5_vl":
                         qwen_case(rep, exe, seed, scale, tmp)
+                    elif port == "sam3":
+                        sam3_case(rep, exe, seed, scale, tmp)
                     else:
                         sam_case(rep, exe, port, seed, scale, tmp)
     print(f"\n{rep.cases} cases, {len(rep.failures)} goals missed")

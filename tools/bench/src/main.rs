@@ -54,6 +54,90 @@ pub enum BenchCommand {
     Segmenter(SegmenterBenchArgs),
     /// Mask → polygons (vs GDALPolygonize in-process) and 100k polygons → GeoPackage; JSON.
     Contours(contours::ContoursBenchArgs),
+    /// SAM 3: image encoding at the model's size, then time per prompt (text, exemplars); JSON.
+    Concept(ConceptBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConceptBenchArgs {
+    /// SAM 3 checkpoint directory (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    pub sam3: PathBuf,
+    /// Image (PNG/JPEG/raster); resized to the model's square (1008²) as always.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Prompts timed after the encoding, alternating text and text + an exemplar box.
+    #[arg(long, default_value_t = 6)]
+    pub prompts: usize,
+    /// Encodings timed (the first one included).
+    #[arg(long, default_value_t = 2)]
+    pub encodes: usize,
+}
+
+/// SAM 3 timings as one JSON object on stdout: the same stages
+/// tools/bench_sam3.py times in transformers.
+fn concept(args: &ConceptBenchArgs) -> anyhow::Result<()> {
+    use engine::base::{PixelBox, Window};
+    use engine::segment::ImageKey;
+    use engine::segment::concept::{ConceptPrompt, ConceptSegmenter, Exemplar, FindOptions};
+    let t = Instant::now();
+    let mut seg = ConceptSegmenter::load(&args.sam3, &candle_core::Device::Cpu)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    let raster = Raster::open(&args.image)?;
+    let info = raster.info().clone();
+    let full = Window::full(info.width, info.height);
+    let image = engine::pipeline::read_window(&raster, full, &RenderParams::default_for(&info), 4 << 20)?.image;
+    let mut encode_ms = Vec::new();
+    for i in 0..args.encodes.max(1) {
+        // A new key each time: encoded again, not taken from the cache.
+        let key = ImageKey { raster: i as u64, window: Window::full(1, 1), level: 0 };
+        let t = Instant::now();
+        seg.set_image(Some(key), &image)?;
+        encode_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let key = Some(ImageKey { raster: (args.encodes.max(1) - 1) as u64, window: Window::full(1, 1), level: 0 });
+    let (w, h) = (image.width as f64, image.height as f64);
+    let words = ["ship", "storage tank", "airplane", "harbour crane", "car", "building"];
+    let (mut text_ms, mut exemplar_ms) = (Vec::new(), Vec::new());
+    for i in 0..args.prompts {
+        let f = i as f64 / args.prompts.max(1) as f64;
+        let bbox = PixelBox { x1: f * w * 0.5, y1: f * h * 0.5, x2: f * w * 0.5 + w * 0.2, y2: f * h * 0.5 + h * 0.2 };
+        let exemplars = if i % 2 == 1 { vec![Exemplar { bbox, positive: true }] } else { vec![] };
+        let prompt = ConceptPrompt { text: words[i % words.len()].into(), exemplars };
+        let opts = FindOptions { threshold: 0.0, nms_iou: 1.0 };
+        let t = Instant::now();
+        let (found, encoded) = seg.find(key, &image, &prompt, &opts)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if encoded {
+            bail!("the prompt re-encoded the image");
+        }
+        let _ = found.len();
+        if prompt.exemplars.is_empty() { text_ms.push(ms) } else { exemplar_ms.push(ms) }
+    }
+    // As Python's statistics.median: the mean of the middle two of an even count.
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let mut later: Vec<f64> = if encode_ms.len() > 1 { encode_ms[1..].to_vec() } else { encode_ms.clone() };
+    let report = serde_json::json!({
+        "framework": "candle",
+        "model": seg.method().to_string(),
+        "threads": rayon_threads(),
+        "load_ms": load_ms,
+        "image": [image.width, image.height],
+        "encode_ms_first": encode_ms[0],
+        "encode_ms": median(&mut later),
+        "text_prompt_ms": median(&mut text_ms),
+        "exemplar_prompt_ms": median(&mut exemplar_ms),
+        "peak_rss_mib": proc_status_kib("VmHWM:").unwrap_or(0) / 1024,
+    });
+    println!("{report}");
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +288,7 @@ pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Reasoner(args) => reasoner(args),
         BenchCommand::Segmenter(args) => segmenter(args),
         BenchCommand::Contours(args) => contours::run(args),
+        BenchCommand::Concept(args) => concept(args),
     }
 }
 

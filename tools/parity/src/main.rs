@@ -31,6 +31,32 @@ enum Model {
     /// Qwen2.5-VL checkpoint directory: pixel values, prompt ids, vision tower,
     /// first logits, greedy tokens and the logits after them.
     Qwen(QwenArgs),
+    /// SAM 3 checkpoint directory: pixel values, ViT tokens, then per prompt its
+    /// token ids, query logits, presence, boxes, mask logits, scores and the
+    /// masks at the image's size.
+    Sam3(Sam3Args),
+}
+
+#[derive(clap::Args, Debug)]
+struct Sam3Args {
+    /// Checkpoint directory (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    image: PathBuf,
+    /// JSON: {"name": {"text": "ship", "exemplars": [[x1, y1, x2, y2, 1|0], ..]}} (image pixels).
+    #[arg(long)]
+    cases: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Deserialize, Debug)]
+struct Sam3Case {
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    exemplars: Vec<[f64; 5]>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -190,10 +216,83 @@ fn qwen(args: &QwenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SAM 3 through the product's own pieces: the checkpoint and tokenizer as
+/// `ConceptSegmenter` loads them, its preprocessing, each prompt on one encoding,
+/// every query's mask brought to the image as the product does.
+fn sam3(args: &Sam3Args) -> anyhow::Result<()> {
+    use engine::base::PixelBox;
+    use engine::models::sam3::processor::{ConceptTokenizer, exemplar_box, mask_on_image, pixel_values};
+    use engine::models::sam3::{Checkpoint, Exemplars, Sam3Image};
+    use engine::segment::concept::ConceptPrompt;
+    let dev = Device::Cpu;
+    let img = rgb(&args.image)?;
+    let cases: std::collections::BTreeMap<String, Sam3Case> =
+        serde_json::from_str(&std::fs::read_to_string(&args.cases)?)?;
+    let checkpoint = Checkpoint::open(&args.model)?;
+    let size = checkpoint.config.vision_config.backbone_config.image_size;
+    let tokenizer = ConceptTokenizer::load(&args.model, checkpoint.config.text_config.max_position_embeddings)?;
+    let model = Sam3Image::load(&checkpoint, &dev)?;
+    let pixels = Tensor::from_vec(pixel_values(&img, size), (1, 3, size, size), &dev)?;
+    let vision = model.vision.forward(&pixels)?;
+    let mut out: HashMap<String, Tensor> = HashMap::new();
+    out.insert("pixel_values".into(), pixels.clone());
+    out.insert("vision.tokens".into(), vision.tokens.clone());
+    let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+    for (name, case) in &cases {
+        let prompt = ConceptPrompt { text: case.text.clone(), exemplars: vec![] };
+        let (ids, mask) = tokenizer.encode(prompt.model_text())?;
+        let t = ids.len();
+        out.insert(format!("{name}.input_ids"), Tensor::from_vec(ids.iter().map(|&v| v as f32).collect(), t, &dev)?);
+        let ids = Tensor::from_vec(ids, (1, t), &dev)?;
+        let valid = Tensor::from_vec(mask, (1, t), &dev)?;
+        let n = case.exemplars.len();
+        let boxes: Vec<f32> = case
+            .exemplars
+            .iter()
+            .flat_map(|e| exemplar_box(&PixelBox { x1: e[0], y1: e[1], x2: e[2], y2: e[3] }, (img.width, img.height)))
+            .collect();
+        let labels: Vec<i64> = case.exemplars.iter().map(|e| e[4] as i64).collect();
+        let tensors = (n > 0)
+            .then(|| -> candle_core::Result<_> {
+                Ok((
+                    Tensor::from_vec(boxes, (1, n, 4), &dev)?,
+                    Tensor::from_vec(labels, (1, n), &dev)?,
+                    Tensor::ones((1, n), DType::F32, &dev)?,
+                ))
+            })
+            .transpose()?;
+        let exemplars = tensors.as_ref().map(|(boxes, labels, valid)| Exemplars { boxes, labels, valid });
+        let pred = model.predict_encoded(&vision, &ids, &valid, exemplars.as_ref())?;
+        let presence = sigmoid(pred.presence.flatten_all()?.to_vec1::<f32>()?[0]);
+        let scores: Vec<f32> =
+            pred.logits.flatten_all()?.to_vec1::<f32>()?.iter().map(|&l| sigmoid(l) * presence).collect();
+        let masks = pred.masks.get(0)?;
+        let (q, mh, mw) = masks.dims3()?;
+        let mut full = Vec::with_capacity(q * img.width * img.height);
+        for i in 0..q {
+            let logits: Vec<f32> = masks.get(i)?.flatten_all()?.to_vec1()?;
+            full.extend(mask_on_image(&logits, (mh, mw), (img.width, img.height)).data.iter().map(|&v| f32::from(v)));
+        }
+        out.insert(format!("{name}.pred_logits"), pred.logits);
+        out.insert(format!("{name}.presence_logits"), pred.presence);
+        out.insert(format!("{name}.pred_boxes"), pred.boxes);
+        out.insert(format!("{name}.pred_masks"), pred.masks);
+        out.insert(format!("{name}.scores"), Tensor::from_vec(scores, q, &dev)?);
+        out.insert(format!("{name}.masks"), Tensor::from_vec(full, (q, img.height, img.width), &dev)?);
+    }
+    let out: HashMap<String, Tensor> = out
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?.contiguous()?)))
+        .collect::<candle_core::Result<_>>()?;
+    candle_core::safetensors::save(&out, &args.out)?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().model {
         Model::Sam2(a) => sam(&a, true),
         Model::SamV1(a) => sam(&a, false),
         Model::Qwen(a) => qwen(&a),
+        Model::Sam3(a) => sam3(&a),
     }
 }

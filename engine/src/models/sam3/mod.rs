@@ -1,13 +1,16 @@
-//! SAM 3 ("Segment Anything with Concepts") image model in candle — in progress
-//! (issue 16): the vision encoder (Perception Encoder ViT + FPN neck), the text
-//! encoder, the fusion encoder, the DETR decoder with its presence head, the
-//! scoring, the mask head and the exemplar (box) encoder are ported and checked against transformers'
-//! `Sam3Model`, alone and chained (text, exemplar boxes, both); the tokenizer
-//! and pre/post-processing follow.
+//! SAM 3 ("Segment Anything with Concepts") image model in candle: the vision
+//! encoder (Perception Encoder ViT + FPN neck), the CLIP text encoder and its
+//! tokenizer, the fusion encoder, the DETR decoder with its presence head, the
+//! scoring, the mask head and the exemplar (box) encoder, with transformers'
+//! pre- and post-processing ([`processor`]); checked against transformers'
+//! `Sam3Model` stage by stage and end to end (text, exemplar boxes, both).
+//! Image model only: no video tracker.
 //!
-//! Checkpoints in transformers' layout: `config.json` + safetensors, tensor
-//! names as `Sam3Model` saves them, or prefixed `detector_model.` as in
-//! `facebook/sam3` (which also holds the video tracker's, ignored here).
+//! Checkpoints in transformers' layout: `config.json` + safetensors +
+//! `tokenizer.json`, tensor names as `Sam3Model` saves them, or prefixed
+//! `detector_model.` as in `facebook/sam3`'s `model.safetensors` (which also
+//! holds the video tracker's, ignored here). Meta's own `sam3.pt` layout is not
+//! read: its names differ throughout (transformers' conversion script maps them).
 
 pub mod config;
 pub mod decoder;
