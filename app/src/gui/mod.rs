@@ -663,38 +663,34 @@ impl WorkbenchApp {
     /// Asks the question in the query panel about the chosen area: one request,
     /// which loads the models it needs on the way.
     pub fn run_query(&mut self) {
-        let Some(doc) = &self.doc else {
-            self.notify_error("Open a raster first.");
-            return;
-        };
-        let Some(window) = overlay::area_window(self) else {
-            self.notify_error("The area to ask about is empty: draw it on the map, or pick View or Whole raster.");
-            return;
-        };
-        let (raster, params) = (doc.raster, doc.params);
-        match self.session.ask(raster, window, params) {
-            Ok(request) => {
-                let job = self.start(request, Pending::Ask);
-                if let Some(run) = self.session.run.as_mut() {
-                    run.job = Some(job);
-                }
-            }
-            Err(e) => self.notify_error(e),
-        }
+        self.start_run(session::Session::ask);
     }
 
     /// "Find all" on the area: every instance of the panel's concept (SAM 3).
     pub fn find_all(&mut self) {
+        self.start_run(session::Session::find_all);
+    }
+
+    /// Starts what `make` sets up on the area (a question, a find): one job, its run tracked.
+    fn start_run(
+        &mut self,
+        make: impl FnOnce(
+            &mut session::Session,
+            RasterId,
+            engine::base::Window,
+            RenderParams,
+        ) -> Result<engine::RequestKind, String>,
+    ) {
         let Some(doc) = &self.doc else {
             self.notify_error("Open a raster first.");
             return;
         };
         let Some(window) = overlay::area_window(self) else {
-            self.notify_error("The area to search is empty: draw it on the map, or pick View or Whole raster.");
+            self.notify_error("The area is empty: draw it on the map, or pick View or Whole raster.");
             return;
         };
         let (raster, params) = (doc.raster, doc.params);
-        match self.session.find_all(raster, window, params) {
+        match make(&mut self.session, raster, window, params) {
             Ok(request) => {
                 let job = self.start(request, Pending::Ask);
                 if let Some(run) = self.session.run.as_mut() {

@@ -99,6 +99,23 @@ pub struct Run {
 }
 
 impl Run {
+    /// A run just queued.
+    pub fn new(task: Goal, query: String, raster: RasterId, window: Window) -> Self {
+        Self {
+            task,
+            query,
+            raster,
+            window,
+            started: Instant::now(),
+            stage: Some(AskStage::Queued),
+            job: None,
+            text: String::new(),
+            outcome: None,
+            finished: None,
+            error: None,
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.finished.is_none()
     }
@@ -349,19 +366,7 @@ impl Session {
             self.history.insert(0, query.clone());
             self.history.truncate(30);
         }
-        self.run = Some(Run {
-            task: self.task,
-            query: query.clone(),
-            raster,
-            window,
-            started: Instant::now(),
-            stage: Some(AskStage::Queued),
-            job: None,
-            text: String::new(),
-            outcome: None,
-            finished: None,
-            error: None,
-        });
+        self.run = Some(Run::new(self.task, query.clone(), raster, window));
         let question = Question { goal: self.task, query, options: self.ask_options() };
         Ok(RequestKind::Ask { raster, window, params, question, models })
     }
@@ -404,19 +409,7 @@ impl Session {
             None
         };
         let label = if f.from_answer { self.query.trim().to_owned() } else { format!("Find all: {concept}") };
-        self.run = Some(Run {
-            task: Goal::Pixel,
-            query: label,
-            raster,
-            window,
-            started: Instant::now(),
-            stage: Some(AskStage::Queued),
-            job: None,
-            text: String::new(),
-            outcome: None,
-            finished: None,
-            error: None,
-        });
+        self.run = Some(Run::new(Goal::Pixel, label, raster, window));
         let max_pixels = self.settings.max_pixels;
         let query = engine::pipeline::ConceptQuery { text: concept, exemplars: f.exemplars.clone(), options };
         Ok(RequestKind::Find { raster, window, params, max_pixels, sam3, concept: query, reasoned })

@@ -88,7 +88,6 @@ impl Held {
         cancel: &AtomicBool,
         out: &Outbox,
     ) -> Result<EventKind> {
-        let stage = |stage| out.emit(job, EventKind::AskStage { stage });
         match (kind, input) {
             (RequestKind::LoadReasoner { spec }, _) => {
                 self.reasoner = None; // loaded again, as asked (the files may have changed)
@@ -117,14 +116,7 @@ impl Held {
                 let key = Some(image.key(raster));
                 let outcome =
                     pipeline::run(backend, self.segmenter.1.as_mut(), &image, key, &question, &origin, |p| {
-                        match p {
-                            Progress::EncodingImage => stage(AskStage::EncodingImage),
-                            Progress::ReadingPrompt { tokens } => stage(AskStage::ReadingPrompt { tokens }),
-                            Progress::Reasoning => stage(AskStage::Reasoning),
-                            Progress::Segmenting => stage(AskStage::Segmenting),
-                            Progress::Text(text) => out.emit(job, EventKind::AskText { text }),
-                        }
-                        if cancel.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                        progress(job, out, cancel, p)
                     })?;
                 Ok(EventKind::Answered { raster, outcome: Box::new(outcome) })
             }
@@ -252,14 +244,7 @@ impl Held {
                     source: source.display().to_string(),
                 };
                 pipeline::reason_then_find(backend, seg, image, key, &r.question, &r.how, &origin, hash, |p| {
-                    match p {
-                        Progress::EncodingImage => stage(AskStage::EncodingImage),
-                        Progress::ReadingPrompt { tokens } => stage(AskStage::ReadingPrompt { tokens }),
-                        Progress::Reasoning => stage(AskStage::Reasoning),
-                        Progress::Segmenting => stage(AskStage::Segmenting),
-                        Progress::Text(text) => out.emit(job, EventKind::AskText { text }),
-                    }
-                    if cancel.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                    progress(job, out, cancel, p)
                 })?
             }
             (Some(_), None) => return Err(EngineError::Internal("no reasoner".into())),
@@ -308,6 +293,19 @@ impl Held {
         let features = result.features(options, &origin);
         Ok(EventKind::SweepDone { raster, result: Box::new(result), features })
     }
+}
+
+/// A question's progress as the UI's events (stages, text); a cancel breaks it off.
+fn progress(job: JobId, out: &Outbox, cancel: &AtomicBool, p: Progress) -> ControlFlow<()> {
+    let stage = |stage| out.emit(job, EventKind::AskStage { stage });
+    match p {
+        Progress::EncodingImage => stage(AskStage::EncodingImage),
+        Progress::ReadingPrompt { tokens } => stage(AskStage::ReadingPrompt { tokens }),
+        Progress::Reasoning => stage(AskStage::Reasoning),
+        Progress::Segmenting => stage(AskStage::Segmenting),
+        Progress::Text(text) => out.emit(job, EventKind::AskText { text }),
+    }
+    if cancel.load(Ordering::Relaxed) { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
 }
 
 /// A click on a feature's mask: its box and the clicks (raster pixels) in the
