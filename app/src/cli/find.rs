@@ -71,7 +71,9 @@ pub fn run(args: &SegmentArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut seg = ConceptSegmenter::load(dir, &args.device.open()?)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let hash = engine::hub::weights_fingerprint(dir).unwrap_or_default();
+    // Fingerprinting reads every weight: only when features (which carry it) are written.
+    let hash =
+        if args.features.is_some() { engine::hub::weights_fingerprint(dir).unwrap_or_default() } else { String::new() };
     let origin =
         Origin { model: dir.display().to_string(), weights_hash: hash, source: args.image.display().to_string() };
     let query = ConceptQuery { text: args.text.clone().unwrap_or_default(), exemplars, options };

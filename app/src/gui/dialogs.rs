@@ -152,6 +152,13 @@ impl WorkbenchApp {
     }
 }
 
+/// One row of the settings grid: a label and the text field it names.
+fn text_row(ui: &mut egui::Ui, label: &str, value: &mut String, hint: &str) {
+    let label = ui.label(label);
+    ui.add(egui::TextEdit::singleline(value).hint_text(hint).desired_width(260.0)).labelled_by(label.id);
+    ui.end_row();
+}
+
 pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
     if !app.session.show_settings {
         return;
@@ -177,22 +184,8 @@ pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
                 }
             });
             ui.end_row();
-            let label = ui.label("Or an endpoint");
-            ui.add(
-                egui::TextEdit::singleline(&mut s.endpoint)
-                    .hint_text("OpenAI-compatible URL, e.g. http://gpu:8000")
-                    .desired_width(260.0),
-            )
-            .labelled_by(label.id);
-            ui.end_row();
-            let label = ui.label("Endpoint model");
-            ui.add(
-                egui::TextEdit::singleline(&mut s.api_model)
-                    .hint_text("default: the first it lists")
-                    .desired_width(260.0),
-            )
-            .labelled_by(label.id);
-            ui.end_row();
+            text_row(ui, "Or an endpoint", &mut s.endpoint, "OpenAI-compatible URL, e.g. http://gpu:8000");
+            text_row(ui, "Endpoint model", &mut s.api_model, "default: the first it lists");
             let label = ui.label("SAM checkpoint");
             ui.horizontal(|ui| {
                 ui.add(
@@ -204,14 +197,7 @@ pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
                 }
             });
             ui.end_row();
-            let label = ui.label("SAM 3 folder");
-            ui.add(
-                egui::TextEdit::singleline(&mut s.sam3)
-                    .hint_text("config.json, safetensors, tokenizer.json: Find all")
-                    .desired_width(260.0),
-            )
-            .labelled_by(label.id);
-            ui.end_row();
+            text_row(ui, "SAM 3 folder", &mut s.sam3, "config.json, safetensors, tokenizer.json: Find all");
             let label = ui.label("Device");
             let mut device = s.device.to_string();
             egui::ComboBox::from_id_salt("device")
@@ -255,22 +241,8 @@ pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
                 ui.selectable_value(&mut s.simplify_method, SimplifyMethod::DouglasPeucker, "Douglas–Peucker");
             });
             ui.end_row();
-            let label = ui.label("Hub server");
-            ui.add(
-                egui::TextEdit::singleline(&mut s.hub_endpoint)
-                    .hint_text("default: huggingface.co")
-                    .desired_width(260.0),
-            )
-            .labelled_by(label.id);
-            ui.end_row();
-            let label = ui.label("Models cache");
-            ui.add(
-                egui::TextEdit::singleline(&mut s.models_cache)
-                    .hint_text("default: the Hugging Face cache")
-                    .desired_width(260.0),
-            )
-            .labelled_by(label.id);
-            ui.end_row();
+            text_row(ui, "Hub server", &mut s.hub_endpoint, "default: huggingface.co");
+            text_row(ui, "Models cache", &mut s.models_cache, "default: the Hugging Face cache");
         });
         ui.horizontal(|ui| match &pull {
             Some((fraction, what)) => {
@@ -313,6 +285,7 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("B", "Draw a box to segment"),
     ("A", "Draw the area the model sees"),
     ("R", "Refine the selected mask: left click = object, right click = not object"),
+    ("E", "Draw an exemplar for Find all (SAM 3)"),
     ("Double-click an edge", "Insert a vertex"),
     ("Del", "Delete the selected vertex, or the selected feature"),
     ("Esc", "Back to the select tool, clear the selection"),
