@@ -233,6 +233,29 @@ fn a_config_the_port_cannot_run_is_an_error_naming_the_file() {
     assert!(e.contains("weights do not match config.json"), "{e}");
 }
 
+/// Meta's `sam3.pt` layout (tools/sam3_meta.py writes the fixture: a partial
+/// model with a complex RoPE buffer and a tracker tensor): the complex storage,
+/// which the reader cannot decode, is skipped as unwanted rather than failing the
+/// file, and a file that is not a whole image model is an error naming it.
+/// (Meta's full layout is checked against Meta's package by tools/parity_report.py.)
+#[test]
+fn meta_layout_skips_what_it_does_not_read_and_names_a_partial_file() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sam3_meta/partial.pt");
+    let e = engine::models::pth::read(&fixture, Some("model"), &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("partial.pt") && e.contains("ComplexFloatStorage"), "{e}");
+    let wanted = engine::models::sam3::meta::wanted;
+    let t = engine::models::pth::read_where(&fixture, Some("model"), &Device::Cpu, &wanted).unwrap();
+    assert_eq!(t.keys().collect::<Vec<_>>(), ["detector.backbone.vision_backbone.trunk.ln_pre.weight"]);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(&fixture, tmp.path().join("sam3.pt")).unwrap();
+    let e = Checkpoint::open(tmp.path()).unwrap_err().to_string();
+    assert!(e.contains("sam3.pt") && e.contains("not SAM 3's image model"), "{e}");
+    // No weights at all: the error says what was looked for.
+    let empty = tempfile::tempdir().unwrap();
+    let e = Checkpoint::open(empty.path()).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+}
+
 /// The whole path an analyst's request takes, against transformers'
 /// `Sam3Processor` → `Sam3Model` → `post_process_instance_segmentation` on a
 /// non-square crop of the bundled sample: CLIP tokens of a phrase with capitals,

@@ -21,6 +21,10 @@ Ports and references:
                              2 layers, the second global; text 2; fusion encoder 1; decoder 2; exemplar encoder 1),
                              its _init_weights; CLIP's full tokenizer (tools/clip_tokenizer.py); Sam3Processor in,
                              post_process_instance_segmentation out
+  sam3_meta                  Meta's sam3 0.1.4 build_sam3_image_model (tools/sam3_meta.py: on CPU, ViT and text
+                             tower cut to 2 blocks, the rest the released geometry), its own init, saved as Meta
+                             ships sam3.pt ({"model": {"detector.*"}}); its Sam3Processor (text, boxes as normalised
+                             cx cy w h, both; masks resampled as logits); token ids from its SimpleTokenizer
 
 Cases per SAM: one box + centre point (single mask, the dynamic stability fallback),
 three boxes batched, one box with multimask output, points only, and a refinement
@@ -61,7 +65,7 @@ from safetensors.torch import load_file, save_file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "assets", "samples", "rotterdam_port_rgb_4p5m_spacenet6.tif")
 QWEN_TEMPLATE = os.path.join(ROOT, "tests", "fixtures", "qwen2_5_vl_tiny")
-PORTS = ("sam2_tiny", "sam2_base_plus", "sam_vit_b", "mobile_sam", "qwen2_5_vl", "sam3")
+PORTS = ("sam2_tiny", "sam2_base_plus", "sam_vit_b", "mobile_sam", "qwen2_5_vl", "sam3", "sam3_meta")
 NEAR_ZERO = 1e-4  # logits this close to 0 may flip either way in f32
 
 
@@ -467,6 +471,58 @@ def qwen_case(rep, exe, seed, scale, tmp):
         rep.fail(tag, f"greedy tokens differ: first at {next(i for i, (a, b) in enumerate(zip(got, tokens)) if a != b)}")
 
 
+def sam3_inputs(rng, tmp, tag_prefix, seed, scale):
+    """The image (saved for rr-parity) and the three prompts of a SAM 3 case."""
+    img = test_image(rng)
+    w, h = img.size
+    img_path = os.path.join(tmp, "sam3.png")
+    img.save(img_path)
+    b1, b2 = random_box(rng, w, h), random_box(rng, w, h)
+    cases = {
+        "text": {"text": rng.choice(["ship", "storage tank", "Planes on the apron!"]), "exemplars": []},
+        "boxes": {"text": "", "exemplars": [b1 + [1], b2 + [0]]},
+        "both": {"text": "harbour crane", "exemplars": [b1 + [1]]},
+    }
+    with open(os.path.join(tmp, "sam3_cases.json"), "w") as f:
+        json.dump(cases, f)
+    return img, img_path, cases, f"{tag_prefix} seed={seed} x{scale:g} {w}x{h}"
+
+
+def sam3_ours(exe, model_dir, img_path, tmp):
+    path = os.path.join(tmp, "sam3_ours.safetensors")
+    subprocess.run([exe, "sam3", "--model", model_dir, "--image", img_path, "--cases",
+                    os.path.join(tmp, "sam3_cases.json"), "--out", path], check=True)
+    return load_file(path)
+
+
+def sam3_compare(rep, tag, cases, ours, ref, same_ids):
+    """Every stage of every prompt against the reference; `same_ids(ours, ref)` judges the token ids."""
+    d = rep.stage(tag, "pixel_values", ours["pixel_values"], ref["pixel_values"]) if "pixel_values" in ref else 0
+    if d > 1e-5:
+        rep.fail(tag, f"pixel values differ by {d:.2e}")
+    tokens = ref["vision.tokens"]
+    rep.stage(tag, "vision.tokens", ours["vision.tokens"].reshape(tokens.shape[0], -1, tokens.shape[-1])
+              if tokens.dim() == 3 else ours["vision.tokens"].reshape(tokens.shape[0], tokens.shape[2],
+                                                                      tokens.shape[3], -1).permute(0, 3, 1, 2),
+              tokens)
+    for name in cases:
+        t = f"{tag} {name}"
+        if not same_ids(ours[f"{name}.input_ids"].long().tolist(), ref[f"{name}.input_ids"].tolist()):
+            rep.fail(t, "token ids differ from the tokenizer's")
+            continue
+        for key in ("pred_logits", "presence_logits", "pred_masks"):
+            rep.stage(t, key, ours[f"{name}.{key}"].reshape(ref[f"{name}.{key}"].shape), ref[f"{name}.{key}"])
+        if rep.stage(t, "pred_boxes", ours[f"{name}.pred_boxes"], ref[f"{name}.pred_boxes"]) > 1e-4:
+            rep.fail(t, "boxes differ by more than 1e-4 of the image side")
+        if rep.stage(t, "scores", ours[f"{name}.scores"], ref[f"{name}.scores"]) > 1e-4:
+            rep.fail(t, "scores differ by more than 1e-4")
+        a, b = ours[f"{name}.masks"].numpy() > 0.5, ref[f"{name}.masks"].numpy() > 0
+        agree = float((a == b).mean())
+        rep.line(t, f"{'masks':28s} {agree * 100:.4f} % of {a.size} pixels agree")
+        if agree < 0.999:
+            rep.fail(t, f"masks agree on {agree * 100:.3f} % of pixels")
+
+
 def sam3_case(rep, exe, seed, scale, tmp):
     import transformers
     from transformers import Sam3ImageProcessor, Sam3Model, Sam3Processor
@@ -483,20 +539,9 @@ def sam3_case(rep, exe, seed, scale, tmp):
     model.save_pretrained(model_dir)
     tokenizer = clip_tokenizer.build(model_dir)
     processor = Sam3Processor(Sam3ImageProcessor(), tokenizer)
-    img = test_image(rng)
+    img, img_path, cases, tag = sam3_inputs(rng, tmp, "sam3", seed, scale)
     w, h = img.size
-    tag = f"sam3 seed={seed} x{scale:g} {w}x{h}"
     rep.cases += 1
-    img_path = os.path.join(tmp, "sam3.png")
-    img.save(img_path)
-    b1, b2 = random_box(rng, w, h), random_box(rng, w, h)
-    cases = {
-        "text": {"text": rng.choice(["ship", "storage tank", "Planes on the apron!"]), "exemplars": []},
-        "boxes": {"text": "", "exemplars": [b1 + [1], b2 + [0]]},
-        "both": {"text": "harbour crane", "exemplars": [b1 + [1]]},
-    }
-    with open(os.path.join(tmp, "sam3_cases.json"), "w") as f:
-        json.dump(cases, f)
     t0 = time.time()
     ref = {}
     with torch.no_grad():
@@ -519,32 +564,46 @@ def sam3_case(rep, exe, seed, scale, tmp):
             ref[f"{name}.scores"] = post["scores"]
             ref[f"{name}.masks"] = post["masks"]
     t1 = time.time()
-    path = os.path.join(tmp, "sam3_ours.safetensors")
-    subprocess.run([exe, "sam3", "--model", model_dir, "--image", img_path, "--cases",
-                    os.path.join(tmp, "sam3_cases.json"), "--out", path], check=True)
-    t2 = time.time()
-    ours = load_file(path)
-    rep.line(tag, f"transformers {transformers.__version__}; reference {t1 - t0:.1f} s, ours {t2 - t1:.1f} s")
-    d = rep.stage(tag, "pixel_values", ours["pixel_values"], ref["pixel_values"])
-    if d > 1e-5:
-        rep.fail(tag, f"pixel values differ by {d:.2e}")
-    rep.stage(tag, "vision.tokens", ours["vision.tokens"], ref["vision.tokens"])
-    for name in cases:
-        t = f"{tag} {name}"
-        if ours[f"{name}.input_ids"].long().tolist() != ref[f"{name}.input_ids"].tolist():
-            rep.fail(t, "token ids differ from the tokenizer's")
-            continue
-        for key in ("pred_logits", "presence_logits", "pred_masks"):
-            rep.stage(t, key, ours[f"{name}.{key}"], ref[f"{name}.{key}"])
-        if rep.stage(t, "pred_boxes", ours[f"{name}.pred_boxes"], ref[f"{name}.pred_boxes"]) > 1e-4:
-            rep.fail(t, "boxes differ by more than 1e-4 of the image side")
-        if rep.stage(t, "scores", ours[f"{name}.scores"], ref[f"{name}.scores"]) > 1e-4:
-            rep.fail(t, "scores differ by more than 1e-4")
-        a, b = ours[f"{name}.masks"].numpy() > 0.5, ref[f"{name}.masks"].numpy() > 0
-        agree = float((a == b).mean())
-        rep.line(t, f"{'masks':28s} {agree * 100:.4f} % of {a.size} pixels agree")
-        if agree < 0.999:
-            rep.fail(t, f"masks agree on {agree * 100:.3f} % of pixels")
+    ours = sam3_ours(exe, model_dir, img_path, tmp)
+    rep.line(tag, f"transformers {transformers.__version__}; reference {t1 - t0:.1f} s, ours {time.time() - t1:.1f} s")
+    sam3_compare(rep, tag, cases, ours, ref, lambda a, b: a == b)
+
+
+def sam3_meta_case(rep, exe, seed, scale, tmp):
+    """Meta's `sam3` package: its builder and init at reduced depth, its `sam3.pt` layout, its
+    Sam3Processor (tools/sam3_meta.py)."""
+    from importlib.metadata import version
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import clip_tokenizer
+    import sam3_meta
+
+    rng = random.Random(seed * 6271 + int(scale * 1000) + 17)
+    torch.manual_seed(seed)
+    model = sam3_meta.build(depth=2)
+    model.load_state_dict(scale_weights(model.state_dict(), scale))
+    model_dir = os.path.join(tmp, "sam3_meta")
+    os.makedirs(model_dir)
+    sam3_meta.save_pt(model, os.path.join(model_dir, "sam3.pt"))
+    clip_tokenizer.build(model_dir)
+    img, img_path, cases, tag = sam3_inputs(rng, tmp, "sam3_meta", seed, scale)
+    rep.cases += 1
+    t0 = time.time()
+    ref = sam3_meta.predict(model, img, cases)
+    tok = model.backbone.language_backbone.tokenizer
+    for name, c in cases.items():
+        ref[f"{name}.input_ids"] = tok([c["text"] or "visual"], context_length=32)[0]
+    del model
+    t1 = time.time()
+    ours = sam3_ours(exe, model_dir, img_path, tmp)
+    rep.line(tag, f"sam3 {version('sam3')} (Meta); reference {t1 - t0:.1f} s, ours {time.time() - t1:.1f} s")
+
+    def same_ids(a, b):
+        # Meta pads with 0 after its end token, transformers' tokenizer with the end token.
+        n = b.index(49407) + 1
+        return a[:n] == b[:n] and all(v == 49407 for v in a[n:])
+
+    sam3_compare(rep, tag, cases, ours, ref, same_ids)
 
 
 # ---------------------------------------------------------------------------- main
@@ -581,6 +640,8 @@ def main():
                         qwen_case(rep, exe, seed, scale, tmp)
                     elif port == "sam3":
                         sam3_case(rep, exe, seed, scale, tmp)
+                    elif port == "sam3_meta":
+                        sam3_meta_case(rep, exe, seed, scale, tmp)
                     else:
                         sam_case(rep, exe, port, seed, scale, tmp)
     print(f"\n{rep.cases} cases, {len(rep.failures)} goals missed")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The reference implementations the model ports are checked against, pinned, in a
 # virtual environment outside the clone (PyPI only): sam2, segment-anything,
-# ultralytics (MobileSAM's TinyViT), transformers, on CPU torch; open_clip_torch
-# without its dependencies, for CLIP's BPE merge list (tools/clip_tokenizer.py). Safe to re-run:
+# ultralytics (MobileSAM's TinyViT), transformers, on CPU torch; without their
+# dependencies: open_clip_torch, for CLIP's BPE merge list (tools/clip_tokenizer.py),
+# and Meta's sam3 with the few modules it imports. Safe to re-run:
 # it reinstalls only when the pins below change. Prints the venv's python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,8 @@ pins=(
   sam2==1.1.0 segment-anything==1.0 ultralytics==8.4.190
   transformers==5.24.0 tokenizers==0.23.3
 )
-extra=(open_clip_torch==3.3.0)
+# Meta's sam3 (parity of the sam3.pt layout, tools/sam3_meta.py) and what its image model imports.
+extra=(open_clip_torch==3.3.0 sam3==0.1.4 timm==1.0.22 ftfy==6.3.1 wcwidth==0.9.4 einops==0.8.1 pycocotools==2.0.10)
 stamp="$venv/.rr-pins"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${pins[*]}" ] && [ -x "$venv/bin/python" ]; then
   if [ "$(cat "$venv/.rr-extra" 2>/dev/null)" != "${extra[*]}" ]; then

@@ -245,16 +245,24 @@ pub struct Installed {
 }
 
 /// A short, stable fingerprint of a checkpoint's weights: SHA-256 over the
-/// sorted (name, content hash) of its safetensors files. In a hub snapshot the
-/// content hashes are the blob names the hub verified; elsewhere each file is
-/// hashed.
+/// sorted (name, content hash) of its safetensors files (or, where there are
+/// none, its PyTorch `.pt`/`.pth` files: Meta's SAM 3 layout). In a hub snapshot
+/// the content hashes are the blob names the hub verified; elsewhere each file
+/// is hashed.
 pub fn weights_fingerprint(dir: &Path) -> Result<String> {
     let err = |e: std::io::Error| EngineError::Model { path: dir.to_owned(), reason: e.to_string() };
-    let mut parts = Vec::new();
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(err)? {
         let path = entry.map_err(err)?.path();
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if !name.ends_with(".safetensors") {
+        files.push((name, path));
+    }
+    let safetensors = files.iter().any(|(n, _)| n.ends_with(".safetensors"));
+    let weights =
+        |n: &str| if safetensors { n.ends_with(".safetensors") } else { n.ends_with(".pt") || n.ends_with(".pth") };
+    let mut parts = Vec::new();
+    for (name, path) in files {
+        if !weights(&name) {
             continue;
         }
         let resolved = std::fs::canonicalize(&path).map_err(err)?;
@@ -345,6 +353,21 @@ mod tests {
         let e = verify_blob(&p, "0000000000000000000000000000000000000000").unwrap_err().to_string();
         assert!(e.contains("corrupt"), "{e}");
         verify_blob(&p, "W/\"not-a-hash\"").unwrap();
+    }
+
+    #[test]
+    fn fingerprints_cover_the_weights_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("config.json"), b"{}").unwrap();
+        std::fs::write(d.join("sam3.pt"), b"meta weights").unwrap();
+        let pt = weights_fingerprint(d).unwrap();
+        std::fs::write(d.join("sam3.pt"), b"other weights").unwrap();
+        assert_ne!(weights_fingerprint(d).unwrap(), pt, "a .pt alone is what is read: it is hashed");
+        std::fs::write(d.join("model.safetensors"), b"hf weights").unwrap();
+        let st = weights_fingerprint(d).unwrap();
+        std::fs::write(d.join("sam3.pt"), b"third").unwrap();
+        assert_eq!(weights_fingerprint(d).unwrap(), st, "beside safetensors the .pt is not read, nor hashed");
     }
 
     #[test]

@@ -51,8 +51,8 @@ pub struct SegmentArgs {
     /// instances' masks merged.
     #[arg(long, required_unless_present = "features")]
     pub out: Option<PathBuf>,
-    /// SAM 3 checkpoint directory (config.json, safetensors, tokenizer.json), for
-    /// --text and --exemplar.
+    /// SAM 3 checkpoint directory (tokenizer.json and transformers' config.json +
+    /// safetensors, or Meta's sam3.pt), for --text and --exemplar.
     #[arg(long, env = "RR_SAM3")]
     pub sam3: Option<PathBuf>,
     /// Find every instance of this concept with SAM 3: a short noun phrase

@@ -197,7 +197,12 @@ pub fn settings_ui(app: &mut WorkbenchApp, ctx: &egui::Context) {
                 }
             });
             ui.end_row();
-            text_row(ui, "SAM 3 folder", &mut s.sam3, "config.json, safetensors, tokenizer.json: Find all");
+            text_row(
+                ui,
+                "SAM 3 folder",
+                &mut s.sam3,
+                "transformers or Meta (sam3.pt) weights + tokenizer.json: Find all",
+            );
             let label = ui.label("Device");
             let mut device = s.device.to_string();
             egui::ComboBox::from_id_salt("device")

@@ -318,6 +318,17 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
 /// (read without executing pickle code; a state dict at the top level or under
 /// `"model"`) or safetensors, told apart by their first bytes.
 pub fn read_checkpoint(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    read_checkpoint_where(path, device, |_| true)
+}
+
+/// [`read_checkpoint`], only the tensors whose names `keep` accepts: a file
+/// holding more than one model (SAM 3's image model and video tracker) costs
+/// only the memory of the part used.
+pub fn read_checkpoint_where(
+    path: &Path,
+    device: &Device,
+    keep: impl Fn(&str) -> bool,
+) -> Result<HashMap<String, Tensor>> {
     let err = |reason: String| EngineError::Model { path: path.to_owned(), reason };
     if !path.is_file() {
         return Err(EngineError::NotFound { path: path.to_owned() });
@@ -326,10 +337,19 @@ pub fn read_checkpoint(path: &Path, device: &Device) -> Result<HashMap<String, T
     std::io::Read::read_exact(&mut std::fs::File::open(path).map_err(|e| err(e.to_string()))?, &mut head)
         .map_err(|_short| err("file too short to be a checkpoint".into()))?;
     if &head == b"PK\x03\x04" {
-        pth::read(path, Some("model"), device)
+        pth::read_where(path, Some("model"), device, &keep)
     } else {
-        candle_core::safetensors::load(path, device)
-            .map_err(|e| err(format!("neither a PyTorch checkpoint nor safetensors: {e}")))
+        // SAFETY: mapped read-only while the wanted tensors are copied out.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }
+            .map_err(|e| err(format!("neither a PyTorch checkpoint nor safetensors: {e}")))?;
+        st.tensors()
+            .into_iter()
+            .filter(|(name, _)| keep(name))
+            .map(|(name, view)| {
+                let t = candle_core::safetensors::Load::load(&view, device).map_err(|e| err(format!("{name}: {e}")))?;
+                Ok((name, t))
+            })
+            .collect()
     }
 }
 

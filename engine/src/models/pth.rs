@@ -27,8 +27,10 @@ fn open_zip(path: &Path) -> Result<zip::ZipArchive<std::io::BufReader<std::fs::F
     zip::ZipArchive::with_config(config, std::io::BufReader::new(file)).map_err(|e| bad(path, e))
 }
 
-/// The tensors the pickled state dict (under `key`) describes.
-fn tensor_infos(path: &Path, key: Option<&str>) -> Result<Vec<TensorInfo>> {
+/// The tensors the pickled state dict (under `key`) describes whose names `keep`
+/// accepts (the others are not even decoded: a storage type candle does not
+/// know, as a complex RoPE table, is no error when unwanted).
+fn tensor_infos(path: &Path, key: Option<&str>, keep: &dyn Fn(&str) -> bool) -> Result<Vec<TensorInfo>> {
     use candle_core::pickle::{Object, Stack};
     let mut zip = open_zip(path)?;
     let pkl = zip
@@ -57,6 +59,11 @@ fn tensor_infos(path: &Path, key: Option<&str>) -> Result<Vec<TensorInfo>> {
     let Object::Dict(entries) = obj else { return Err(bad(path, "no state dict")) };
     let mut infos = Vec::with_capacity(entries.len());
     for (name, value) in entries {
+        if let Object::Unicode(n) = &name
+            && !keep(n)
+        {
+            continue;
+        }
         if let Some(info) = value.into_tensor_info(name, &dir).map_err(|e| bad(path, e))? {
             infos.push(info);
         }
@@ -116,7 +123,17 @@ fn check_pickle(p: &[u8]) -> std::result::Result<(), String> {
 }
 
 pub fn read(path: &Path, key: Option<&str>, device: &Device) -> Result<HashMap<String, Tensor>> {
-    let infos = tensor_infos(path, key)?;
+    read_where(path, key, device, &|_| true)
+}
+
+/// [`read`], only the tensors whose names `keep` accepts (the rest is not read).
+pub fn read_where(
+    path: &Path,
+    key: Option<&str>,
+    device: &Device,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<HashMap<String, Tensor>> {
+    let infos = tensor_infos(path, key, keep)?;
     if infos.is_empty() {
         return Err(bad(path, "it holds no tensors"));
     }

@@ -83,7 +83,8 @@ impl std::fmt::Debug for ConceptSegmenter {
 }
 
 impl ConceptSegmenter {
-    /// Loads a SAM 3 checkpoint directory (config.json, safetensors, tokenizer.json).
+    /// Loads a SAM 3 checkpoint directory: `tokenizer.json` beside transformers'
+    /// (`config.json` + safetensors) or Meta's (`sam3.pt`) weights.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let checkpoint = Checkpoint::open(dir)?;
         let tokenizer = ConceptTokenizer::load(dir, checkpoint.config.text_config.max_position_embeddings)?;
@@ -182,7 +183,7 @@ impl ConceptSegmenter {
                 Ok(Found {
                     bbox: processor::box_on_image(inst.bbox, size),
                     score: inst.score,
-                    mask: processor::mask_on_image(&logits, (mh, mw), size),
+                    mask: processor::mask_on_image(&logits, (mh, mw), size, self.model.flavour),
                 })
             })
             .collect()

@@ -60,7 +60,7 @@ pub enum BenchCommand {
 
 #[derive(Debug, Args)]
 pub struct ConceptBenchArgs {
-    /// SAM 3 checkpoint directory (config.json, safetensors, tokenizer.json).
+    /// SAM 3 checkpoint directory (config.json + safetensors, or sam3.pt; tokenizer.json).
     #[arg(long)]
     pub sam3: PathBuf,
     /// Image (PNG/JPEG/raster); resized to the model's square (1008²) as always.

@@ -39,7 +39,7 @@ enum Model {
 
 #[derive(clap::Args, Debug)]
 struct Sam3Args {
-    /// Checkpoint directory (config.json, safetensors, tokenizer.json).
+    /// Checkpoint directory (config.json + safetensors, or sam3.pt; tokenizer.json).
     #[arg(long)]
     model: PathBuf,
     #[arg(long)]
@@ -61,7 +61,7 @@ struct Sam3Case {
 
 #[derive(clap::Args, Debug)]
 struct QwenArgs {
-    /// Checkpoint directory (config.json, safetensors, tokenizer.json).
+    /// Checkpoint directory (config.json + safetensors, or sam3.pt; tokenizer.json).
     #[arg(long)]
     model: PathBuf,
     #[arg(long)]
@@ -271,7 +271,12 @@ fn sam3(args: &Sam3Args) -> anyhow::Result<()> {
         let mut full = Vec::with_capacity(q * img.width * img.height);
         for i in 0..q {
             let logits: Vec<f32> = masks.get(i)?.flatten_all()?.to_vec1()?;
-            full.extend(mask_on_image(&logits, (mh, mw), (img.width, img.height)).data.iter().map(|&v| f32::from(v)));
+            full.extend(
+                mask_on_image(&logits, (mh, mw), (img.width, img.height), model.flavour)
+                    .data
+                    .iter()
+                    .map(|&v| f32::from(v)),
+            );
         }
         out.insert(format!("{name}.pred_logits"), pred.logits);
         out.insert(format!("{name}.presence_logits"), pred.presence);

@@ -13,6 +13,24 @@ pub struct Config {
     pub detr_decoder_config: DecoderConfig,
     pub mask_decoder_config: MaskConfig,
     pub geometry_encoder_config: GeometryConfig,
+    /// Whose code the checkpoint's layout comes from (not in `config.json`).
+    #[serde(skip)]
+    pub flavour: Flavour,
+}
+
+/// The same weights compute slightly differently in transformers' `Sam3Model`
+/// and in Meta's `sam3` package; each layout follows its own reference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flavour {
+    /// transformers: a text prompt alone skips the exemplar encoder, presence
+    /// logits are clamped to ±10, masks are resampled as probabilities.
+    #[default]
+    Transformers,
+    /// Meta: the exemplar encoder always runs (a text prompt alone gets its CLS
+    /// token), presence logits are not clamped, the text tower sees only its
+    /// causal mask while token id 0 is masked downstream (`ids != 0`), masks are
+    /// resampled as logits. (Its ViT LayerNorm eps, 1e-5, is in the config.)
+    Meta,
 }
 
 /// The CLIP text tower (`CLIPTextConfig`).

@@ -160,6 +160,8 @@ pub struct Decoder {
     rpb_x: HeadMlp,
     rpb_y: HeadMlp,
     width: usize,
+    /// transformers clamps presence logits to ±10; Meta's code does not.
+    clamp_presence: bool,
 }
 
 impl Decoder {
@@ -181,7 +183,14 @@ impl Decoder {
             rpb_x: HeadMlp::new(2, d, h, 2, vb.pp("box_rpb_embed_x"))?,
             rpb_y: HeadMlp::new(2, d, h, 2, vb.pp("box_rpb_embed_y"))?,
             width: d,
+            clamp_presence: true,
         })
+    }
+
+    /// Presence logits as Meta's code returns them (not clamped).
+    pub fn without_presence_clamp(mut self) -> Self {
+        self.clamp_presence = false;
+        self
     }
 
     /// The box-relative position bias (B, heads, 1+Q, h·w): per query, an MLP of
@@ -230,7 +239,7 @@ impl Decoder {
             boxes = refined;
             queries.push(q);
             let p = self.presence_head.forward(&self.presence_norm.forward(&x.narrow(1, 0, 1)?)?)?.squeeze(2)?;
-            presence.push(p.clamp(-10f32, 10f32)?);
+            presence.push(if self.clamp_presence { p.clamp(-10f32, 10f32)? } else { p });
         }
         Ok(DecoderOutput {
             boxes: cxcywh_to_xyxy(&boxes)?,

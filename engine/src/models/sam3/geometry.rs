@@ -188,8 +188,21 @@ impl GeometryEncoder {
             rows.push(row_tokens);
             keep.extend((0..=n).map(|i| if i <= k { 1f32 } else { 0f32 }));
         }
-        let x = self.prompt_norm.forward(&self.final_proj.forward(&Tensor::stack(&rows, 0)?)?)?;
         let keep = Tensor::from_vec(keep, (b, n + 1), boxes.device())?;
+        self.encode(&Tensor::stack(&rows, 0)?, keep, image, pos)
+    }
+
+    /// The CLS token alone, as Meta's code encodes a prompt without boxes:
+    /// (B, 1, C) and its validity (B, 1).
+    pub fn forward_empty(&self, image: &Tensor, pos: &Tensor) -> Result<(Tensor, Tensor)> {
+        let b = image.dim(0)?;
+        let cls = self.cls.unsqueeze(0)?.repeat((b, 1, 1))?;
+        self.encode(&cls, Tensor::ones((b, 1), DType::F32, image.device())?, image, pos)
+    }
+
+    /// Projects the prompt tokens and runs the layers over them and the image.
+    fn encode(&self, tokens: &Tensor, keep: Tensor, image: &Tensor, pos: &Tensor) -> Result<(Tensor, Tensor)> {
+        let x = self.prompt_norm.forward(&self.final_proj.forward(tokens)?)?;
         let mask = key_mask(&keep)?;
         let flat = |t: &Tensor| -> Result<Tensor> { t.flatten_from(2)?.transpose(1, 2)?.contiguous() };
         let image_tokens = flat(image)?;

@@ -3,12 +3,14 @@
 //! model's square by torchvision's antialiased bilinear resize (its rounding,
 //! not Pillow's) and scaled to [−1, 1], exemplar boxes as normalised
 //! centre-size boxes, and masks brought back to the image by resampling the
-//! probabilities (then > 0.5), as `post_process_instance_segmentation` does.
+//! probabilities (then > 0.5), as `post_process_instance_segmentation` does
+//! (Meta's processor resamples the logits; same inputs otherwise).
 
 use std::path::{Path, PathBuf};
 
 use tokenizers::Tokenizer;
 
+use super::Flavour;
 use crate::base::{Mask, PixelBox, RgbImage};
 use crate::error::{EngineError, Result};
 use crate::models::{ops, pil_resize};
@@ -89,13 +91,27 @@ pub fn exemplar_box(b: &PixelBox, (width, height): (usize, usize)) -> [f32; 4] {
     [(x1 + x2) / 2.0, (y1 + y2) / 2.0, x2 - x1, y2 - y1]
 }
 
-/// A query's mask logits (`mh`×`mw`) as a mask on the image: sigmoid, bilinear
-/// resampling to `width`×`height`, then > 0.5.
-pub fn mask_on_image(logits: &[f32], (mh, mw): (usize, usize), (width, height): (usize, usize)) -> Mask {
-    let probs: Vec<f32> = logits.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect();
+/// A query's mask logits (`mh`×`mw`) as a mask on the image: bilinear
+/// resampling to `width`×`height` of the probabilities (transformers) or of the
+/// logits (Meta), then probability > 0.5.
+pub fn mask_on_image(
+    logits: &[f32],
+    (mh, mw): (usize, usize),
+    (width, height): (usize, usize),
+    flavour: Flavour,
+) -> Mask {
+    let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
     let rows = ops::bilinear_weights(mh, height);
     let cols = ops::bilinear_weights(mw, width);
-    let data = ops::resample_planes(&probs, 1, (mh, mw), &rows, &cols).into_iter().map(|p| p > 0.5).collect();
+    let data = match flavour {
+        Flavour::Transformers => {
+            let probs: Vec<f32> = logits.iter().map(|&v| sigmoid(v)).collect();
+            ops::resample_planes(&probs, 1, (mh, mw), &rows, &cols).into_iter().map(|p| p > 0.5).collect()
+        }
+        Flavour::Meta => {
+            ops::resample_planes(logits, 1, (mh, mw), &rows, &cols).into_iter().map(|v| sigmoid(v) > 0.5).collect()
+        }
+    };
     Mask { width, height, data }
 }
 
