@@ -233,7 +233,7 @@ fn a_config_the_port_cannot_run_is_an_error_naming_the_file() {
     assert!(e.contains("weights do not match config.json"), "{e}");
 }
 
-/// Meta's `sam3.pt` layout (tools/sam3_meta.py writes the fixture: a partial
+/// Meta's `sam3.pt` layout (`tools/sam3_meta.py fixtures` writes it: a partial
 /// model with a complex RoPE buffer and a tracker tensor): the complex storage,
 /// which the reader cannot decode, is skipped as unwanted rather than failing the
 /// file, and a file that is not a whole image model is an error naming it.

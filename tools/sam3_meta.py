@@ -38,9 +38,10 @@ def bpe_path():
     return os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
 
 
-def build(depth=None):
-    """`build_sam3_image_model` without a checkpoint: the released geometry, ViT and
-    text tower cut to `depth` blocks (the last ViT block global) when given."""
+def build(depth=None, checkpoint=None):
+    """`build_sam3_image_model`: the released geometry, ViT and text tower cut to
+    `depth` blocks (the last ViT block global) when given; the builder's own init,
+    or `checkpoint` loaded as the package loads it."""
     cpu_patches()
     import sam3.model_builder as mb
 
@@ -57,7 +58,7 @@ def build(depth=None):
         mb.ViT, mb.VETextEncoder = small_vit, small_text
     try:
         model = mb.build_sam3_image_model(bpe_path=bpe_path(), device="cpu", load_from_HF=False,
-                                          checkpoint_path=None)
+                                          checkpoint_path=checkpoint)
     finally:
         mb.ViT, mb.VETextEncoder = vit, text
     # The text tower's position table and CLIP projection are left `torch.empty` (the
@@ -65,6 +66,8 @@ def build(depth=None):
     # else they hold whatever memory held (NaN included).
     enc = model.backbone.language_backbone.encoder
     with torch.no_grad():
+        if checkpoint is not None:
+            return model.eval()
         torch.nn.init.normal_(enc.positional_embedding, std=0.01)
         if isinstance(enc.text_projection, torch.nn.Parameter):
             torch.nn.init.normal_(enc.text_projection, std=enc.text_projection.shape[0] ** -0.5)
@@ -148,8 +151,31 @@ def write_test_fixtures(out_dir):
     torch.save({"model": sd}, os.path.join(out_dir, "partial.pt"))
 
 
-if __name__ == "__main__":
+def write_checkpoint(out_dir, depth=None):
+    """A random-weight checkpoint in Meta's layout for benchmarks: sam3.pt + tokenizer.json."""
     import sys
 
-    write_test_fixtures(sys.argv[1] if len(sys.argv) > 1 else
-                        os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "sam3_meta"))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import clip_tokenizer
+
+    os.makedirs(out_dir, exist_ok=True)
+    save_pt(build(depth), os.path.join(out_dir, "sam3.pt"))
+    clip_tokenizer.build(out_dir)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Meta's SAM 3 on CPU: test fixtures or a random checkpoint")
+    sub = ap.add_subparsers(dest="what", required=True)
+    f = sub.add_parser("fixtures", help="tests/fixtures/sam3_meta")
+    f.add_argument("dir", nargs="?", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
+                                                          "tests", "fixtures", "sam3_meta"))
+    c = sub.add_parser("checkpoint", help="sam3.pt (Meta's builder and init) + tokenizer.json in DIR")
+    c.add_argument("dir")
+    c.add_argument("--depth", type=int, default=None, help="ViT and text blocks (default: the released 32 and 24)")
+    args = ap.parse_args()
+    if args.what == "fixtures":
+        write_test_fixtures(args.dir)
+    else:
+        write_checkpoint(args.dir, args.depth)

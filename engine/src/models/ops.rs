@@ -484,9 +484,98 @@ pub fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w
     if hp > h || wp > w { x.narrow(1, 0, h)?.narrow(2, 0, w)?.contiguous() } else { Ok(x) }
 }
 
+/// A 3×3 convolution with stride 1 and padding 1 of (B, C, H, W) f32 on the
+/// CPU, as nine accumulated matrix products over the zero-padded input read at
+/// shifted offsets: each output row is computed over the padded width and the
+/// two extra columns dropped. Candle's im2col would first copy 9·C·H·W floats
+/// (764 MB for SAM 3's pixel decoder at 288²) for the same products.
+pub fn conv3x3_same(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (o, wc, kh, kw) = weight.dims4()?;
+    if (wc, kh, kw) != (c, 3, 3) {
+        candle_core::bail!("conv3x3_same: weight {:?} for {c} input channels", weight.dims());
+    }
+    let xv = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    // (3, 3, O, C): one O×C matrix per kernel tap.
+    let taps = weight.to_dtype(DType::F32)?.permute((2, 3, 0, 1))?.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let bias = bias.map(|t| t.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
+    let (pw, plane, n) = (w + 2, (h + 2) * (w + 2), h * (w + 2));
+    // Two spare zeros: the dropped columns of the last channel read past its plane.
+    let mut padded = vec![0f32; c * plane + 2];
+    let mut acc = vec![0f32; o * n];
+    let mut out = vec![0f32; b * o * h * w];
+    let threads = rayon::current_num_threads();
+    for bi in 0..b {
+        for ci in 0..c {
+            for y in 0..h {
+                let src = &xv[((bi * c + ci) * h + y) * w..][..w];
+                padded[ci * plane + (y + 1) * pw + 1..][..w].copy_from_slice(src);
+            }
+        }
+        for (t, off) in (0..3).flat_map(|dy| (0..3).map(move |dx| dy * pw + dx)).enumerate() {
+            let lhs = &taps[t * o * c..(t + 1) * o * c];
+            let rhs = &padded[off..];
+            assert!(rhs.len() > (c - 1) * plane + n - 1, "conv3x3_same: padded input too short");
+            // SAFETY: lhs holds o×c values, acc o×n, and the assert keeps every
+            // element of rhs the strides (plane, 1) reach inside it.
+            unsafe {
+                gemm::gemm(
+                    o,
+                    n,
+                    c,
+                    acc.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    t > 0,
+                    lhs.as_ptr(),
+                    1,
+                    c as isize,
+                    rhs.as_ptr(),
+                    1,
+                    plane as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(threads),
+                );
+            }
+        }
+        for oi in 0..o {
+            let add = bias.as_ref().map_or(0.0, |v| v[oi]);
+            for y in 0..h {
+                let dst = &mut out[((bi * o + oi) * h + y) * w..][..w];
+                for (d, s) in dst.iter_mut().zip(&acc[oi * n + y * pw..][..w]) {
+                    *d = s + add;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, (b, o, h, w), x.device())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conv3x3_same_matches_candle() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1f32, (2, 5, 7, 9), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1f32, (4, 5, 3, 3), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1f32, 4, &dev).unwrap();
+        let conv = candle_nn::Conv2d::new(
+            w.clone(),
+            Some(bias.clone()),
+            candle_nn::Conv2dConfig { padding: 1, ..Default::default() },
+        );
+        let want = candle_core::Module::forward(&conv, &x).unwrap();
+        let got = conv3x3_same(&x, &w, Some(&bias)).unwrap();
+        let d = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "{d}");
+        assert!(conv3x3_same(&x, &Tensor::zeros((4, 3, 3, 3), DType::F32, &dev).unwrap(), None).is_err());
+    }
 
     #[test]
     fn fast_exp_is_within_a_few_ulp_of_libm() {

@@ -8,6 +8,8 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -177,7 +179,8 @@ impl ConceptSegmenter {
         let kept = select(&pred, 0, opts.threshold, opts.nms_iou)?;
         let masks = pred.masks.get(0)?;
         let (_, mh, mw) = masks.dims3()?;
-        kept.iter()
+        // Each mask is resampled to the image's size on its own: in parallel.
+        kept.par_iter()
             .map(|inst| {
                 let logits: Vec<f32> = masks.get(inst.query)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
                 Ok(Found {

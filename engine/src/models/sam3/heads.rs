@@ -9,6 +9,7 @@ use candle_nn::{Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
 use super::config::{MaskConfig, StageConfig};
 use super::decoder::HeadMlp;
 use super::encoder::{Attention, key_mask};
+use crate::models::ops;
 
 /// Scores each query against the prompt: logits (…, Q) clamped to ±12.
 #[derive(Debug)]
@@ -118,7 +119,13 @@ impl MaskDecoder {
         for (i, level) in finer.iter().rev().enumerate() {
             let (_, _, lh, lw) = level.dims4()?;
             x = (x.upsample_nearest2d(lh, lw)? + level)?;
-            x = self.norms[i].forward(&self.convs[i].forward(&x)?)?.relu()?;
+            let conv = &self.convs[i];
+            let y = if x.device().is_cpu() {
+                ops::conv3x3_same(&x, conv.weight(), conv.bias())?
+            } else {
+                conv.forward(&x)?
+            };
+            x = self.norms[i].forward(&y)?.relu()?;
         }
         let mut e = queries.clone();
         for (i, l) in self.embedder.iter().enumerate() {

@@ -108,9 +108,11 @@ pub fn mask_on_image(
             let probs: Vec<f32> = logits.iter().map(|&v| sigmoid(v)).collect();
             ops::resample_planes(&probs, 1, (mh, mw), &rows, &cols).into_iter().map(|p| p > 0.5).collect()
         }
-        Flavour::Meta => {
-            ops::resample_planes(logits, 1, (mh, mw), &rows, &cols).into_iter().map(|v| sigmoid(v) > 0.5).collect()
-        }
+        // σ(v) > 0.5 only for v > 0, and surely beyond 1e-6: exp only near the edge.
+        Flavour::Meta => ops::resample_planes(logits, 1, (mh, mw), &rows, &cols)
+            .into_iter()
+            .map(|v| v > 1e-6 || (v > 0.0 && sigmoid(v) > 0.5))
+            .collect(),
     };
     Mask { width, height, data }
 }
