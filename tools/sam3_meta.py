@@ -40,7 +40,7 @@ def bpe_path():
 
 def build(depth=None, checkpoint=None):
     """`build_sam3_image_model`: the released geometry, ViT and text tower cut to
-    `depth` blocks (the last ViT block global) when given; the builder's own init,
+    `depth` blocks when given; the builder's own init,
     or `checkpoint` loaded as the package loads it."""
     cpu_patches()
     import sam3.model_builder as mb
@@ -48,7 +48,10 @@ def build(depth=None, checkpoint=None):
     vit, text = mb.ViT, mb.VETextEncoder
     if depth is not None:
         def small_vit(**kw):
-            kw["depth"], kw["global_att_blocks"] = depth, (depth - 1,)
+            # Every eighth block global and the last, as the released 32 (7, 15, 23, 31) and as
+            # the engine assumes for Meta's layout (its file does not say).
+            kw["depth"] = depth
+            kw["global_att_blocks"] = tuple(i for i in range(depth) if (i + 1) % 8 == 0 or i + 1 == depth)
             return vit(**kw)
 
         def small_text(**kw):
@@ -173,9 +176,8 @@ if __name__ == "__main__":
                                                           "tests", "fixtures", "sam3_meta"))
     c = sub.add_parser("checkpoint", help="sam3.pt (Meta's builder and init) + tokenizer.json in DIR")
     c.add_argument("dir")
-    c.add_argument("--depth", type=int, default=None, help="ViT and text blocks (default: the released 32 and 24)")
     args = ap.parse_args()
     if args.what == "fixtures":
         write_test_fixtures(args.dir)
     else:
-        write_checkpoint(args.dir, args.depth)
+        write_checkpoint(args.dir)

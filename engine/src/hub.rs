@@ -245,10 +245,10 @@ pub struct Installed {
 }
 
 /// A short, stable fingerprint of a checkpoint's weights: SHA-256 over the
-/// sorted (name, content hash) of its safetensors files (or, where there are
-/// none, its PyTorch `.pt`/`.pth` files: Meta's SAM 3 layout). In a hub snapshot
-/// the content hashes are the blob names the hub verified; elsewhere each file
-/// is hashed.
+/// sorted (name, content hash) of its weights files — safetensors, and PyTorch
+/// `.pt`/`.pth` (Meta's SAM 3 layout) — so whichever of them is loaded is
+/// covered. In a hub snapshot the content hashes are the blob names the hub
+/// verified; elsewhere each file is hashed.
 pub fn weights_fingerprint(dir: &Path) -> Result<String> {
     let err = |e: std::io::Error| EngineError::Model { path: dir.to_owned(), reason: e.to_string() };
     let mut files = Vec::new();
@@ -257,9 +257,7 @@ pub fn weights_fingerprint(dir: &Path) -> Result<String> {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         files.push((name, path));
     }
-    let safetensors = files.iter().any(|(n, _)| n.ends_with(".safetensors"));
-    let weights =
-        |n: &str| if safetensors { n.ends_with(".safetensors") } else { n.ends_with(".pt") || n.ends_with(".pth") };
+    let weights = |n: &str| n.ends_with(".safetensors") || n.ends_with(".pt") || n.ends_with(".pth");
     let mut parts = Vec::new();
     for (name, path) in files {
         if !weights(&name) {
@@ -365,9 +363,13 @@ mod tests {
         std::fs::write(d.join("sam3.pt"), b"other weights").unwrap();
         assert_ne!(weights_fingerprint(d).unwrap(), pt, "a .pt alone is what is read: it is hashed");
         std::fs::write(d.join("model.safetensors"), b"hf weights").unwrap();
-        let st = weights_fingerprint(d).unwrap();
-        std::fs::write(d.join("sam3.pt"), b"third").unwrap();
-        assert_eq!(weights_fingerprint(d).unwrap(), st, "beside safetensors the .pt is not read, nor hashed");
+        let both = weights_fingerprint(d).unwrap();
+        std::fs::write(d.join("model.safetensors"), b"other hf weights").unwrap();
+        assert_ne!(weights_fingerprint(d).unwrap(), both, "every weights file is covered, whichever is loaded");
+        std::fs::write(d.join("notes.txt"), b"not weights").unwrap();
+        let again = weights_fingerprint(d).unwrap();
+        std::fs::write(d.join("notes.txt"), b"changed").unwrap();
+        assert_eq!(weights_fingerprint(d).unwrap(), again, "other files are not weights");
     }
 
     #[test]

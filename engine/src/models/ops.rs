@@ -492,8 +492,13 @@ pub fn window_unpartition(x: &Tensor, ws: usize, (hp, wp): (usize, usize), (h, w
 pub fn conv3x3_same(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (o, wc, kh, kw) = weight.dims4()?;
-    if (wc, kh, kw) != (c, 3, 3) {
-        candle_core::bail!("conv3x3_same: weight {:?} for {c} input channels", weight.dims());
+    if (wc, kh, kw) != (c, 3, 3) || b * c * h * w * o == 0 {
+        candle_core::bail!("conv3x3_same: weight {:?} for input {:?}", weight.dims(), x.dims());
+    }
+    if let Some(bias) = bias
+        && bias.dims() != [o]
+    {
+        candle_core::bail!("conv3x3_same: bias {:?} for {o} output channels", bias.dims());
     }
     let xv = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     // (3, 3, O, C): one O×C matrix per kernel tap.
@@ -552,7 +557,7 @@ pub fn conv3x3_same(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resul
             }
         }
     }
-    Tensor::from_vec(out, (b, o, h, w), x.device())
+    Tensor::from_vec(out, (b, o, h, w), x.device())?.to_dtype(x.dtype())
 }
 
 #[cfg(test)]
@@ -575,6 +580,7 @@ mod tests {
         let d = (want - got).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(d < 1e-4, "{d}");
         assert!(conv3x3_same(&x, &Tensor::zeros((4, 3, 3, 3), DType::F32, &dev).unwrap(), None).is_err());
+        assert!(conv3x3_same(&x, &w, Some(&Tensor::zeros(3, DType::F32, &dev).unwrap())).is_err());
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub fn read_where(
 ) -> Result<HashMap<String, Tensor>> {
     let infos = tensor_infos(path, key, keep)?;
     if infos.is_empty() {
-        return Err(bad(path, "it holds no tensors"));
+        return Err(bad(path, "it holds no tensors of the model being loaded"));
     }
     let mut zip = open_zip(path)?;
     let file_len = std::fs::metadata(path).map_err(|e| bad(path, e))?.len();

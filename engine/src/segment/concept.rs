@@ -177,12 +177,13 @@ impl ConceptSegmenter {
         let exemplars = exemplar_tensors.as_ref().map(|(boxes, labels, valid)| Exemplars { boxes, labels, valid });
         let pred = self.model.predict_encoded(vision, &ids, &valid, exemplars.as_ref())?;
         let kept = select(&pred, 0, opts.threshold, opts.nms_iou)?;
-        let masks = pred.masks.get(0)?;
+        // On the CPU once, not from each worker thread.
+        let masks = pred.masks.get(0)?.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         let (_, mh, mw) = masks.dims3()?;
         // Each mask is resampled to the image's size on its own: in parallel.
         kept.par_iter()
             .map(|inst| {
-                let logits: Vec<f32> = masks.get(inst.query)?.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                let logits: Vec<f32> = masks.get(inst.query)?.flatten_all()?.to_vec1()?;
                 Ok(Found {
                     bbox: processor::box_on_image(inst.bbox, size),
                     score: inst.score,

@@ -253,7 +253,7 @@ pub fn to_transformers(tensors: HashMap<String, Tensor>) -> Result<HashMap<Strin
         } else if bare == format!("{TRUNK}pos_embed") {
             let rows = t.dim(1).map_err(fail)?;
             let side = (rows as f64).sqrt() as usize;
-            let t = if side * side == rows { t } else { t.narrow(1, 1, rows - 1).map_err(fail)? };
+            let t = if side * side == rows || rows < 2 { t } else { t.narrow(1, 1, rows - 1).map_err(fail)? };
             out.insert(to, t);
         } else {
             out.insert(to, t);
@@ -266,18 +266,23 @@ pub fn to_transformers(tensors: HashMap<String, Tensor>) -> Result<HashMap<Strin
 /// from the shapes, head counts and the rest from Meta's builder (64-wide heads
 /// in the ViT and text tower, 32-wide elsewhere, 1008² input, 24-patch windows).
 pub fn config(t: &HashMap<String, Tensor>) -> Result<Config, String> {
-    let dims = |name: &str| -> Result<Vec<usize>, String> {
-        t.get(name).map(|x| x.dims().to_vec()).ok_or_else(|| format!("no tensor for {name}"))
+    // Shapes come from the file: checked before they are indexed or divided by.
+    let dims = |name: &str, rank: usize| -> Result<Vec<usize>, String> {
+        let d = t.get(name).map(|x| x.dims().to_vec()).ok_or_else(|| format!("no tensor for {name}"))?;
+        if d.len() != rank || d.contains(&0) {
+            return Err(format!("{name} has shape {d:?}, expected {rank} non-zero sides"));
+        }
+        Ok(d)
     };
     let count = |prefix: &str| (0..).take_while(|i| t.keys().any(|k| k.starts_with(&format!("{prefix}{i}.")))).count();
     let vit = "vision_encoder.backbone.";
-    let patch = dims(&format!("{vit}embeddings.patch_embeddings.projection.weight"))?;
+    let patch = dims(&format!("{vit}embeddings.patch_embeddings.projection.weight"), 4)?;
     let (hidden, patch_size) = (patch[0], patch[2]);
-    let grid = ((dims(&format!("{vit}embeddings.position_embeddings"))?[1] as f64).sqrt()) as usize;
+    let grid = ((dims(&format!("{vit}embeddings.position_embeddings"), 3)?[1] as f64).sqrt()) as usize;
     let depth = count(&format!("{vit}layers."));
     let backbone_config = VitConfig {
         hidden_size: hidden,
-        intermediate_size: dims(&format!("{vit}layers.0.mlp.fc1.weight"))?[0],
+        intermediate_size: dims(&format!("{vit}layers.0.mlp.fc1.weight"), 2)?[0],
         num_hidden_layers: depth,
         num_attention_heads: (hidden / 64).max(1),
         patch_size,
@@ -290,9 +295,9 @@ pub fn config(t: &HashMap<String, Tensor>) -> Result<Config, String> {
         hidden_act: "gelu".into(),
         rope_parameters: RopeParameters::default(),
     };
-    let d = dims("detr_encoder.layers.0.mlp.fc1.weight")?;
+    let d = dims("detr_encoder.layers.0.mlp.fc1.weight", 2)?;
     let stage = |prefix: &str| -> Result<StageConfig, String> {
-        let fc1 = dims(&format!("{prefix}layers.0.mlp.fc1.weight"))?;
+        let fc1 = dims(&format!("{prefix}layers.0.mlp.fc1.weight"), 2)?;
         Ok(StageConfig {
             hidden_size: fc1[1],
             num_layers: count(&format!("{prefix}layers.")),
@@ -301,28 +306,28 @@ pub fn config(t: &HashMap<String, Tensor>) -> Result<Config, String> {
             hidden_act: "relu".into(),
         })
     };
-    let text_width = dims("text_encoder.text_model.embeddings.token_embedding.weight")?;
+    let text_width = dims("text_encoder.text_model.embeddings.token_embedding.weight", 2)?;
     let geometry = stage("geometry_encoder.")?;
     Ok(Config {
         vision_config: VisionConfig {
             backbone_config,
-            fpn_hidden_size: dims("vision_encoder.neck.fpn_layers.0.proj2.weight")?[0],
+            fpn_hidden_size: dims("vision_encoder.neck.fpn_layers.0.proj2.weight", 4)?[0],
             scale_factors: [4.0, 2.0, 1.0, 0.5][..count("vision_encoder.neck.fpn_layers.").min(4)].to_vec(),
         },
         text_config: TextConfig {
             vocab_size: text_width[0],
             hidden_size: text_width[1],
-            intermediate_size: dims("text_encoder.text_model.encoder.layers.0.mlp.fc1.weight")?[0],
+            intermediate_size: dims("text_encoder.text_model.encoder.layers.0.mlp.fc1.weight", 2)?[0],
             num_hidden_layers: count("text_encoder.text_model.encoder.layers."),
             num_attention_heads: (text_width[1] / 64).max(1),
-            max_position_embeddings: dims("text_encoder.text_model.embeddings.position_embedding.weight")?[0],
+            max_position_embeddings: dims("text_encoder.text_model.embeddings.position_embedding.weight", 2)?[0],
             layer_norm_eps: 1e-5,
             hidden_act: "gelu".into(),
         },
         detr_encoder_config: stage("detr_encoder.")?,
         detr_decoder_config: DecoderConfig {
             stage: stage("detr_decoder.")?,
-            num_queries: dims("detr_decoder.query_embed.weight")?[0],
+            num_queries: dims("detr_decoder.query_embed.weight", 2)?[0],
         },
         mask_decoder_config: MaskConfig {
             hidden_size: d[1],
@@ -334,7 +339,7 @@ pub fn config(t: &HashMap<String, Tensor>) -> Result<Config, String> {
             num_layers: geometry.num_layers,
             num_attention_heads: geometry.num_attention_heads,
             intermediate_size: geometry.intermediate_size,
-            roi_size: dims("geometry_encoder.boxes_pool_project.weight")?[2],
+            roi_size: dims("geometry_encoder.boxes_pool_project.weight", 4)?[2],
         },
         flavour: Flavour::Meta,
     })
@@ -383,6 +388,12 @@ mod tests {
         assert_eq!((c.mask_decoder_config.num_upsampling_stages, c.flavour), (3, Flavour::Meta));
         t.remove("detr_decoder.query_embed.weight");
         assert!(config(&t).unwrap_err().contains("detr_decoder.query_embed.weight"));
+        // A hostile file's odd shapes are errors, not panics.
+        t.insert("detr_decoder.query_embed.weight".into(), z(&[50, 64]));
+        t.insert(format!("{vit}embeddings.patch_embeddings.projection.weight"), z(&[128]));
+        assert!(config(&t).unwrap_err().contains("expected 4 non-zero sides"));
+        t.insert(format!("{vit}embeddings.patch_embeddings.projection.weight"), z(&[0, 3, 14, 14]));
+        assert!(config(&t).is_err());
     }
 
     #[test]

@@ -47,16 +47,30 @@ pub use vision::{VisionEncoder, VisionOutput};
 
 /// Meta's weights file in `dir`: `sam3.pt`, else the only `*.pt`, `*.pth` or
 /// `*.safetensors` there.
-fn meta_file(dir: &Path) -> Option<PathBuf> {
+fn meta_file(dir: &Path) -> Result<PathBuf> {
     let named = dir.join("sam3.pt");
     if named.is_file() {
-        return Some(named);
+        return Ok(named);
     }
-    let mut found = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| {
-        p.is_file() && p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "pt" | "pth" | "safetensors"))
-    });
-    let first = found.next()?;
-    found.next().is_none().then_some(first)
+    let bad = |reason: String| EngineError::Model { path: dir.to_owned(), reason };
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| bad(e.to_string()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.is_file()
+                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "pt" | "pth" | "safetensors"))
+        })
+        .collect();
+    match found.len() {
+        0 => Err(bad("no model.safetensors (transformers' layout) or sam3.pt (Meta's) here".into())),
+        1 => Ok(found.remove(0)),
+        _ => {
+            let names: Vec<String> =
+                found.iter().filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
+            Err(bad(format!("several weights files ({}): keep one, or name Meta's sam3.pt", names.join(", "))))
+        }
+    }
 }
 
 /// The image model's stages, built from one checkpoint.
@@ -203,10 +217,10 @@ impl Checkpoint {
     /// transformers' layout, else Meta's weights (`model.safetensors` with Meta's
     /// names, or a single `sam3.pt` / `*.pt` / `*.safetensors`).
     pub fn open(dir: &Path) -> Result<Self> {
-        let files = match models::safetensors_files(dir) {
-            Ok(files) => files,
-            Err(not_found) => return Self::open_meta(dir, &meta_file(dir).ok_or(not_found)?),
-        };
+        if !dir.join("model.safetensors").is_file() && !dir.join("model.safetensors.index.json").is_file() {
+            return Self::open_meta(dir, &meta_file(dir)?);
+        }
+        let files = models::safetensors_files(dir)?;
         let names = models::tensor_names(&files)?;
         if meta::is_meta(names.iter().map(String::as_str)) {
             if files.len() > 1 {
